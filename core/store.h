@@ -1,0 +1,110 @@
+/*
+ * The storage backend contract the engine drives (libgit2's refdb is the
+ * model): whole-object get, put with compare-and-swap conditions, head,
+ * delete and list. Backends live in storage/ (fs.c, mem.c, s3.c) and fill
+ * in struct cfs_store_ops; core never names a backend.
+ *
+ * Bodies stream: a put reads from an fd (or a small buffer) and a get writes
+ * into an fd (or a capped buffer), so nothing holds a whole bundle in memory.
+ *
+ * Errors (with the reference's messages, REFERENCE.md §3):
+ *   get/head of a missing key  CFS_ENOTFOUND "object not found: <key>"
+ *   if_none_match and exists   CFS_EEXISTS   "object already exists: <key>"
+ *   if_match mismatch/missing  CFS_ECONFLICT "precondition failed for object: <key>"
+ *   key escaping the store     CFS_EUNSAFE   "storage key escapes the storage directory: <key>"
+ *   transport (retryable)      CFS_EAGAIN / CFS_ETIMEDOUT; disk full CFS_ENOSPC
+ */
+#ifndef CFS_CORE_STORE_H
+#define CFS_CORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/util.h"
+
+#define CFS_STORE_OPS_VERSION 1
+#define CFS_ETAG_MAX 128
+/* Cap for small JSON objects (manifest, lock) read into memory. */
+#define CFS_SMALL_OBJECT_MAX (16u << 20)
+
+struct cfs_objinfo {
+	uint64_t size;
+	int64_t mtime_ms;         /* 0 if unknown */
+	char etag[CFS_ETAG_MAX];  /* "" if the backend has none */
+};
+
+/* A put's body: either buf/len (fd == -1) or the whole of fd from offset 0. */
+struct cfs_source {
+	const void *buf;
+	size_t len;
+	int fd;
+};
+
+/* Compare-and-swap conditions of a put; both unset = unconditional. */
+struct cfs_cond {
+	const char *if_match;   /* ETag the current object must have */
+	bool if_none_match;     /* create-only ("If-None-Match: *") */
+};
+
+/* Progress of long transfers: bytes done of total (0 if unknown). */
+typedef void (*cfs_progress_fn)(uint64_t done, uint64_t total, void *payload);
+
+struct cfs_store;
+
+typedef int (*cfs_list_fn)(const char *key, void *payload);
+
+struct cfs_store_ops {
+	int version;        /* CFS_STORE_OPS_VERSION */
+	const char *name;   /* "fs", "mem", "s3" */
+	/*
+	 * Writes the object's body to fd (from fd's current offset) or, when
+	 * fd < 0, into buf (at most max bytes, else CFS_ECORRUPT). Fills info
+	 * (may be NULL) with the ETag of the SAME revision as the body.
+	 */
+	int (*get)(struct cfs_store *st, const char *key, int fd,
+		   struct cfs_buf *buf, size_t max, struct cfs_objinfo *info);
+	/* Writes the body; on success copies the new ETag to etag_out. */
+	int (*put)(struct cfs_store *st, const char *key,
+		   const struct cfs_source *src, const struct cfs_cond *cond,
+		   char etag_out[CFS_ETAG_MAX]);
+	int (*head)(struct cfs_store *st, const char *key,
+		    struct cfs_objinfo *info);
+	/* Deleting a missing object is not an error. */
+	int (*del)(struct cfs_store *st, const char *key);
+	/* Calls fn for every key under prefix ("contexts/x/tree/"); a non-zero
+	 * return from fn stops the walk and is returned. Order unspecified. */
+	int (*list)(struct cfs_store *st, const char *prefix, cfs_list_fn fn,
+		    void *payload);
+	/* A short human description ("/root/.contextsdk/storage"). */
+	const char *(*describe)(struct cfs_store *st);
+	void (*free)(struct cfs_store *st);
+};
+
+/* Every backend embeds this as its first member. */
+struct cfs_store {
+	const struct cfs_store_ops *ops;
+	cfs_progress_fn progress;   /* optional, for big gets/puts */
+	void *progress_payload;
+};
+
+/* Thin dispatchers (core/store.c), NULL-safe where it makes sense. */
+int cfs_store_get_fd(struct cfs_store *st, const char *key, int fd,
+		     struct cfs_objinfo *info);
+/* Reads a small object into a NUL-terminated heap string (*out). */
+int cfs_store_get_buf(struct cfs_store *st, const char *key, char **out,
+		      size_t *len, struct cfs_objinfo *info);
+int cfs_store_put_fd(struct cfs_store *st, const char *key, int fd,
+		     const struct cfs_cond *cond, char etag_out[CFS_ETAG_MAX]);
+int cfs_store_put_buf(struct cfs_store *st, const char *key, const void *buf,
+		      size_t len, const struct cfs_cond *cond,
+		      char etag_out[CFS_ETAG_MAX]);
+int cfs_store_head(struct cfs_store *st, const char *key,
+		   struct cfs_objinfo *info);
+int cfs_store_delete(struct cfs_store *st, const char *key);
+int cfs_store_list(struct cfs_store *st, const char *prefix, cfs_list_fn fn,
+		   void *payload);
+const char *cfs_store_describe(struct cfs_store *st);
+void cfs_store_free(struct cfs_store *st);
+
+#endif

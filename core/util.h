@@ -1,0 +1,97 @@
+/*
+ * Small shared helpers: overflow-checked sizes, a growable string buffer,
+ * time stamps, randomness (libsodium), hashing, and file helpers that work
+ * relative to directory fds. Every size read from outside has a cap.
+ */
+#ifndef CFS_CORE_UTIL_H
+#define CFS_CORE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CFS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Must be called once before anything else (initialises libsodium). */
+int cfs_init(void);
+
+/* Overflow-checked arithmetic: return false on overflow. */
+static inline bool cfs_add_overflows(size_t a, size_t b, size_t *out)
+{
+	return __builtin_add_overflow(a, b, out);
+}
+static inline bool cfs_mul_overflows(size_t a, size_t b, size_t *out)
+{
+	return __builtin_mul_overflow(a, b, out);
+}
+
+/* Allocation wrappers: NULL on failure (after setting CFS_ENOMEM). */
+void *cfs_malloc(size_t n);
+void *cfs_calloc(size_t n, size_t size);
+char *cfs_strdup(const char *s);
+char *cfs_strndup(const char *s, size_t n);
+char *cfs_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Growable NUL-terminated buffer. */
+struct cfs_buf {
+	char *ptr;
+	size_t len;
+	size_t cap;
+};
+#define CFS_BUF_INIT {NULL, 0, 0}
+int cfs_buf_grow(struct cfs_buf *b, size_t extra);
+int cfs_buf_put(struct cfs_buf *b, const void *data, size_t len);
+int cfs_buf_puts(struct cfs_buf *b, const char *s);
+int cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Hands the string to the caller (never NULL on success) and resets b. */
+char *cfs_buf_detach(struct cfs_buf *b);
+void cfs_buf_free(struct cfs_buf *b);
+
+/* Time. */
+int64_t cfs_now_ms(void);           /* wall clock, ms since epoch */
+int64_t cfs_monotonic_ms(void);
+/* "2026-06-05T12:00:00.123Z" into out (at least 32 bytes). */
+void cfs_iso8601_ms(char *out, size_t outlen, int64_t ms);
+/* Parses ISO-8601 UTC with optional fraction ("...Z"); -1 if invalid. */
+int64_t cfs_iso8601_parse_ms(const char *s);
+
+/* Randomness (libsodium). */
+void cfs_random_bytes(void *buf, size_t n);
+/* n random bytes as 2n lowercase hex chars + NUL into out. */
+void cfs_random_hex(char *out, size_t nbytes);
+/* Random RFC 4122 v4 UUID, 36 chars + NUL. */
+void cfs_uuid4(char out[37]);
+
+/* Hex and hashing. */
+void cfs_hex_encode(char *out, const uint8_t *in, size_t n); /* 2n+1 */
+int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex,
+		   size_t *outn);
+/* Lowercase hex SHA-256 (65 bytes) of a buffer / of an open fd from 0. */
+void cfs_sha256_hex(char out[65], const void *data, size_t len);
+int cfs_sha256_fd(char out[65], int fd);
+
+/* Whole-file helpers, capped at max bytes (CFS_ECORRUPT above it). */
+int cfs_read_file_at(char **out, size_t *len_out, int dirfd,
+		     const char *path, size_t max);
+/* Writes to a temp file beside path, fsyncs if durable, renames. */
+int cfs_write_file_at(int dirfd, const char *path, const void *data,
+		      size_t len, mode_t mode, bool durable);
+int cfs_write_all(int fd, const void *data, size_t len);
+int cfs_read_all(int fd, void *data, size_t len, size_t *got);
+/* mkdir -p relative to dirfd ("" and "." are no-ops). */
+int cfs_mkdir_p_at(int dirfd, const char *path, mode_t mode);
+/* rm -rf relative to dirfd, never following symlinks. */
+int cfs_rmtree_at(int dirfd, const char *path);
+/* Private (0700) temporary directory under base (or $TMPDIR, /tmp). */
+int cfs_mkdtemp(char **out, const char *base, const char *prefix);
+
+/* Host name (never NULL; "localhost" on failure). */
+const char *cfs_hostname(void);
+
+/* Secure string helpers for secrets: sodium_malloc'ed, wiped on free. */
+char *cfs_secret_strdup(const char *s);
+void cfs_secret_free(char *s);
+
+#endif
