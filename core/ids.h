@@ -41,11 +41,13 @@ int cfs_id_sanitize(char **out, const char *id);
  * Key builders. All write a NUL-terminated key into out (CFS_KEY_MAX bytes)
  * and return 0, or CFS_EINVAL for an invalid id (message as cfs_id_check).
  */
-int cfs_key_context_prefix(char out[CFS_KEY_MAX], const char *id); /* contexts/<id>/ */
+int cfs_key_context_prefix(char out[CFS_KEY_MAX],
+			   const char *id); /* contexts/<id>/ */
 int cfs_key_manifest(char out[CFS_KEY_MAX], const char *id);
 int cfs_key_lock(char out[CFS_KEY_MAX], const char *id);
-int cfs_key_tree_prefix(char out[CFS_KEY_MAX], const char *id);  /* .../tree/ */
-int cfs_key_image_prefix(char out[CFS_KEY_MAX], const char *id); /* .../image/ */
+int cfs_key_tree_prefix(char out[CFS_KEY_MAX], const char *id); /* .../tree/ */
+int cfs_key_image_prefix(char out[CFS_KEY_MAX],
+			 const char *id); /* .../image/ */
 /* contextKeys().checkpoints: "contexts/<id>/checkpoints" (no slash). */
 int cfs_key_checkpoints(char out[CFS_KEY_MAX], const char *id);
 /* Listing prefix "contexts/<id>/checkpoints/". */
@@ -94,7 +96,7 @@ int cfs_context_path_normalize(char **out, const char *input);
 
 /* References to a stored tree: "ID", "ID@GEN", "ID@checkpoint:N". */
 enum cfs_ref_kind {
-	CFS_REF_LATEST = 0,     /* the manifest's current treeKey */
+	CFS_REF_LATEST = 0, /* the manifest's current treeKey */
 	CFS_REF_GENERATION = 1, /* a saved generation */
 	CFS_REF_CHECKPOINT = 2, /* a checkpoint */
 };
