@@ -1,0 +1,218 @@
+/*
+ * The commit engine: create, commit (save / checkpoint), export, verify,
+ * restore, gc and list of contexts over a struct cfs_store (REFERENCE.md
+ * §2.3, §2.4, §5.2, §8.1, §8.3, §8.4, §13.1). No FUSE and no HTTP: the CLI
+ * and a mount drive this same API.
+ *
+ * Invariants:
+ *   - data objects are written first under fresh keys, the manifest last
+ *     with a compare-and-swap (If-Match on the ETag read at the start, or
+ *     If-None-Match on create); on any failure every object this call wrote
+ *     is deleted again, so the previous manifest and its data stay intact;
+ *   - when an owner is given, lock ownership is asserted before any work
+ *     and again right before the manifest write (the commit point);
+ *   - superseded objects are deleted only after a successful manifest
+ *     write, and only beyond retention (the data of the last N generations
+ *     is kept and recorded in their version summaries, a contextfs
+ *     extension); deletion failures only warn;
+ *   - plaintext (seed trees, bundles) exists only in private temp files
+ *     (0600 in a 0700 directory) that are removed on every path; whole
+ *     bundles are streamed, never held in memory.
+ *
+ * Errors: CFS_EINVAL invalid id / ref / options; CFS_ENOTFOUND missing
+ * context, generation or checkpoint; CFS_EEXISTS "context already exists:
+ * <id>"; CFS_ECONFLICT lost compare-and-swap or expect_generation mismatch;
+ * CFS_ELOCKED lock held by another owner; CFS_EAUTH wrong key or tampered
+ * data; CFS_EUNSAFE / CFS_ECORRUPT unsafe archive or corrupt metadata;
+ * storage errors propagate unchanged.
+ */
+#ifndef CFS_CORE_CONTEXT_H
+#define CFS_CORE_CONTEXT_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/store.h"
+
+struct cfs_keys; /* core/crypto.h: key material, caches derivations */
+struct cfs_manifest; /* core/manifest.h */
+
+/* Keep the data of the last N generations unless told otherwise. */
+#define CFS_CONTEXT_DEFAULT_RETENTION 5
+/* Big enough for every key the engine builds (see CFS_KEY_MAX in ids.h). */
+#define CFS_CONTEXT_KEY_MAX 320
+
+/*
+ * scrypt parameters for NEW encryptions. cost 0 = "not set": create uses
+ * the crypto default (131072/8/1), commits reuse the parameters the context
+ * already records in treeEncryption.scrypt. Ignored for raw keys.
+ */
+struct cfs_scrypt_opts {
+	uint64_t cost;
+	uint32_t block_size; /* 0 = 8 */
+	uint32_t parallelization; /* 0 = 1 */
+};
+
+struct cfs_create_opts {
+	bool force; /* overwrite an existing context, prune after */
+	const cJSON *policy; /* persistencePolicy; NULL = defaults */
+	struct cfs_scrypt_opts scrypt;
+	const char *
+		author; /* version summary of generation 1; NULL = "contextsdk" */
+	const char *message; /* NULL = "create context" */
+	cfs_progress_fn progress;
+	void *progress_payload;
+};
+
+/*
+ * Creates context id with the reference's seed tree (§5.2), generation 1.
+ * *out (may be NULL) receives the written manifest. An existing context
+ * without force -> CFS_EEXISTS "context already exists: <id>".
+ */
+int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id,
+		       const struct cfs_create_opts *opts);
+
+enum cfs_commit_kind {
+	CFS_COMMIT_SAVE = 0, /* next generation (§8.3) */
+	CFS_COMMIT_CHECKPOINT = 1, /* next checkpoint, pointer flip (§8.4) */
+};
+
+struct cfs_commit_opts {
+	enum cfs_commit_kind kind;
+	/*
+	 * Lock owner held by the caller; asserted before starting and at the
+	 * commit point (another owner -> CFS_ELOCKED, nothing written). NULL
+	 * = no assertion (only for callers that serialize writers otherwise).
+	 */
+	const char *owner;
+	const char *author; /* save: NULL = owner, else "contextsdk" */
+	const char *message; /* save: NULL = "save context" */
+	const char *reason; /* checkpoint: NULL = "checkpoint" */
+	/* -1 = any; else the current generation must equal it (CFS_ECONFLICT). */
+	int64_t expect_generation;
+	int retention; /* <= 0 = CFS_CONTEXT_DEFAULT_RETENTION */
+	const cJSON *policy; /* NULL = the manifest's stored policy */
+	struct cfs_scrypt_opts scrypt;
+	cfs_progress_fn progress;
+	void *progress_payload;
+};
+
+/* Defaults: kind save, expect_generation -1, everything else unset. */
+void cfs_commit_opts_init(struct cfs_commit_opts *opts);
+
+struct cfs_commit_result {
+	uint64_t generation; /* generation after the commit */
+	uint64_t checkpoint_generation; /* checkpoint counter after it */
+	char tree_key[CFS_CONTEXT_KEY_MAX]; /* object written */
+	uint64_t size_bytes; /* compressed bundle bytes */
+	cJSON *changed_paths; /* save: [{path, type}] (owned); else NULL */
+	size_t gc_deleted; /* superseded objects deleted afterwards */
+};
+
+/* Frees what a result owns and zeroes it (NULL-safe). */
+void cfs_commit_result_clear(struct cfs_commit_result *res);
+
+/*
+ * Commits the managed roots of the directory srcdirfd (the persistence
+ * policy's roots plus contextsdk.json; srcdir's own .contextsdk/ only for
+ * its index.json as the previous file index) as the next generation or
+ * checkpoint of id. The version record files (.contextsdk/index.json and
+ * .contextsdk/versions/<g>.json) are added to the bundle in memory; srcdir
+ * is never written. res may be NULL.
+ */
+int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id, int srcdirfd,
+		       const struct cfs_commit_opts *opts);
+
+/* What a ref resolved to. */
+struct cfs_ref_info {
+	uint64_t generation; /* generation of the tree; 0 for a checkpoint */
+	uint64_t checkpoint; /* checkpoint number; 0 otherwise */
+	char tree_key[CFS_CONTEXT_KEY_MAX];
+	uint64_t size_bytes; /* ciphertext bytes downloaded */
+};
+
+/*
+ * Writes the tree named by ref ("ID", "ID@GEN", "ID@checkpoint:N") into
+ * destdirfd (which the caller made empty). Downloads to a private temp
+ * file, authenticates while decrypting to a second private temp file, then
+ * unpacks with the archive safety rules. A generation whose data is gone ->
+ * CFS_ENOTFOUND "generation N of <id> is no longer retained (kept: ...)".
+ * info may be NULL.
+ */
+int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *ref, int destdirfd,
+		       cfs_progress_fn progress, void *progress_payload);
+
+/* One object checked by verify. Strings borrow until the callback returns. */
+struct cfs_verify_item {
+	const char *key;
+	const char *role; /* "current", "generation:N", "checkpoint:N" */
+	bool ok;
+	uint64_t bytes; /* ciphertext bytes (0 if not downloaded) */
+	int error; /* CFS_E* when !ok */
+	const char *message; /* when !ok */
+};
+/* A non-zero return stops the walk and is returned by verify. */
+typedef int (*cfs_verify_fn)(const struct cfs_verify_item *item, void *payload);
+
+/*
+ * Downloads, authenticates and validates (archive safety, nothing written)
+ * every object the manifest references: the current tree, the retained
+ * generations and the checkpoints whose decryption metadata is known.
+ * Returns 0 when all passed, else the code of the first failure (with its
+ * message). fn may be NULL.
+ */
+int cfs_context_verify(struct cfs_store *st, struct cfs_keys *keys,
+		       const char *id, cfs_verify_fn fn, void *payload);
+
+/*
+ * Exports ref into a private temp dir and commits it as the next
+ * generation of ref's id (message "restore <ref>" unless opts->message is
+ * set; opts->kind is ignored, always a save). opts may be NULL.
+ */
+int cfs_context_restore(struct cfs_commit_result *res, struct cfs_store *st,
+			struct cfs_keys *keys, const char *ref,
+			const struct cfs_commit_opts *opts);
+
+/* One object considered by gc. */
+struct cfs_gc_item {
+	const char *key;
+	bool deleted; /* false on dry run or failure */
+	int error; /* CFS_E* of a failed delete, else 0 */
+};
+typedef int (*cfs_gc_fn)(const struct cfs_gc_item *item, void *payload);
+
+struct cfs_gc_opts {
+	int keep; /* <= 0 = CFS_CONTEXT_DEFAULT_RETENTION */
+	bool dry_run;
+	const char *owner; /* lock owner to assert, NULL = none */
+	cfs_gc_fn fn; /* may be NULL */
+	void *payload;
+};
+
+/*
+ * Applies retention (drops the data references of generations older than
+ * the last keep from the manifest with a compare-and-swap), then deletes
+ * every object under contexts/<id>/tree/ and image/ that the manifest no
+ * longer references (objects of generations newer than the manifest's are
+ * left alone: they may belong to a commit in flight). *deleted (may be
+ * NULL) receives the number of objects deleted (or that would be).
+ */
+int cfs_context_gc(size_t *deleted, struct cfs_store *st, const char *id,
+		   const struct cfs_gc_opts *opts);
+
+/* Reads (and normalizes) the manifest of id; etag may be NULL. */
+int cfs_context_read_manifest(struct cfs_manifest **out,
+			      char etag[CFS_ETAG_MAX], struct cfs_store *st,
+			      const char *id);
+
+/* Calls fn for every context id with a manifest under contexts/. */
+typedef int (*cfs_context_list_fn)(const char *id, void *payload);
+int cfs_context_list(struct cfs_store *st, cfs_context_list_fn fn,
+		     void *payload);
+
+#endif
