@@ -239,6 +239,11 @@ int cfs_encmeta_from_json(struct cfs_encmeta *out, const cJSON *obj)
 	return 0;
 }
 
+struct cfs_scrypt_params cfs_encmeta_scrypt_params(const struct cfs_encmeta *m)
+{
+	return m->has_scrypt ? m->scrypt : cfs_scrypt_legacy;
+}
+
 static int add_b64(cJSON *obj, const char *name, const uint8_t *bin, size_t len)
 {
 	char buf[sodium_base64_ENCODED_LEN(CFS_ENCMETA_MAX_BIN,
@@ -762,7 +767,7 @@ int cfs_cipher_decrypt_new(struct cfs_cipher **out, struct cfs_keys *keys,
 		memcpy(key, keys->s->raw, CFS_KEY_BYTES);
 		pthread_mutex_unlock(&keys->lock);
 	} else {
-		p = meta->has_scrypt ? meta->scrypt : cfs_scrypt_legacy;
+		p = cfs_encmeta_scrypt_params(meta);
 		rc = cfs_scrypt_params_validate(&p);
 		if (rc) {
 			char why[256];

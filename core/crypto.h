@@ -106,6 +106,14 @@ struct cfs_encmeta {
 int cfs_encmeta_from_json(struct cfs_encmeta *out, const cJSON *obj);
 
 /*
+ * The scrypt parameters m's object was (or would be) derived with: the
+ * recorded ones, or cfs_scrypt_legacy when the metadata has none. Useful to
+ * keep a context's recorded parameters for its next encryption
+ * (cfs_keys_set_scrypt()).
+ */
+struct cfs_scrypt_params cfs_encmeta_scrypt_params(const struct cfs_encmeta *m);
+
+/*
  * Encodes m in the reference's member order: version, algorithm,
  * keyDerivation, salt, nonce, authTag, scrypt{cost, blockSize,
  * parallelization}; salt and scrypt are omitted when absent (raw). NULL with

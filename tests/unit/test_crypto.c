@@ -175,6 +175,8 @@ static void test_params(void)
 	TAP_EQ_INT(cfs_keys_set_scrypt(k, &p), CFS_EINVAL, "cost 1000 refused");
 	TAP_OK(msg_has("scrypt cost must be a power of two greater than one"),
 	       "cost message: %s", cfs_error_last());
+	TAP_EQ_INT(cfs_keys_set_scrypt(k, &cfs_scrypt_defaults), 0,
+		   "defaults accepted");
 	p = (struct cfs_scrypt_params){1, 8, 1};
 	TAP_EQ_INT(cfs_scrypt_params_validate(&p), CFS_EINVAL,
 		   "cost 1 refused");
@@ -235,6 +237,19 @@ static void test_roundtrip_raw(void)
 	       "raw metadata has no salt or scrypt");
 	TAP_OK(m.nonce_len == 12 && m.tag_len == 16, "nonce 12, tag 16");
 	TAP_OK(memcmp(ct, pt, sizeof(pt)) != 0, "ciphertext differs");
+	{
+		struct cfs_cipher *c = NULL;
+
+		TAP_EQ_INT(cfs_cipher_decrypt_new(&c, k, &m), 0, "decrypt_new");
+		TAP_EQ_INT(cfs_cipher_update(c, ct, 10, back), 0, "update");
+		TAP_EQ_INT(cfs_cipher_final(c), CFS_EAUTH,
+			   "final after a partial stream -> CFS_EAUTH");
+		TAP_EQ_INT(cfs_cipher_update(c, ct, 10, back), CFS_EINVAL,
+			   "update after final refused");
+		TAP_EQ_INT(cfs_cipher_final(c), CFS_EINVAL,
+			   "second final refused");
+		cfs_cipher_free(c);
+	}
 	TAP_EQ_INT(dec_buf(k, &m, ct, sizeof(pt), back), 0, "raw decrypt");
 	TAP_OK(memcmp(back, pt, sizeof(pt)) == 0, "raw round trip");
 	TAP_EQ_INT(cfs_keys_derivations(k), 0, "raw keys never run scrypt");
@@ -646,6 +661,8 @@ static void test_legacy_params(void)
 	fill_pattern(pt, sizeof(pt), 5);
 	TAP_EQ_INT(enc_buf(k, pt, sizeof(pt), &ct, &m), 0, "encrypt (legacy)");
 	m.has_scrypt = false; /* as 0.1.0 wrote it */
+	TAP_EQ_INT(cfs_encmeta_scrypt_params(&m).cost, 16384,
+		   "no recorded params -> legacy cost");
 	j = cfs_encmeta_to_json(&m);
 	TAP_OK(j && !cJSON_GetObjectItem(j, "scrypt") &&
 		       cJSON_GetObjectItem(j, "salt"),
