@@ -92,10 +92,15 @@ int cfs_scrypt(uint8_t *out, size_t outlen, const void *pass, size_t passlen,
 /* ------------------------------------------------------------------ */
 /* Metadata codec */
 
+/*
+ * Decodes obj[name] (standard base64, padded) into out (CFS_ENCMETA_MAX_BIN
+ * bytes). Anything that would decode to more is refused before decoding.
+ */
 static int b64_member(uint8_t *out, size_t *outlen, const cJSON *obj,
 		      const char *name, bool required)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+	uint8_t scratch[CFS_ENCMETA_MAX_BIN + 3];
 	size_t slen, n = 0;
 
 	*outlen = 0;
@@ -111,18 +116,24 @@ static int b64_member(uint8_t *out, size_t *outlen, const cJSON *obj,
 				     "encryption metadata %s is not a string",
 				     name);
 	slen = strlen(v->valuestring);
-	if (slen / 4 * 3 > CFS_ENCMETA_MAX_BIN + 2)
+	if (slen > (CFS_ENCMETA_MAX_BIN + 2) / 3 * 4)
 		return cfs_error_set(CFS_ECORRUPT,
-				     "encryption metadata %s is too long "
-				     "(%zu base64 characters)",
-				     name, slen);
-	if (sodium_base642bin(out, CFS_ENCMETA_MAX_BIN, v->valuestring, slen,
+				     "encryption metadata %s is longer than "
+				     "%d bytes",
+				     name, CFS_ENCMETA_MAX_BIN);
+	if (sodium_base642bin(scratch, sizeof(scratch), v->valuestring, slen,
 			      NULL, &n, NULL,
 			      sodium_base64_VARIANT_ORIGINAL) != 0)
 		return cfs_error_set(CFS_ECORRUPT,
 				     "encryption metadata %s is not valid "
 				     "base64",
 				     name);
+	if (n > CFS_ENCMETA_MAX_BIN)
+		return cfs_error_set(CFS_ECORRUPT,
+				     "encryption metadata %s is longer than "
+				     "%d bytes",
+				     name, CFS_ENCMETA_MAX_BIN);
+	memcpy(out, scratch, n);
 	*outlen = n;
 	return 0;
 }
