@@ -14,6 +14,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,10 +31,6 @@ static const char *const default_layout[] = {
 	"workspace", "memory", "artifacts", "logs", "cache", "config",
 };
 
-static const char corrupt_hint[] =
-	"restore contexts/%s/manifest.json from a backup or copy (the data "
-	"objects are untouched)";
-
 /* A non-negative integral JSON number that fits uint64 (and a double). */
 static bool json_count(const cJSON *obj, const char *key, uint64_t *out)
 {
@@ -48,11 +45,13 @@ static bool json_count(const cJSON *obj, const char *key, uint64_t *out)
 
 static int corrupt(const char *id, const char *what)
 {
-	char hint[CFS_KEY_MAX + 128];
+	const char *name = id ? id : "<id>";
 
-	snprintf(hint, sizeof(hint), corrupt_hint, id ? id : "<id>");
-	return cfs_error_set(CFS_ECORRUPT, "manifest for %s is corrupt: %s; %s",
-			     id ? id : "context", what, hint);
+	return cfs_error_set(CFS_ECORRUPT,
+			     "manifest for %s is corrupt: %s; restore "
+			     "contexts/%s/manifest.json from a backup (the "
+			     "data objects are untouched)",
+			     id ? id : "context", what, name);
 }
 
 /* Members that must have a given type when present. */
