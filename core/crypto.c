@@ -926,7 +926,7 @@ int cfs_decrypt_fd(struct cfs_keys *keys, const struct cfs_encmeta *meta,
 	struct cfs_cipher *c = NULL;
 	struct stat st;
 	off_t start;
-	int rc;
+	int flags, rc;
 
 	if (fstat(out_fd, &st) < 0)
 		return cfs_error_errno(errno, "cannot stat decryption output");
@@ -938,6 +938,9 @@ int cfs_decrypt_fd(struct cfs_keys *keys, const struct cfs_encmeta *meta,
 	start = lseek(out_fd, 0, SEEK_CUR);
 	if (start < 0)
 		return cfs_error_errno(errno, "cannot seek decryption output");
+	flags = fcntl(out_fd, F_GETFL);
+	if (flags >= 0 && (flags & O_APPEND) && start < st.st_size)
+		start = st.st_size; /* appends land at the end */
 
 	rc = cfs_cipher_decrypt_new(&c, keys, meta);
 	if (rc)

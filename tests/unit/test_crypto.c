@@ -405,6 +405,21 @@ static void test_auth_failures(void)
 	free(back);
 	close(out);
 
+	/* O_APPEND output: the start is the end of the file. */
+	{
+		char path[512];
+
+		snprintf(path, sizeof(path), "%s/appendee", tmp);
+		out = file_with("appendee", "KEEP", 4);
+		close(out);
+		out = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+		lseek(ct, 0, SEEK_SET);
+		TAP_EQ_INT(cfs_decrypt_fd(wrong, &m, ct, out), CFS_EAUTH,
+			   "O_APPEND output, wrong passphrase");
+		TAP_EQ_INT(fd_size(out), 4, "O_APPEND: only the prefix kept");
+		close(out);
+	}
+
 	/* File variant: the output file is gone. */
 	dirfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	lseek(ct, 0, SEEK_SET);
