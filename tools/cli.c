@@ -1,1 +1,1424 @@
-/* placeholder: being written */
+/*
+ * Shared plumbing of the contextfs tool (see cli.h): argv parsing with the
+ * command table, the JSON config file, store and key resolution, secret
+ * hygiene (environment wiping, no-echo prompt that restores the terminal
+ * on every path), --json output, exit codes and the progress line.
+ */
+#include "tools/cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "core/context.h"
+#include "core/crypto.h"
+#include "core/error.h"
+#include "core/ids.h"
+#include "core/json.h"
+#include "core/lock.h"
+#include "core/log.h"
+#include "core/manifest.h"
+#include "core/util.h"
+#include "storage/storage.h"
+
+#ifndef CFS_VERSION
+#define CFS_VERSION "0.0.0"
+#endif
+
+#define DEFAULT_PASSPHRASE_ENV "CONTEXTSDK_PASSPHRASE"
+#define DEFAULT_RAW_KEY_ENV "CONTEXTSDK_KEY_HEX"
+#define DEFAULT_CONFIG_FILE "contextsdk.config.json"
+#define ENV_NAME_MAX 128
+#define SCRYPT_COST_MAX (1u << 20) /* 1 GiB at blockSize 8 */
+
+extern char **environ;
+
+/* Global option ids live above the command range. */
+enum {
+	GOPT_STORE = 100,
+	GOPT_PASSPHRASE_FILE,
+	GOPT_JSON,
+	GOPT_QUIET,
+	GOPT_HELP,
+	GOPT_VERSION,
+};
+
+static const struct cli_opt global_opts[] = {
+	{"store", 0, true, GOPT_STORE},
+	{"passphrase-file", 0, true, GOPT_PASSPHRASE_FILE},
+	{"json", 0, false, GOPT_JSON},
+	{"quiet", 'q', false, GOPT_QUIET},
+	{"help", 'h', false, GOPT_HELP},
+	{"version", 0, false, GOPT_VERSION},
+	{NULL, 0, false, 0},
+};
+
+/* ------------------------------------------------------------------ */
+/* Exit codes */
+
+int cli_exit_code(int code)
+{
+	switch (code) {
+	case CFS_OK:
+		return CLI_EXIT_OK;
+	case CFS_ENOTFOUND:
+		return CLI_EXIT_NOTFOUND;
+	case CFS_ELOCKED:
+	case CFS_ECONFLICT:
+	case CFS_EEXISTS:
+		return CLI_EXIT_LOCKED;
+	case CFS_EAUTH:
+		return CLI_EXIT_AUTH;
+	case CFS_EUNSAFE:
+	case CFS_ECORRUPT:
+		return CLI_EXIT_UNSAFE;
+	case CFS_EIO:
+	case CFS_ENOSPC:
+	case CFS_EAGAIN:
+	case CFS_ETIMEDOUT:
+	case CFS_EPERM:
+		return CLI_EXIT_IO;
+	case CFS_EINVAL:
+	case CFS_EKEY:
+		return CLI_EXIT_USAGE;
+	default:
+		return CLI_EXIT_ERROR;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Output */
+
+cJSON *cli_result(struct cli *cli)
+{
+	if (!cli->result) {
+		cli->result = cJSON_CreateObject();
+		if (cli->result)
+			cJSON_AddBoolToObject(cli->result, "ok", 1);
+	}
+	return cli->result;
+}
+
+void cli_json_add_str_or_null(cJSON *obj, const char *key, const char *val)
+{
+	if (!obj)
+		return;
+	if (val)
+		cJSON_AddStringToObject(obj, key, val);
+	else
+		cJSON_AddNullToObject(obj, key);
+}
+
+void cli_print(struct cli *cli, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cli->json || cli->quiet)
+		return;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
+
+void cli_warn(struct cli *cli, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cli->quiet)
+		return;
+	cli_progress_end(cli);
+	fputs("contextfs: warning: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+void cli_format_bytes(char *out, size_t outlen, uint64_t bytes)
+{
+	static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+	double v = (double)bytes;
+	size_t i = 0;
+
+	if (bytes < 1024) {
+		snprintf(out, outlen, "%llu B", (unsigned long long)bytes);
+		return;
+	}
+	v /= 1024.0;
+	while (v >= 1024.0 && i + 1 < CFS_ARRAY_SIZE(units)) {
+		v /= 1024.0;
+		i++;
+	}
+	snprintf(out, outlen, "%.1f %s", v, units[i]);
+}
+
+/* Message for a failed code: the thread's record if it belongs to code. */
+static const char *error_message(int code)
+{
+	const char *msg = cfs_error_last();
+
+	if (msg && *msg && cfs_error_last_code() == code)
+		return msg;
+	if (msg && *msg && code == CFS_ERROR)
+		return msg;
+	switch (code) {
+	case CFS_ENOMEM:
+		return "out of memory";
+	case CFS_ENOTFOUND:
+		return "not found";
+	default:
+		return msg && *msg ? msg : cfs_error_name(code);
+	}
+}
+
+/*
+ * Prints the outcome: the JSON document (with "ok" and "error" adjusted)
+ * or the human error line. Returns the exit code.
+ */
+static int cli_finish(struct cli *cli, int rc)
+{
+	char *text;
+
+	cli_progress_end(cli);
+	if (!cli->json) {
+		if (rc) {
+			/* One line: flatten any newline in the message. */
+			char line[1100];
+			size_t i;
+
+			snprintf(line, sizeof(line), "%s", error_message(rc));
+			for (i = 0; line[i]; i++)
+				if (line[i] == '\n' || line[i] == '\r')
+					line[i] = ' ';
+			fprintf(stderr, "contextfs: %s\n", line);
+		}
+		fflush(stdout);
+		return cli_exit_code(rc);
+	}
+	if (!cli->result || rc == CFS_ENOMEM) {
+		cJSON_Delete(cli->result);
+		cli->result = NULL;
+	}
+	if (rc) {
+		cJSON *err = cJSON_CreateObject();
+		cJSON *doc = cli->result ? cli->result : cJSON_CreateObject();
+
+		cli->result = doc;
+		if (!doc || !err) {
+			cJSON_Delete(err);
+			fputs("{\"ok\": false, \"error\": {\"code\": \"nomem\", "
+			      "\"message\": \"out of memory\"}}\n",
+			      stdout);
+			return cli_exit_code(rc);
+		}
+		cJSON_AddStringToObject(err, "code", cfs_error_name(rc));
+		cJSON_AddStringToObject(err, "message", error_message(rc));
+		if (cJSON_GetObjectItemCaseSensitive(doc, "ok"))
+			cJSON_ReplaceItemInObjectCaseSensitive(
+				doc, "ok", cJSON_CreateBool(0));
+		else
+			cJSON_AddBoolToObject(doc, "ok", 0);
+		cJSON_DeleteItemFromObjectCaseSensitive(doc, "error");
+		cJSON_AddItemToObject(doc, "error", err);
+	} else if (!cli_result(cli)) {
+		fputs("{\"ok\": true}\n", stdout);
+		return CLI_EXIT_OK;
+	}
+	text = cfs_json_print(cli->result, CFS_JSON_PRETTY | CFS_JSON_NEWLINE);
+	if (!text) {
+		fputs("{\"ok\": false, \"error\": {\"code\": \"nomem\", "
+		      "\"message\": \"out of memory\"}}\n",
+		      stdout);
+		return rc ? cli_exit_code(rc) : CLI_EXIT_ERROR;
+	}
+	fputs(text, stdout);
+	free(text);
+	if (fflush(stdout) != 0 && !rc)
+		return CLI_EXIT_IO;
+	return cli_exit_code(rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* Progress */
+
+void cli_progress_begin(struct cli *cli, const char *label)
+{
+	cli->progress_label = label;
+	cli->progress_start_ms = cfs_monotonic_ms();
+	cli->progress_last_ms = 0;
+}
+
+void cli_progress_cb(uint64_t done, uint64_t total, void *payload)
+{
+	struct cli *cli = payload;
+	char d[32], t[32], r[32];
+	int64_t now, elapsed;
+	double rate;
+
+	if (!cli || !cli->progress_enabled)
+		return;
+	now = cfs_monotonic_ms();
+	/* 10 updates a second at most; always draw the final state. */
+	if (cli->progress_last_ms && now - cli->progress_last_ms < 100 &&
+	    (total == 0 || done < total))
+		return;
+	if (!cli->progress_start_ms)
+		cli->progress_start_ms = now;
+	cli->progress_last_ms = now;
+	elapsed = now - cli->progress_start_ms;
+	rate = elapsed > 0 ? (double)done * 1000.0 / (double)elapsed : 0.0;
+	cli_format_bytes(d, sizeof(d), done);
+	cli_format_bytes(r, sizeof(r), (uint64_t)rate);
+	if (total)
+		cli_format_bytes(t, sizeof(t), total);
+	fprintf(stderr, "\r\033[K%s %s%s%s  %s/s",
+		cli->progress_label ? cli->progress_label : "transfer", d,
+		total ? " / " : "", total ? t : "", r);
+	fflush(stderr);
+	cli->progress_shown = true;
+}
+
+void cli_progress_end(struct cli *cli)
+{
+	if (cli->progress_shown) {
+		fputs("\r\033[K", stderr);
+		fflush(stderr);
+		cli->progress_shown = false;
+	}
+	cli->progress_last_ms = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Numbers */
+
+int cli_parse_u64(uint64_t *out, const char *optname, const char *s,
+		  uint64_t min, uint64_t max)
+{
+	uint64_t v = 0;
+	const char *p;
+
+	if (!s || !*s || strlen(s) > 20)
+		goto bad;
+	for (p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			goto bad;
+		if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			goto bad;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	if (v < min || v > max)
+		goto bad;
+	*out = v;
+	return 0;
+bad:
+	return cfs_error_set(CFS_EINVAL,
+			     "%s must be a whole number from %llu to %llu, "
+			     "got \"%.40s\"",
+			     optname, (unsigned long long)min,
+			     (unsigned long long)max, s ? s : "");
+}
+
+int cli_scrypt_cost(uint64_t *out, const char *optval)
+{
+	const char *what = "--scrypt-cost";
+	const char *s = optval;
+	uint64_t v;
+	int rc;
+
+	*out = 0;
+	if (!s) {
+		s = getenv("CONTEXTFS_SCRYPT_COST");
+		what = "CONTEXTFS_SCRYPT_COST";
+		if (!s || !*s)
+			return 0;
+	}
+	rc = cli_parse_u64(&v, what, s, 2, SCRYPT_COST_MAX);
+	if (rc)
+		return rc;
+	if (v & (v - 1))
+		return cfs_error_set(CFS_EINVAL,
+				     "%s must be a power of two greater "
+				     "than one (e.g. 1024 or 131072)",
+				     what);
+	*out = v;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Config file */
+
+static bool env_name_valid(const char *s)
+{
+	size_t i;
+
+	if (!s || !*s || strlen(s) > ENV_NAME_MAX)
+		return false;
+	for (i = 0; s[i]; i++) {
+		char c = s[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		      c == '_' || (i > 0 && c >= '0' && c <= '9')))
+			return false;
+	}
+	return true;
+}
+
+/* Optional string member at obj.section.key; wrong type -> ECORRUPT. */
+static int config_str(struct cli *cli, const char *section, const char *key,
+		      const char **out)
+{
+	const cJSON *sec, *item;
+
+	*out = NULL;
+	sec = cJSON_GetObjectItemCaseSensitive(cli->config, section);
+	if (!sec || cJSON_IsNull(sec))
+		return 0;
+	if (!cJSON_IsObject(sec))
+		return cfs_error_set(CFS_ECORRUPT,
+				     "config %s: \"%s\" must be an object",
+				     cli->config_path, section);
+	item = cJSON_GetObjectItemCaseSensitive(sec, key);
+	if (!item || cJSON_IsNull(item))
+		return 0;
+	if (!cJSON_IsString(item) || !item->valuestring[0])
+		return cfs_error_set(CFS_ECORRUPT,
+				     "config %s: \"%s.%s\" must be a "
+				     "non-empty string",
+				     cli->config_path, section, key);
+	*out = item->valuestring;
+	return 0;
+}
+
+static int config_load(struct cli *cli)
+{
+	const char *path = getenv("CONTEXTSDK_CONFIG");
+	const char *name;
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	cli->passphrase_env = DEFAULT_PASSPHRASE_ENV;
+	cli->raw_key_env = DEFAULT_RAW_KEY_ENV;
+	if (path && *path) {
+		rc = cfs_read_file_at(&buf, &len, AT_FDCWD, path,
+				      CLI_CONFIG_MAX);
+		if (rc) {
+			cfs_error_prefix("cannot read CONTEXTSDK_CONFIG");
+			return rc == CFS_ENOTFOUND ? CFS_EINVAL : rc;
+		}
+	} else {
+		path = DEFAULT_CONFIG_FILE;
+		rc = cfs_read_file_at(&buf, &len, AT_FDCWD, path,
+				      CLI_CONFIG_MAX);
+		if (rc == CFS_ENOTFOUND) {
+			cfs_error_clear();
+			return 0;
+		}
+		if (rc) {
+			cfs_error_prefix("cannot read ./%s", path);
+			return rc;
+		}
+	}
+	cli->config_path = cfs_strdup(path);
+	if (!cli->config_path) {
+		free(buf);
+		return CFS_ENOMEM;
+	}
+	cli->config = cfs_json_parse(buf, len, path);
+	free(buf);
+	if (!cli->config)
+		return cfs_error_last_code() ? cfs_error_last_code()
+					     : CFS_ECORRUPT;
+	if (!cJSON_IsObject(cli->config))
+		return cfs_error_set(CFS_ECORRUPT,
+				     "config %s must be a JSON object", path);
+
+	rc = config_str(cli, "encryption", "passphraseEnv", &name);
+	if (rc)
+		return rc;
+	if (name) {
+		if (!env_name_valid(name))
+			return cfs_error_set(CFS_ECORRUPT,
+					     "config %s: encryption."
+					     "passphraseEnv is not a valid "
+					     "environment variable name",
+					     path);
+		cli->passphrase_env = name;
+	}
+	rc = config_str(cli, "encryption", "rawKeyHexEnv", &name);
+	if (rc)
+		return rc;
+	if (name) {
+		if (!env_name_valid(name))
+			return cfs_error_set(CFS_ECORRUPT,
+					     "config %s: encryption."
+					     "rawKeyHexEnv is not a valid "
+					     "environment variable name",
+					     path);
+		cli->raw_key_env = name;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Secrets from the environment */
+
+/*
+ * Overwrites the value of name in environ in place (so /proc/self/environ
+ * no longer shows it, where the kernel still maps the original block) and
+ * removes the variable.
+ */
+static void env_wipe(const char *name)
+{
+	size_t n = strlen(name);
+	char **e;
+
+	for (e = environ; e && *e; e++) {
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') {
+			char *v = *e + n + 1;
+
+			sodium_memzero(v, strlen(v));
+		}
+	}
+	unsetenv(name);
+}
+
+static int env_capture(const char *name, char **out)
+{
+	const char *v = getenv(name);
+	int rc = 0;
+
+	*out = NULL;
+	if (!v)
+		return 0;
+	if (*v) {
+		if (strlen(v) >= CLI_SECRET_MAX) {
+			rc = cfs_error_set(CFS_EKEY,
+					   "%s is longer than %d bytes", name,
+					   CLI_SECRET_MAX - 1);
+		} else {
+			*out = cfs_secret_strdup(v);
+			if (!*out)
+				rc = CFS_ENOMEM;
+		}
+	}
+	env_wipe(name);
+	return rc;
+}
+
+static int secrets_capture(struct cli *cli)
+{
+	int rc, rc2;
+
+	rc = env_capture(cli->raw_key_env, &cli->env_raw_key);
+	if (strcmp(cli->raw_key_env, cli->passphrase_env) == 0)
+		return rc;
+	rc2 = env_capture(cli->passphrase_env, &cli->env_passphrase);
+	return rc ? rc : rc2;
+}
+
+/* Also wipes the default names when a config renamed them. */
+static void secrets_wipe_defaults(void)
+{
+	if (getenv(DEFAULT_PASSPHRASE_ENV))
+		env_wipe(DEFAULT_PASSPHRASE_ENV);
+	if (getenv(DEFAULT_RAW_KEY_ENV))
+		env_wipe(DEFAULT_RAW_KEY_ENV);
+}
+
+/* ------------------------------------------------------------------ */
+/* Passphrase file */
+
+/* Strips one trailing "\n" or "\r\n". */
+static void strip_newline(char *s, size_t *len)
+{
+	if (*len && s[*len - 1] == '\n')
+		s[--*len] = '\0';
+	if (*len && s[*len - 1] == '\r')
+		s[--*len] = '\0';
+}
+
+static int read_passphrase_file(const char *path, char **out)
+{
+	struct stat st;
+	char *buf = NULL;
+	size_t len = 0;
+	int fd, rc = 0;
+
+	*out = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		rc = cfs_error_errno(errno, "cannot open passphrase file %s",
+				     path);
+		return rc == CFS_ENOTFOUND ? CFS_EKEY : rc;
+	}
+	if (fstat(fd, &st) != 0) {
+		rc = cfs_error_errno(errno, "cannot stat %s", path);
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+		rc = cfs_error_set(CFS_EKEY,
+				   "passphrase file %s is not a regular file",
+				   path);
+		goto out;
+	}
+	if (st.st_mode & (S_IRGRP | S_IROTH)) {
+		rc = cfs_error_set(CFS_EKEY,
+				   "%s is readable by others; chmod 600 it",
+				   path);
+		goto out;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		rc = cfs_error_set(CFS_EKEY,
+				   "%s is writable by others; chmod 600 it",
+				   path);
+		goto out;
+	}
+	buf = sodium_malloc(CLI_SECRET_MAX + 1);
+	if (!buf) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of secure memory");
+		goto out;
+	}
+	for (;;) {
+		ssize_t n;
+
+		if (len == CLI_SECRET_MAX) {
+			char extra;
+
+			n = read(fd, &extra, 1);
+			if (n > 0) {
+				rc = cfs_error_set(CFS_EKEY,
+						   "passphrase file %s is "
+						   "longer than %d bytes",
+						   path, CLI_SECRET_MAX - 2);
+				goto out;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0) {
+				rc = cfs_error_errno(errno, "cannot read %s",
+						     path);
+				goto out;
+			}
+			break;
+		}
+		n = read(fd, buf + len, CLI_SECRET_MAX - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = cfs_error_errno(errno, "cannot read %s", path);
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	strip_newline(buf, &len);
+	if (memchr(buf, '\0', len)) {
+		rc = cfs_error_set(CFS_EKEY,
+				   "passphrase file %s contains a NUL byte",
+				   path);
+		goto out;
+	}
+	if (len == 0) {
+		rc = cfs_error_set(CFS_EKEY, "passphrase file %s is empty",
+				   path);
+		goto out;
+	}
+	*out = buf;
+	buf = NULL;
+out:
+	if (buf)
+		sodium_free(buf); /* wipes */
+	close(fd);
+	return rc;
+}
+
+int cli_passphrase_file_check(struct cli *cli)
+{
+	char *pass = NULL;
+	int rc;
+
+	if (!cli->passphrase_file)
+		return 0;
+	rc = read_passphrase_file(cli->passphrase_file, &pass);
+	if (pass)
+		sodium_free(pass);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* No-echo prompt */
+
+static struct termios prompt_saved;
+static volatile sig_atomic_t prompt_active;
+static const int prompt_signals[] = {SIGINT,  SIGTERM, SIGHUP, SIGQUIT,
+				     SIGTSTP, SIGTTIN, SIGTTOU};
+static struct sigaction prompt_old_actions[7];
+
+static void prompt_echo_off(void)
+{
+	struct termios t = prompt_saved;
+
+	t.c_lflag &= ~(tcflag_t)(ECHO | ECHOE | ECHOK | ECHONL);
+	t.c_lflag |= ICANON;
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &t);
+}
+
+/*
+ * Restores the terminal before the default action runs. Job control stops
+ * via SIGSTOP (cannot be blocked inside the handler) and turns echo off
+ * again on resume.
+ */
+static void prompt_signal(int sig)
+{
+	int saved_errno = errno;
+
+	if (prompt_active)
+		tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
+	if (sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU) {
+		kill(getpid(), SIGSTOP);
+		if (prompt_active)
+			prompt_echo_off();
+		errno = saved_errno;
+		return;
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+	errno = saved_errno;
+}
+
+static void prompt_handlers(bool install)
+{
+	size_t i;
+
+	for (i = 0; i < CFS_ARRAY_SIZE(prompt_signals); i++) {
+		if (install) {
+			struct sigaction sa;
+
+			memset(&sa, 0, sizeof(sa));
+			sa.sa_handler = prompt_signal;
+			sigemptyset(&sa.sa_mask);
+			sigaction(prompt_signals[i], &sa,
+				  &prompt_old_actions[i]);
+		} else {
+			sigaction(prompt_signals[i], &prompt_old_actions[i],
+				  NULL);
+		}
+	}
+}
+
+/* Reads one line with echo off into sodium memory (*out). */
+static int prompt_secret(const char *prompt, char **out)
+{
+	char *buf;
+	size_t len = 0;
+	bool too_long = false;
+	int rc = 0;
+
+	*out = NULL;
+	if (tcgetattr(STDIN_FILENO, &prompt_saved) != 0)
+		return cfs_error_errno(errno, "cannot read terminal settings");
+	buf = sodium_malloc(CLI_SECRET_MAX);
+	if (!buf)
+		return cfs_error_set(CFS_ENOMEM, "out of secure memory");
+
+	/* Echo goes off BEFORE the prompt appears. */
+	prompt_handlers(true);
+	prompt_active = 1;
+	prompt_echo_off();
+	fputs(prompt, stderr);
+	fflush(stderr);
+	for (;;) {
+		char c;
+		ssize_t n = read(STDIN_FILENO, &c, 1);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = cfs_error_errno(errno, "cannot read passphrase");
+			break;
+		}
+		if (n == 0 || c == '\n')
+			break;
+		if (len + 1 >= CLI_SECRET_MAX) {
+			too_long = true;
+			continue;
+		}
+		buf[len++] = c;
+		c = 0;
+	}
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &prompt_saved);
+	prompt_active = 0;
+	prompt_handlers(false);
+	fputc('\n', stderr);
+	buf[len] = '\0';
+	if (!rc && len && buf[len - 1] == '\r')
+		buf[--len] = '\0';
+	if (!rc && too_long)
+		rc = cfs_error_set(CFS_EKEY,
+				   "passphrase is longer than %d bytes",
+				   CLI_SECRET_MAX - 2);
+	if (!rc && len == 0)
+		rc = cfs_error_set(CFS_EKEY, "empty passphrase; nothing "
+					     "entered");
+	if (rc) {
+		sodium_free(buf);
+		return rc;
+	}
+	*out = buf;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys */
+
+int cli_keys(struct cli *cli, bool confirm, struct cfs_keys **out)
+{
+	char *pass = NULL, *again = NULL;
+	const char *use_pass = NULL;
+	int rc = 0;
+
+	*out = NULL;
+	if (cli->passphrase_file) {
+		rc = read_passphrase_file(cli->passphrase_file, &pass);
+		if (rc)
+			goto out;
+		use_pass = pass;
+	} else if (cli->env_passphrase) {
+		use_pass = cli->env_passphrase;
+	} else if (!cli->env_raw_key && isatty(STDIN_FILENO)) {
+		rc = prompt_secret(confirm ? "New context passphrase: "
+					   : "Passphrase: ",
+				   &pass);
+		if (rc)
+			goto out;
+		if (confirm) {
+			rc = prompt_secret("Repeat passphrase: ", &again);
+			if (rc)
+				goto out;
+			if (sodium_memcmp(pass, again, strlen(pass) + 1) != 0 ||
+			    strlen(pass) != strlen(again)) {
+				rc = cfs_error_set(CFS_EKEY,
+						   "passphrases do not match");
+				goto out;
+			}
+		}
+		use_pass = pass;
+	}
+	if (!use_pass && !cli->env_raw_key) {
+		rc = cfs_error_set(CFS_EKEY, "%s or %s is required",
+				   cli->passphrase_env, cli->raw_key_env);
+		goto out;
+	}
+	rc = cfs_keys_new(out, use_pass, cli->env_raw_key);
+out:
+	if (pass)
+		sodium_free(pass);
+	if (again)
+		sodium_free(again);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Store */
+
+int cli_store_dir(struct cli *cli, char **out, const char **source_out)
+{
+	const char *src = NULL, *dir = NULL, *type = NULL;
+	const char *bucket;
+	int rc;
+
+	*out = NULL;
+	if (cli->store_dir) {
+		dir = cli->store_dir;
+		src = "--store";
+		goto have;
+	}
+	if (cli->config) {
+		rc = config_str(cli, "storage", "type", &type);
+		if (rc)
+			return rc;
+		if (type && strcmp(type, "fs") != 0)
+			return cfs_error_set(CFS_EUNSUPPORTED,
+					     "config %s: storage type \"%s\" "
+					     "is not supported by contextfs; "
+					     "use \"fs\" or pass --store DIR",
+					     cli->config_path, type);
+	}
+	dir = getenv("CONTEXTSDK_STORAGE_DIR");
+	if (dir && *dir) {
+		src = "CONTEXTSDK_STORAGE_DIR";
+		goto have;
+	}
+	bucket = getenv("CONTEXTSDK_S3_BUCKET");
+	if (bucket && *bucket && !type)
+		return cfs_error_set(CFS_EUNSUPPORTED,
+				     "CONTEXTSDK_S3_BUCKET is set but "
+				     "contextfs has no S3 backend; unset it "
+				     "or pass --store DIR");
+	if (cli->config) {
+		rc = config_str(cli, "storage", "directory", &dir);
+		if (rc)
+			return rc;
+		if (dir) {
+			src = "config";
+			goto have;
+		}
+	}
+	*out = cfs_store_fs_default_dir();
+	if (!*out)
+		return cfs_error_set(CFS_EINVAL,
+				     "cannot find a home directory for the "
+				     "default store; pass --store DIR");
+	if (source_out)
+		*source_out = "default";
+	return 0;
+have:
+	*out = cfs_strdup(dir);
+	if (!*out)
+		return CFS_ENOMEM;
+	if (source_out)
+		*source_out = src;
+	return 0;
+}
+
+int cli_store_open(struct cli *cli, struct cfs_store **out)
+{
+	char *dir = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = cli_store_dir(cli, &dir, NULL);
+	if (rc)
+		return rc;
+	rc = cfs_store_fs_open(out, dir);
+	free(dir);
+	if (rc)
+		return rc;
+	return 0;
+}
+
+int cli_manifest_read(struct cli *cli, struct cfs_manifest **out,
+		      struct cfs_store *st, const char *id)
+{
+	struct cfs_manifest *m = NULL;
+	int rc;
+
+	if (out)
+		*out = NULL;
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	rc = cfs_context_read_manifest(&m, NULL, st, id);
+	if (rc == CFS_ENOTFOUND)
+		return cfs_error_set(CFS_ENOTFOUND,
+				     "context %s not found in %s (see "
+				     "contextfs list)",
+				     id, cfs_store_describe(st));
+	if (rc)
+		return rc;
+	if (out)
+		*out = m;
+	else
+		cfs_manifest_free(m);
+	return 0;
+}
+
+int cli_lock_take(struct cli *cli, struct cfs_store *st, const char *id,
+		  char **owner_out)
+{
+	char *owner = NULL;
+	int rc;
+
+	*owner_out = NULL;
+	rc = cfs_lock_owner_new(&owner);
+	if (rc)
+		return rc;
+	rc = cfs_lock_acquire(NULL, NULL, st, id, "contextfs-cli", owner,
+			      CFS_LOCK_DEFAULT_TTL_MS, false);
+	if (rc) {
+		free(owner);
+		return rc;
+	}
+	*owner_out = owner;
+	return 0;
+}
+
+void cli_lock_drop(struct cli *cli, struct cfs_store *st, const char *id,
+		   char *owner)
+{
+	int saved_code, rc;
+	char saved_msg[1024];
+
+	if (!owner)
+		return;
+	/* Keep the operation's error record intact across the release. */
+	saved_code = cfs_error_last_code();
+	snprintf(saved_msg, sizeof(saved_msg), "%s", cfs_error_last());
+	rc = cfs_lock_release(st, id, owner, false);
+	if (rc)
+		cli_warn(cli,
+			 "could not release the lock of %s: %s (it expires "
+			 "by itself, or run contextfs unlock --force %s)",
+			 id, cfs_error_last(), id);
+	cfs_error_set(saved_code, "%s", saved_msg);
+	free(owner);
+}
+
+int cli_open_dir(int *fd_out, const char *what, const char *path)
+{
+	struct stat st;
+	int fd;
+
+	*fd_out = -1;
+	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		if (e == ENOENT || e == ENOTDIR)
+			return cfs_error_set(CFS_EINVAL, "%s %s: %s", what,
+					     path, strerror(e));
+		return cfs_error_errno(e, "%s %s", what, path);
+	}
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return cfs_error_errno(errno, "%s %s", what, path);
+	}
+	*fd_out = fd;
+	return 0;
+}
+
+/* Adds the commit result members shared by commit and restore. */
+void cli_add_commit_result(struct cli *cli, const char *id,
+			   const struct cfs_commit_result *cr)
+{
+	cJSON *res = cli_result(cli);
+	cJSON *paths;
+
+	cJSON_AddStringToObject(res, "id", id);
+	cJSON_AddNumberToObject(res, "generation", (double)cr->generation);
+	cJSON_AddStringToObject(res, "treeKey", cr->tree_key);
+	cJSON_AddNumberToObject(res, "sizeBytes", (double)cr->size_bytes);
+	paths = cr->changed_paths ? cJSON_Duplicate(cr->changed_paths, 1)
+				  : cJSON_CreateArray();
+	if (paths)
+		cJSON_AddItemToObject(res, "changedPaths", paths);
+}
+
+/* ------------------------------------------------------------------ */
+/* Usage */
+
+static void usage_top(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: contextfs [GLOBAL OPTIONS] COMMAND [ARGS]\n\n"
+		   "Encrypted, versioned agent contexts in a local object "
+		   "store.\n\nCommands:\n");
+	for (i = 0; cli_commands[i]; i++)
+		fprintf(f, "  %-11s %s\n", cli_commands[i]->name,
+			cli_commands[i]->summary);
+	fprintf(f,
+		"  help CMD    Show the help of a command\n"
+		"\nGlobal options (also accepted after the command):\n"
+		"  --store DIR             local store directory\n"
+		"  --passphrase-file FILE  read the passphrase from FILE "
+		"(mode 0600)\n"
+		"  --json                  print one JSON document on stdout\n"
+		"  -q, --quiet             no progress line or chatter\n"
+		"  -h, --help              show this help\n"
+		"  --version               print the version\n"
+		"\nKey material comes from CONTEXTSDK_KEY_HEX, "
+		"CONTEXTSDK_PASSPHRASE,\n--passphrase-file or a prompt; "
+		"never from the command line.\nSee contextfs(1).\n");
+}
+
+static void usage_cmd(FILE *f, const struct cli_command *cmd)
+{
+	fprintf(f, "usage: contextfs %s %s\n\n%s\n", cmd->name, cmd->args,
+		cmd->summary);
+	if (cmd->help && *cmd->help)
+		fprintf(f, "\n%s", cmd->help);
+	fprintf(f, "\nGlobal options: --store DIR, --passphrase-file FILE, "
+		   "--json, -q, -h.\n");
+}
+
+static const struct cli_command *find_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; cli_commands[i]; i++)
+		if (strcmp(cli_commands[i]->name, name) == 0)
+			return cli_commands[i];
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Argument parsing */
+
+static const struct cli_opt *lookup_long(const struct cli_opt *cmdopts,
+					 const char *name, size_t n)
+{
+	const struct cli_opt *o;
+
+	for (o = global_opts; o->name; o++)
+		if (strlen(o->name) == n && strncmp(o->name, name, n) == 0)
+			return o;
+	for (o = cmdopts; o && o->name; o++)
+		if (strlen(o->name) == n && strncmp(o->name, name, n) == 0)
+			return o;
+	return NULL;
+}
+
+static const struct cli_opt *lookup_short(const struct cli_opt *cmdopts, int c)
+{
+	const struct cli_opt *o;
+
+	for (o = global_opts; o->name; o++)
+		if (o->short_name == c)
+			return o;
+	for (o = cmdopts; o && o->name; o++)
+		if (o->short_name == c)
+			return o;
+	return NULL;
+}
+
+struct parse_state {
+	bool help;
+	bool version;
+	const char *command; /* first positional */
+};
+
+static int apply_opt(struct cli *cli, struct parse_state *ps,
+		     const struct cli_opt *o, const char *val)
+{
+	switch (o->id) {
+	case GOPT_STORE:
+		if (!*val)
+			return cfs_error_set(CFS_EINVAL,
+					     "--store needs a directory");
+		cli->store_dir = val;
+		return 0;
+	case GOPT_PASSPHRASE_FILE:
+		if (!*val)
+			return cfs_error_set(CFS_EINVAL,
+					     "--passphrase-file needs a file");
+		cli->passphrase_file = val;
+		return 0;
+	case GOPT_JSON:
+		cli->json = true;
+		return 0;
+	case GOPT_QUIET:
+		cli->quiet = true;
+		return 0;
+	case GOPT_HELP:
+		ps->help = true;
+		return 0;
+	case GOPT_VERSION:
+		ps->version = true;
+		return 0;
+	default:
+		if (o->id < 0 || o->id >= CLI_MAX_OPTS)
+			return cfs_error_set(CFS_ERROR, "bad option table");
+		cli->optv[o->id] = val ? val : "";
+		cli->optset[o->id] = true;
+		return 0;
+	}
+}
+
+static int add_positional(struct cli *cli, struct parse_state *ps, char *arg)
+{
+	if (!ps->command) {
+		ps->command = arg;
+		return 0;
+	}
+	if (cli->argc >= CLI_MAX_ARGS)
+		return cfs_error_set(CFS_EINVAL, "too many arguments");
+	cli->argv[cli->argc++] = arg;
+	return 0;
+}
+
+/*
+ * One pass over argv with the global options plus cmdopts (NULL before
+ * the command is known: then unknown options are skipped, not fatal, and
+ * the pass only finds the command word).
+ */
+static int parse_args(struct cli *cli, struct parse_state *ps, int argc,
+		      char **argv, const struct cli_opt *cmdopts, bool strict)
+{
+	bool dashdash = false;
+	int i, rc;
+
+	for (i = 1; i < argc; i++) {
+		char *arg = argv[i];
+
+		if (dashdash || arg[0] != '-' || arg[1] == '\0') {
+			rc = add_positional(cli, ps, arg);
+			if (rc && strict)
+				return rc;
+			continue;
+		}
+		if (strcmp(arg, "--") == 0) {
+			dashdash = true;
+			continue;
+		}
+		if (arg[1] == '-') {
+			const char *name = arg + 2;
+			const char *eq = strchr(name, '=');
+			size_t n = eq ? (size_t)(eq - name) : strlen(name);
+			const struct cli_opt *o = lookup_long(cmdopts, name, n);
+			const char *val = NULL;
+
+			if (!o) {
+				if (!strict)
+					continue;
+				return cfs_error_set(
+					CFS_EINVAL,
+					"unknown option --%.*s "
+					"(see contextfs %s "
+					"--help)",
+					(int)(n > 64 ? 64 : n), name,
+					cli->cmd ? cli->cmd->name : "");
+			}
+			if (o->has_arg) {
+				if (eq)
+					val = eq + 1;
+				else if (i + 1 < argc)
+					val = argv[++i];
+				else
+					return cfs_error_set(CFS_EINVAL,
+							     "option --%s "
+							     "needs a value",
+							     o->name);
+			} else if (eq) {
+				return cfs_error_set(CFS_EINVAL,
+						     "option --%s takes no "
+						     "value",
+						     o->name);
+			}
+			rc = apply_opt(cli, ps, o, val);
+			if (rc && strict)
+				return rc;
+			continue;
+		}
+		/* Short options, possibly clustered: -qm MSG, -mMSG. */
+		for (size_t j = 1; arg[j]; j++) {
+			const struct cli_opt *o = lookup_short(cmdopts, arg[j]);
+			const char *val = NULL;
+
+			if (!o) {
+				if (!strict)
+					break;
+				return cfs_error_set(
+					CFS_EINVAL,
+					"unknown option -%c (see "
+					"contextfs %s --help)",
+					arg[j], cli->cmd ? cli->cmd->name : "");
+			}
+			if (o->has_arg) {
+				if (arg[j + 1])
+					val = arg + j + 1;
+				else if (i + 1 < argc)
+					val = argv[++i];
+				else
+					return cfs_error_set(CFS_EINVAL,
+							     "option -%c "
+							     "needs a value",
+							     arg[j]);
+				rc = apply_opt(cli, ps, o, val);
+				if (rc && strict)
+					return rc;
+				break;
+			}
+			rc = apply_opt(cli, ps, o, NULL);
+			if (rc && strict)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/*
+ * First pass: find the command word. Global options taking a value skip
+ * their value; anything else that looks like an option is ignored.
+ */
+static const char *find_command_word(int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (strcmp(a, "--") == 0)
+			return i + 1 < argc ? argv[i + 1] : NULL;
+		if (a[0] != '-' || a[1] == '\0')
+			return a;
+		if ((strcmp(a, "--store") == 0 ||
+		     strcmp(a, "--passphrase-file") == 0) &&
+		    i + 1 < argc)
+			i++;
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Main */
+
+static void cli_free(struct cli *cli)
+{
+	cJSON_Delete(cli->result);
+	cJSON_Delete(cli->config);
+	free(cli->config_path);
+	free(cli->config_error);
+	cfs_secret_free(cli->env_passphrase);
+	cfs_secret_free(cli->env_raw_key);
+}
+
+/* Usage errors: human message plus a hint, or the JSON error document. */
+static int usage_error(struct cli *cli, int rc)
+{
+	if (!cli->json && cli->cmd) {
+		fprintf(stderr, "contextfs: %s\n", error_message(rc));
+		fprintf(stderr, "usage: contextfs %s %s\n", cli->cmd->name,
+			cli->cmd->args);
+		return cli_exit_code(rc);
+	}
+	return cli_finish(cli, rc);
+}
+
+int cli_main(int argc, char **argv)
+{
+	struct cli cli;
+	struct parse_state ps;
+	const char *word;
+	int rc, code;
+
+	memset(&cli, 0, sizeof(cli));
+	memset(&ps, 0, sizeof(ps));
+	signal(SIGPIPE, SIG_IGN);
+	cfs_log_set_level(CFS_LOG_WARN);
+
+	if (cfs_init() != 0) {
+		fprintf(stderr, "contextfs: %s\n", cfs_error_last());
+		secrets_wipe_defaults();
+		return CLI_EXIT_ERROR;
+	}
+
+	word = find_command_word(argc, argv);
+	if (word) {
+		if (strcmp(word, "help") == 0) {
+			cli.cmd = NULL;
+		} else {
+			cli.cmd = find_command(word);
+			if (!cli.cmd) {
+				/* Pick up --json for the error document. */
+				parse_args(&cli, &ps, argc, argv, NULL, false);
+				memset(&ps, 0, sizeof(ps));
+				rc = cfs_error_set(CFS_EINVAL,
+						   "unknown command \"%.64s\" "
+						   "(see contextfs --help)",
+						   word);
+				code = cli_finish(&cli, rc);
+				secrets_wipe_defaults();
+				cli_free(&cli);
+				return code;
+			}
+		}
+	}
+	rc = parse_args(&cli, &ps, argc, argv, cli.cmd ? cli.cmd->opts : NULL,
+			true);
+	if (rc) {
+		code = usage_error(&cli, rc);
+		goto done;
+	}
+	if (cli.quiet)
+		cfs_log_set_level(CFS_LOG_ERROR);
+
+	if (word && strcmp(word, "help") == 0) {
+		const struct cli_command *c =
+			cli.argc > 0 ? find_command(cli.argv[0]) : NULL;
+
+		if (cli.argc > 0 && !c) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "unknown command \"%.64s\" (see "
+					   "contextfs --help)",
+					   cli.argv[0]);
+			code = cli_finish(&cli, rc);
+			goto done;
+		}
+		if (c)
+			usage_cmd(stdout, c);
+		else
+			usage_top(stdout);
+		code = CLI_EXIT_OK;
+		goto done;
+	}
+	if (ps.help) {
+		if (cli.cmd)
+			usage_cmd(stdout, cli.cmd);
+		else
+			usage_top(stdout);
+		code = CLI_EXIT_OK;
+		goto done;
+	}
+	if (ps.version && !cli.cmd) {
+		if (cli.json) {
+			cJSON_AddStringToObject(cli_result(&cli), "version",
+						CFS_VERSION);
+			code = cli_finish(&cli, 0);
+		} else {
+			printf("contextfs %s\n", CFS_VERSION);
+			code = CLI_EXIT_OK;
+		}
+		goto done;
+	}
+	if (!cli.cmd) {
+		usage_top(stderr);
+		code = CLI_EXIT_USAGE;
+		goto done;
+	}
+	if (cli.argc < cli.cmd->min_args || cli.argc > cli.cmd->max_args) {
+		rc = cfs_error_set(CFS_EINVAL, "%s: %s",
+				   cli.argc < cli.cmd->min_args
+					   ? "missing argument"
+					   : "too many arguments",
+				   cli.cmd->name);
+		code = usage_error(&cli, rc);
+		goto done;
+	}
+
+	cli.progress_enabled = !cli.json && !cli.quiet && isatty(STDERR_FILENO);
+
+	rc = config_load(&cli);
+	if (rc && cli.cmd == &cli_cmd_doctor) {
+		cli.config_rc = rc;
+		cli.config_error = cfs_strdup(error_message(rc));
+		cJSON_Delete(cli.config);
+		cli.config = NULL;
+		cli.passphrase_env = DEFAULT_PASSPHRASE_ENV;
+		cli.raw_key_env = DEFAULT_RAW_KEY_ENV;
+		rc = 0;
+	}
+	if (!rc)
+		rc = secrets_capture(&cli);
+	secrets_wipe_defaults();
+	if (!rc) {
+		cfs_error_clear();
+		rc = cli.cmd->run(&cli);
+	}
+	code = cli_finish(&cli, rc);
+done:
+	secrets_wipe_defaults();
+	cli_free(&cli);
+	return code;
+}

@@ -1,6 +1,29 @@
-/* placeholder: being written */
-int main(void);
-int main(void)
+/*
+ * contextfs: the command-line front end. This file is only the command
+ * table; each command lives in tools/cmd_<name>.c and the shared plumbing
+ * (parsing, keys, output, exit codes) in tools/cli.c.
+ */
+#include <stddef.h>
+
+#include "tools/cli.h"
+
+const struct cli_command *const cli_commands[] = {
+	&cli_cmd_init,
+	&cli_cmd_status,
+	&cli_cmd_log,
+	&cli_cmd_list,
+	&cli_cmd_commit,
+	&cli_cmd_checkpoint,
+	&cli_cmd_export,
+	&cli_cmd_restore,
+	&cli_cmd_verify,
+	&cli_cmd_unlock,
+	&cli_cmd_gc,
+	&cli_cmd_doctor,
+	NULL,
+};
+
+int main(int argc, char **argv)
 {
-	return 1;
+	return cli_main(argc, argv);
 }
