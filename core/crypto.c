@@ -388,7 +388,20 @@ int cfs_keys_new(struct cfs_keys **out, const char *passphrase,
 	sodium_memzero(k->s, sizeof(*k->s));
 
 	if (raw_hex) {
-		hexlen = strnlen(raw_hex, 2 * CFS_KEY_BYTES + 1);
+		/*
+		 * Surrounding whitespace (a key file's newline) is ignored,
+		 * as the reference's lenient hex decoder stops at it.
+		 */
+		while (*raw_hex == ' ' || *raw_hex == '\t' ||
+		       *raw_hex == '\n' || *raw_hex == '\r')
+			raw_hex++;
+		hexlen = strnlen(raw_hex, 4096);
+		while (hexlen > 2 * CFS_KEY_BYTES &&
+		       (raw_hex[hexlen - 1] == '\n' ||
+			raw_hex[hexlen - 1] == '\r' ||
+			raw_hex[hexlen - 1] == ' ' ||
+			raw_hex[hexlen - 1] == '\t'))
+			hexlen--;
 		if (hexlen != 2 * CFS_KEY_BYTES ||
 		    sodium_hex2bin(k->s->raw, sizeof(k->s->raw), raw_hex,
 				   hexlen, NULL, &n, NULL) != 0 ||

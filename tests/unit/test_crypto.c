@@ -223,6 +223,16 @@ static void test_keys_new(void)
 		   0, "upper-case hex accepted");
 	cfs_keys_free(k);
 	k = NULL;
+	TAP_EQ_INT(cfs_keys_new(&k, NULL, " " RAW_HEX "\r\n"), 0,
+		   "surrounding whitespace ignored");
+	cfs_keys_free(k);
+	k = NULL;
+	TAP_EQ_INT(cfs_keys_new(&k, NULL, RAW_HEX "\n\n\n"), 0,
+		   "several trailing newlines ignored");
+	cfs_keys_free(k);
+	k = NULL;
+	TAP_EQ_INT(cfs_keys_new(&k, NULL, RAW_HEX " 00"), CFS_EKEY,
+		   "inner garbage refused");
 	TAP_EQ_INT(cfs_keys_new(&k, PASS, RAW_HEX), 0, "both accepted");
 	TAP_OK(k && cfs_keys_has_raw(k) && cfs_keys_has_passphrase(k),
 	       "both present");
