@@ -621,14 +621,16 @@ int cfs_manifest_add_version(struct cfs_manifest *m, const cJSON *record,
 				  cJSON_CreateNumber((double)size_bytes));
 	if (rc)
 		goto out;
-	rc = set_dup(m->doc, "latestVersion", summary);
-	if (rc)
-		goto out;
+	/* versions before latestVersion: the reference's member order when
+	 * both are new. */
 	versions = array_member(m->doc, "versions");
 	if (!versions) {
 		rc = CFS_ENOMEM;
 		goto out;
 	}
+	rc = set_dup(m->doc, "latestVersion", summary);
+	if (rc)
+		goto out;
 	if (!cJSON_AddItemToArray(versions, summary)) {
 		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
 		goto out;
