@@ -17,6 +17,15 @@ int cfs_store_fs_open(struct cfs_store **out, const char *directory);
 /* Default directory: $HOME/.contextsdk/storage (heap string). */
 char *cfs_store_fs_default_dir(void);
 
+/*
+ * Test hook: overrides the per-key lock timings of an fs store (ms; 0 keeps
+ * the default: stale after 10000, give up after 60000, retry every 50,
+ * heartbeat refresh every 3333). Not for production use.
+ */
+void cfs_store_fs_set_lock_timing(struct cfs_store *st, unsigned stale_ms,
+				  unsigned timeout_ms, unsigned retry_ms,
+				  unsigned refresh_ms);
+
 /* In-memory store with fault injection for tests. */
 enum cfs_mem_fault {
 	CFS_MEM_FAULT_NONE = 0,
@@ -27,7 +36,12 @@ enum cfs_mem_fault {
 	CFS_MEM_FAULT_NO_ETAG,    /* gets/heads return no ETag */
 };
 int cfs_store_mem_new(struct cfs_store **out);
-/* Arms fault f on the nth (1-based) matching call; key_substr may be NULL. */
+/*
+ * Arms fault f on the nth (1-based) matching call counted from now;
+ * key_substr may be NULL (every key matches). nth == 0 fires on every
+ * matching call (for CFS_MEM_FAULT_NO_ETAG: every get/head from now on).
+ * One fault per kind is armed at a time; CFS_MEM_FAULT_NONE disarms all.
+ */
 void cfs_store_mem_fault(struct cfs_store *st, enum cfs_mem_fault f,
 			 unsigned nth, const char *key_substr);
 /* Number of stored objects (tests). */
