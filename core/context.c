@@ -1,1 +1,2090 @@
-/* placeholder: being written */
+/*
+ * The commit engine (core/context.h): creates contexts, commits a directory
+ * as the next generation or checkpoint with the reference's data-first,
+ * compare-and-swap-last protocol (REFERENCE.md §2.3), exports, verifies,
+ * restores and garbage-collects. Every plaintext byte lives in a private
+ * temp directory (0700, files 0600) that is removed on every path; bundles
+ * stream pack -> encrypt -> file -> store and store -> file -> decrypt ->
+ * file -> unpack, so no bundle is ever held in memory.
+ */
+#include "core/context.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/bundle.h"
+#include "core/crypto.h"
+#include "core/error.h"
+#include "core/ids.h"
+#include "core/json.h"
+#include "core/lock.h"
+#include "core/log.h"
+#include "core/manifest.h"
+#include "core/policy.h"
+#include "core/util.h"
+#include "core/version.h"
+
+#define DEFAULT_AUTHOR "contextsdk"
+#define DEFAULT_SAVE_MESSAGE "save context"
+#define DEFAULT_CREATE_MESSAGE "create context"
+#define DEFAULT_REASON "checkpoint"
+/* Cap on a previous .contextsdk/index.json read from the source dir. */
+#define PREV_INDEX_MAX (64u << 20)
+/* Most objects one commit writes (tree; an image is never written). */
+#define WRITTEN_MAX 4
+
+/* The first failure's code and message, kept across best-effort cleanup
+ * (whose warnings would otherwise overwrite the thread's error record). */
+struct saved_error {
+	int code;
+	char msg[1024];
+};
+
+static void error_save(struct saved_error *s, int code)
+{
+	s->code = code;
+	snprintf(s->msg, sizeof(s->msg), "%s", cfs_error_last());
+}
+
+static int error_restore(const struct saved_error *s)
+{
+	return cfs_error_set(s->code, "%s", s->msg);
+}
+
+/* ------------------------------------------------------------------ */
+/* Private temporary directory                                         */
+/* ------------------------------------------------------------------ */
+
+struct tmpdir {
+	char *path;
+	int fd;
+};
+
+static void tmpdir_init(struct tmpdir *t)
+{
+	t->path = NULL;
+	t->fd = -1;
+}
+
+static int tmpdir_open(struct tmpdir *t, const char *prefix)
+{
+	int rc = cfs_mkdtemp(&t->path, NULL, prefix);
+
+	if (rc)
+		return rc;
+	t->fd = open(t->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (t->fd < 0)
+		return cfs_error_errno(errno, "open %s", t->path);
+	return 0;
+}
+
+/* Removes everything; safe on a never-opened tmpdir. */
+static void tmpdir_close(struct tmpdir *t)
+{
+	if (t->fd >= 0)
+		close(t->fd);
+	t->fd = -1;
+	if (t->path) {
+		struct saved_error e;
+
+		error_save(&e, cfs_error_last_code());
+		if (cfs_rmtree_at(AT_FDCWD, t->path))
+			cfs_warn("could not remove temporary directory %s: %s",
+				 t->path, cfs_error_last());
+		error_restore(&e);
+		free(t->path);
+		t->path = NULL;
+	}
+}
+
+static int tmpdir_file(int *out, struct tmpdir *t, const char *name)
+{
+	int fd = openat(t->fd, name,
+			O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			0600);
+
+	if (fd < 0)
+		return cfs_error_errno(errno, "create temporary file %s/%s",
+				       t->path, name);
+	*out = fd;
+	return 0;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static int rewind_fd(int fd)
+{
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return cfs_error_errno(errno, "seek temporary file");
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Manifest access                                                     */
+/* ------------------------------------------------------------------ */
+
+static int manifest_read(struct cfs_manifest **out, char *etag,
+			 struct cfs_store *st, const char *id)
+{
+	char key[CFS_KEY_MAX];
+	struct cfs_objinfo info;
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	*out = NULL;
+	if (etag)
+		etag[0] = '\0';
+	rc = cfs_key_manifest(key, id);
+	if (rc)
+		return rc;
+	memset(&info, 0, sizeof(info));
+	rc = cfs_store_get_buf(st, key, &buf, &len, &info);
+	if (rc == CFS_ENOTFOUND)
+		return cfs_error_set(CFS_ENOTFOUND,
+				     "context not found: %s (no %s in %s)", id,
+				     key, cfs_store_describe(st));
+	if (rc)
+		return rc;
+	rc = cfs_manifest_parse(out, buf, len, id);
+	free(buf);
+	if (rc)
+		return rc;
+	if (etag)
+		snprintf(etag, CFS_ETAG_MAX, "%s", info.etag);
+	return 0;
+}
+
+int cfs_context_read_manifest(struct cfs_manifest **out,
+			      char etag[CFS_ETAG_MAX], struct cfs_store *st,
+			      const char *id)
+{
+	int rc = cfs_id_check(id);
+
+	*out = NULL;
+	if (rc)
+		return rc;
+	return manifest_read(out, etag, st, id);
+}
+
+/* A summary/record member that the engine may edit in place. The manifest
+ * is owned by the engine here; the accessors only hand out const views. */
+static cJSON *mut(const cJSON *j)
+{
+	return (cJSON *)(uintptr_t)j;
+}
+
+static uint64_t json_u64(const cJSON *obj, const char *key)
+{
+	int64_t v = 0;
+
+	if (!cfs_json_int(obj, key, &v) || v < 0)
+		return 0;
+	return (uint64_t)v;
+}
+
+/* ------------------------------------------------------------------ */
+/* Key lists                                                           */
+/* ------------------------------------------------------------------ */
+
+struct keylist {
+	char **keys;
+	size_t n, cap;
+};
+
+static void keylist_free(struct keylist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->keys[i]);
+	free(l->keys);
+	l->keys = NULL;
+	l->n = l->cap = 0;
+}
+
+static bool keylist_has(const struct keylist *l, const char *key)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->keys[i], key) == 0)
+			return true;
+	return false;
+}
+
+static int keylist_add(struct keylist *l, const char *key)
+{
+	if (keylist_has(l, key))
+		return 0;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 8;
+		char **k = realloc(l->keys, cap * sizeof(*k));
+
+		if (!k)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		l->keys = k;
+		l->cap = cap;
+	}
+	l->keys[l->n] = cfs_strdup(key);
+	if (!l->keys[l->n])
+		return CFS_ENOMEM;
+	l->n++;
+	return 0;
+}
+
+/* Every object key the manifest still needs. */
+static int referenced_keys(struct keylist *l, const struct cfs_manifest *m)
+{
+	const cJSON *arr, *e;
+	const char *k;
+	int rc = 0;
+
+	if ((k = cfs_manifest_tree_key(m)) && (rc = keylist_add(l, k)))
+		return rc;
+	if ((k = cfs_manifest_image_key(m)) && (rc = keylist_add(l, k)))
+		return rc;
+	arr = cfs_manifest_versions(m);
+	cJSON_ArrayForEach(e, arr)
+	{
+		if ((k = cfs_json_str(e, "treeKey")) &&
+		    (rc = keylist_add(l, k)))
+			return rc;
+	}
+	e = cfs_manifest_latest_version(m);
+	if (e && (k = cfs_json_str(e, "treeKey")) && (rc = keylist_add(l, k)))
+		return rc;
+	arr = cfs_manifest_checkpoints(m);
+	cJSON_ArrayForEach(e, arr)
+	{
+		if ((k = cfs_json_str(e, "treeKey")) &&
+		    (rc = keylist_add(l, k)))
+			return rc;
+	}
+	e = cfs_manifest_latest_checkpoint(m);
+	if (e && (k = cfs_json_str(e, "treeKey")) && (rc = keylist_add(l, k)))
+		return rc;
+	return 0;
+}
+
+/* Best-effort deletes (rollback and superseded objects): failures warn. */
+static size_t delete_keys(struct cfs_store *st, const struct keylist *l,
+			  const char *why)
+{
+	size_t done = 0;
+
+	for (size_t i = 0; i < l->n; i++) {
+		int rc = cfs_store_delete(st, l->keys[i]);
+
+		if (rc)
+			cfs_warn("could not delete %s object %s: %s (run gc "
+				 "later)",
+				 why, l->keys[i], cfs_error_last());
+		else
+			done++;
+	}
+	return done;
+}
+
+/* ------------------------------------------------------------------ */
+/* Encryption parameters                                               */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Chooses the scrypt parameters of new encryptions: the caller's, else
+ * those the context records in its current metadata (so later commits keep
+ * the cost the context was created with). The keys object derives again
+ * only when the parameters change.
+ */
+static int apply_scrypt(struct cfs_keys *keys, const struct cfs_scrypt_opts *o,
+			const cJSON *recorded)
+{
+	struct cfs_scrypt_params p;
+	struct cfs_encmeta meta;
+
+	if (cfs_keys_has_raw(keys) || !cfs_keys_has_passphrase(keys))
+		return 0; /* the raw key wins for encryption */
+	if (o && o->cost) {
+		p.cost = o->cost;
+		p.block_size = o->block_size ? o->block_size : 8;
+		p.parallelization = o->parallelization ? o->parallelization : 1;
+		return cfs_keys_set_scrypt(keys, &p);
+	}
+	if (!recorded || cfs_encmeta_from_json(&meta, recorded) ||
+	    meta.kdf != CFS_KDF_SCRYPT || !meta.has_scrypt) {
+		cfs_error_clear();
+		return 0; /* keep the keys object's parameters */
+	}
+	if (cfs_scrypt_params_validate(&meta.scrypt)) {
+		/* Recorded parameters beyond our caps: use the defaults. */
+		cfs_warn("ignoring the context's recorded scrypt parameters "
+			 "for new encryptions: %s",
+			 cfs_error_last());
+		cfs_error_clear();
+		return 0;
+	}
+	return cfs_keys_set_scrypt(keys, &meta.scrypt);
+}
+
+/* ------------------------------------------------------------------ */
+/* pack -> encrypt -> file                                             */
+/* ------------------------------------------------------------------ */
+
+struct enc_sink {
+	struct cfs_cipher *cipher;
+	int fd;
+	uint64_t bytes;
+	uint8_t *buf; /* CFS_CRYPTO_CHUNK */
+};
+
+static int enc_sink_write(const void *data, size_t len, void *payload)
+{
+	struct enc_sink *s = payload;
+	const uint8_t *p = data;
+
+	while (len > 0) {
+		size_t n = len < CFS_CRYPTO_CHUNK ? len : CFS_CRYPTO_CHUNK;
+		int rc = cfs_cipher_update(s->cipher, p, n, s->buf);
+
+		if (rc)
+			return rc;
+		rc = cfs_write_all(s->fd, s->buf, n);
+		if (rc)
+			return rc;
+		s->bytes += n;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/*
+ * Packs rootfd (policy, extra members) and encrypts the stream into the
+ * new private file "bundle.enc" of t. *fd_out is that file (rewound),
+ * *enc_out its encryption metadata as JSON, *size_out the ciphertext (=
+ * compressed bundle) size.
+ */
+static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
+			struct tmpdir *t, struct cfs_keys *keys, int rootfd,
+			const struct cfs_policy *policy,
+			const struct cfs_bundle_member *extra, size_t nextra)
+{
+	struct enc_sink s = {NULL, -1, 0, NULL};
+	struct cfs_encmeta meta;
+	int rc;
+
+	*fd_out = -1;
+	*enc_out = NULL;
+	*size_out = 0;
+	s.buf = cfs_malloc(CFS_CRYPTO_CHUNK);
+	if (!s.buf)
+		return CFS_ENOMEM;
+	rc = tmpdir_file(&s.fd, t, "bundle.enc");
+	if (rc)
+		goto out;
+	memset(&meta, 0, sizeof(meta));
+	rc = cfs_cipher_encrypt_new(&s.cipher, keys, &meta);
+	if (rc)
+		goto out;
+	rc = cfs_bundle_pack(rootfd, policy, extra, nextra, enc_sink_write, &s,
+			     NULL);
+	if (rc)
+		goto out;
+	if (s.bytes == 0) {
+		rc = cfs_error_set(CFS_EIO, "packing produced an empty bundle");
+		goto out;
+	}
+	rc = cfs_cipher_final(s.cipher);
+	if (rc)
+		goto out;
+	*enc_out = cfs_encmeta_to_json(&meta);
+	if (!*enc_out) {
+		rc = cfs_error_last_code() ? cfs_error_last_code() : CFS_ENOMEM;
+		goto out;
+	}
+	rc = rewind_fd(s.fd);
+	if (rc)
+		goto out;
+	*fd_out = s.fd;
+	s.fd = -1;
+	*size_out = s.bytes;
+out:
+	if (rc) {
+		cJSON_Delete(*enc_out);
+		*enc_out = NULL;
+	}
+	cfs_cipher_free(s.cipher);
+	close_fd(&s.fd);
+	free(s.buf);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* store -> file -> decrypt -> file                                    */
+/* ------------------------------------------------------------------ */
+
+struct progress_scope {
+	struct cfs_store *st;
+	cfs_progress_fn fn;
+	void *payload;
+};
+
+static void progress_push(struct progress_scope *s, struct cfs_store *st,
+			  cfs_progress_fn fn, void *payload)
+{
+	s->st = st;
+	s->fn = st->progress;
+	s->payload = st->progress_payload;
+	if (fn) {
+		st->progress = fn;
+		st->progress_payload = payload;
+	}
+}
+
+static void progress_pop(struct progress_scope *s)
+{
+	s->st->progress = s->fn;
+	s->st->progress_payload = s->payload;
+}
+
+/*
+ * Downloads key into a private temp file of t, authenticates and decrypts
+ * it into a second one ("<name>.plain"), which *plain_fd receives rewound.
+ * The ciphertext file is removed as soon as it is no longer needed.
+ */
+static int fetch_decrypt(int *plain_fd, uint64_t *bytes, struct tmpdir *t,
+			 struct cfs_store *st, struct cfs_keys *keys,
+			 const char *key, const cJSON *enc, const char *name,
+			 cfs_progress_fn progress, void *payload)
+{
+	char cname[64], pname[64];
+	struct cfs_encmeta meta;
+	struct cfs_objinfo info;
+	struct progress_scope ps;
+	int cfd = -1, pfd = -1;
+	int rc;
+
+	*plain_fd = -1;
+	if (bytes)
+		*bytes = 0;
+	snprintf(cname, sizeof(cname), "%s.enc", name);
+	snprintf(pname, sizeof(pname), "%s.plain", name);
+	if (!enc)
+		return cfs_error_set(CFS_ECORRUPT,
+				     "no encryption metadata recorded for %s",
+				     key);
+	rc = cfs_encmeta_from_json(&meta, enc);
+	if (rc) {
+		cfs_error_prefix("%s", key);
+		return rc;
+	}
+	rc = tmpdir_file(&cfd, t, cname);
+	if (rc)
+		goto out;
+	memset(&info, 0, sizeof(info));
+	progress_push(&ps, st, progress, payload);
+	rc = cfs_store_get_fd(st, key, cfd, &info);
+	progress_pop(&ps);
+	if (rc)
+		goto out;
+	if (bytes) {
+		struct stat sb;
+
+		if (fstat(cfd, &sb) == 0)
+			*bytes = (uint64_t)sb.st_size;
+	}
+	rc = rewind_fd(cfd);
+	if (rc)
+		goto out;
+	rc = tmpdir_file(&pfd, t, pname);
+	if (rc)
+		goto out;
+	rc = cfs_decrypt_fd(keys, &meta, cfd, pfd);
+	if (rc) {
+		if (rc == CFS_EAUTH)
+			cfs_error_set(CFS_EAUTH,
+				      "%s: authentication failed (wrong key, "
+				      "or the object or its metadata was "
+				      "modified)",
+				      key);
+		goto out;
+	}
+	rc = rewind_fd(pfd);
+	if (rc)
+		goto out;
+	*plain_fd = pfd;
+	pfd = -1;
+out:
+	close_fd(&cfd);
+	unlinkat(t->fd, cname, 0);
+	if (pfd >= 0) {
+		close_fd(&pfd);
+		unlinkat(t->fd, pname, 0);
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Ref resolution                                                      */
+/* ------------------------------------------------------------------ */
+
+/* "2, 3, 4" (heap) — generations whose data the manifest still has. */
+static char *kept_generations(const struct cfs_manifest *m)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	uint64_t cur = cfs_manifest_generation(m), last = 0;
+	const cJSON *e;
+	bool any = false;
+
+	cJSON_ArrayForEach(e, cfs_manifest_versions(m))
+	{
+		uint64_t g = json_u64(e, "generation");
+		const char *k;
+		const cJSON *enc;
+
+		if (cfs_manifest_generation_lookup(m, g, &k, &enc, NULL))
+			continue;
+		if (cfs_buf_printf(&b, "%s%" PRIu64, any ? ", " : "", g))
+			goto fail;
+		any = true;
+		last = g;
+	}
+	if (last != cur) {
+		const char *k;
+		const cJSON *enc;
+
+		if (!cfs_manifest_generation_lookup(m, cur, &k, &enc, NULL)) {
+			if (cfs_buf_printf(&b, "%s%" PRIu64, any ? ", " : "",
+					   cur))
+				goto fail;
+			any = true;
+		}
+	}
+	cfs_error_clear();
+	if (!any && cfs_buf_puts(&b, "none"))
+		goto fail;
+	return cfs_buf_detach(&b);
+fail:
+	cfs_buf_free(&b);
+	return NULL;
+}
+
+/* The record of checkpoint n ("checkpoints" entry or latestCheckpoint). */
+static const cJSON *checkpoint_record(const struct cfs_manifest *m, uint64_t n)
+{
+	const cJSON *e;
+
+	cJSON_ArrayForEach(e, cfs_manifest_checkpoints(m))
+	{
+		if (json_u64(e, "generation") == n)
+			return e;
+	}
+	e = cfs_manifest_latest_checkpoint(m);
+	if (e && json_u64(e, "generation") == n)
+		return e;
+	return NULL;
+}
+
+/*
+ * Where the tree of ref lives: key and metadata borrow from m. info (may
+ * be NULL) receives generation / checkpoint / key.
+ */
+static int resolve_ref(const char **key, const cJSON **enc,
+		       struct cfs_ref_info *info, const struct cfs_manifest *m,
+		       const struct cfs_ref *ref)
+{
+	const char *id = ref->id;
+	uint64_t size = 0;
+	int rc;
+
+	*key = NULL;
+	*enc = NULL;
+	switch (ref->kind) {
+	case CFS_REF_LATEST:
+		*key = cfs_manifest_tree_key(m);
+		*enc = cfs_manifest_tree_encryption(m);
+		if (!*key || !*enc)
+			return cfs_error_set(CFS_ECORRUPT,
+					     "manifest of %s names no tree "
+					     "object or no encryption "
+					     "metadata for it",
+					     id);
+		if (!cfs_manifest_is_tree(m))
+			return cfs_error_set(
+				CFS_EUNSUPPORTED,
+				"context %s is an ext4 context; contextfs "
+				"reads tree contexts only",
+				id);
+		if (info) {
+			uint64_t g;
+
+			info->generation = cfs_manifest_generation(m);
+			info->checkpoint = 0;
+			if (!cfs_key_parse_generation(id, *key, &g)) {
+				/* treeKey flipped to a checkpoint */
+				info->checkpoint =
+					cfs_manifest_checkpoint_generation(m);
+				info->generation = 0;
+			}
+		}
+		break;
+	case CFS_REF_GENERATION: {
+		uint64_t cur = cfs_manifest_generation(m);
+		char *kept;
+
+		if (ref->number > cur)
+			return cfs_error_set(CFS_ENOTFOUND,
+					     "generation %" PRIu64
+					     " of %s does not exist (current "
+					     "generation is %" PRIu64 ")",
+					     ref->number, id, cur);
+		rc = cfs_manifest_generation_lookup(m, ref->number, key, enc,
+						    &size);
+		if (rc == 0)
+			break;
+		if (rc != CFS_ENOTFOUND)
+			return rc;
+		kept = kept_generations(m);
+		rc = cfs_error_set(CFS_ENOTFOUND,
+				   "generation %" PRIu64
+				   " of %s is no longer retained (kept: %s)",
+				   ref->number, id, kept ? kept : "?");
+		free(kept);
+		return rc;
+	}
+	case CFS_REF_CHECKPOINT: {
+		uint64_t cur = cfs_manifest_checkpoint_generation(m);
+		const cJSON *rec;
+
+		if (ref->number > cur)
+			return cfs_error_set(CFS_ENOTFOUND,
+					     "checkpoint %" PRIu64
+					     " of %s does not exist (latest "
+					     "checkpoint is %" PRIu64 ")",
+					     ref->number, id, cur);
+		rc = cfs_manifest_checkpoint_lookup(m, ref->number, key, enc,
+						    &size);
+		if (rc == 0)
+			break;
+		if (rc != CFS_ENOTFOUND)
+			return rc;
+		rec = checkpoint_record(m, ref->number);
+		if (rec && cfs_json_str(rec, "treeKey"))
+			return cfs_error_set(
+				CFS_ENOTFOUND,
+				"checkpoint %" PRIu64 " of %s cannot be "
+				"decrypted: the manifest no longer records its "
+				"nonce, tag and salt (contextsdk 0.4 keeps "
+				"them only in treeEncryption, which the next "
+				"save overwrote); the object %s itself is "
+				"intact",
+				ref->number, id, cfs_json_str(rec, "treeKey"));
+		return cfs_error_set(CFS_ENOTFOUND,
+				     "checkpoint %" PRIu64
+				     " of %s is not recorded in its manifest "
+				     "(only checkpoints written by contextfs "
+				     "or the latest one stay addressable)",
+				     ref->number, id);
+	}
+	default:
+		return cfs_error_set(CFS_EINVAL, "invalid ref kind");
+	}
+	if (info) {
+		if (ref->kind == CFS_REF_GENERATION) {
+			info->generation = ref->number;
+			info->checkpoint = 0;
+		} else if (ref->kind == CFS_REF_CHECKPOINT) {
+			info->generation = 0;
+			info->checkpoint = ref->number;
+		}
+	}
+	if (info)
+		snprintf(info->tree_key, sizeof(info->tree_key), "%s", *key);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Export                                                              */
+/* ------------------------------------------------------------------ */
+
+static int unpack_fd(int destdirfd, int plain_fd, bool validate_only)
+{
+	struct cfs_unpack_opts uo;
+	int fd = plain_fd;
+
+	memset(&uo, 0, sizeof(uo));
+	uo.validate_only = validate_only;
+	return cfs_bundle_unpack(destdirfd, cfs_bundle_fd_source, &fd, &uo,
+				 NULL);
+}
+
+int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *refstr, int destdirfd,
+		       cfs_progress_fn progress, void *progress_payload)
+{
+	struct cfs_manifest *m = NULL;
+	struct cfs_ref ref;
+	struct tmpdir t;
+	const char *key;
+	const cJSON *enc;
+	uint64_t bytes = 0;
+	int pfd = -1;
+	int rc;
+
+	tmpdir_init(&t);
+	if (info)
+		memset(info, 0, sizeof(*info));
+	rc = cfs_ref_parse(&ref, refstr);
+	if (rc)
+		goto out;
+	rc = manifest_read(&m, NULL, st, ref.id);
+	if (rc)
+		goto out;
+	rc = resolve_ref(&key, &enc, info, m, &ref);
+	if (rc)
+		goto out;
+	rc = tmpdir_open(&t, "contextfs-export-");
+	if (rc)
+		goto out;
+	rc = fetch_decrypt(&pfd, &bytes, &t, st, keys, key, enc, "tree",
+			   progress, progress_payload);
+	if (rc)
+		goto out;
+	rc = unpack_fd(destdirfd, pfd, false);
+	if (rc) {
+		cfs_error_prefix("export %s", refstr);
+		goto out;
+	}
+	if (info)
+		info->size_bytes = bytes;
+out:
+	close_fd(&pfd);
+	tmpdir_close(&t);
+	cfs_manifest_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Verify                                                              */
+/* ------------------------------------------------------------------ */
+
+struct verify_state {
+	struct cfs_store *st;
+	struct cfs_keys *keys;
+	struct tmpdir *t;
+	cfs_verify_fn fn;
+	void *payload;
+	struct keylist seen;
+	int first_error;
+	struct saved_error first;
+	unsigned n;
+};
+
+/* Checks one object; returns non-zero only when the walk must stop. */
+static int verify_one(struct verify_state *vs, const char *key,
+		      const cJSON *enc, const char *role)
+{
+	struct cfs_verify_item item;
+	char name[32];
+	uint64_t bytes = 0;
+	int pfd = -1;
+	int rc, stop = 0;
+
+	if (keylist_has(&vs->seen, key))
+		return 0;
+	rc = keylist_add(&vs->seen, key);
+	if (rc)
+		return rc;
+	snprintf(name, sizeof(name), "v%u", vs->n++);
+	rc = fetch_decrypt(&pfd, &bytes, vs->t, vs->st, vs->keys, key, enc,
+			   name, NULL, NULL);
+	if (rc == 0) {
+		rc = unpack_fd(-1, pfd, true);
+		if (rc)
+			cfs_error_prefix("%s", key);
+	}
+	close_fd(&pfd);
+	{
+		char pname[64];
+
+		snprintf(pname, sizeof(pname), "%s.plain", name);
+		unlinkat(vs->t->fd, pname, 0);
+	}
+	memset(&item, 0, sizeof(item));
+	item.key = key;
+	item.role = role;
+	item.ok = rc == 0;
+	item.bytes = bytes;
+	item.error = rc;
+	item.message = rc ? cfs_error_last() : NULL;
+	if (rc && !vs->first_error) {
+		vs->first_error = rc;
+		error_save(&vs->first, rc);
+	}
+	if (vs->fn)
+		stop = vs->fn(&item, vs->payload);
+	return stop;
+}
+
+int cfs_context_verify(struct cfs_store *st, struct cfs_keys *keys,
+		       const char *id, cfs_verify_fn fn, void *payload)
+{
+	struct cfs_manifest *m = NULL;
+	struct verify_state vs;
+	struct tmpdir t;
+	const char *key;
+	const cJSON *enc, *e, *versions, *cps;
+	char role[64];
+	int rc;
+
+	tmpdir_init(&t);
+	memset(&vs, 0, sizeof(vs));
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	rc = manifest_read(&m, NULL, st, id);
+	if (rc)
+		goto out;
+	if (!cfs_manifest_is_tree(m)) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "context %s is an ext4 context; contextfs "
+				   "verifies tree contexts only",
+				   id);
+		goto out;
+	}
+	rc = tmpdir_open(&t, "contextfs-verify-");
+	if (rc)
+		goto out;
+	vs.st = st;
+	vs.keys = keys;
+	vs.t = &t;
+	vs.fn = fn;
+	vs.payload = payload;
+
+	/* The current tree first. */
+	key = cfs_manifest_tree_key(m);
+	enc = cfs_manifest_tree_encryption(m);
+	if (key) {
+		rc = verify_one(&vs, key, enc, "current");
+		if (rc)
+			goto out;
+	}
+	/* Retained generations, newest first. */
+	versions = cfs_manifest_versions(m);
+	for (int i = cJSON_GetArraySize(versions) - 1; i >= 0; i--) {
+		uint64_t g;
+
+		e = cJSON_GetArrayItem(versions, i);
+		g = json_u64(e, "generation");
+		if (cfs_manifest_generation_lookup(m, g, &key, &enc, NULL))
+			continue;
+		snprintf(role, sizeof(role), "generation:%" PRIu64, g);
+		rc = verify_one(&vs, key, enc, role);
+		if (rc)
+			goto out;
+	}
+	/* Checkpoints whose metadata is known, newest first. */
+	cps = cfs_manifest_checkpoints(m);
+	e = cfs_manifest_latest_checkpoint(m);
+	if (e && !cfs_manifest_checkpoint_lookup(m, json_u64(e, "generation"),
+						 &key, &enc, NULL)) {
+		snprintf(role, sizeof(role), "checkpoint:%" PRIu64,
+			 json_u64(e, "generation"));
+		rc = verify_one(&vs, key, enc, role);
+		if (rc)
+			goto out;
+	}
+	for (int i = cJSON_GetArraySize(cps) - 1; i >= 0; i--) {
+		uint64_t n = json_u64(cJSON_GetArrayItem(cps, i), "generation");
+
+		if (cfs_manifest_checkpoint_lookup(m, n, &key, &enc, NULL))
+			continue;
+		snprintf(role, sizeof(role), "checkpoint:%" PRIu64, n);
+		rc = verify_one(&vs, key, enc, role);
+		if (rc)
+			goto out;
+	}
+	cfs_error_clear();
+	rc = 0;
+out:
+	tmpdir_close(&t);
+	keylist_free(&vs.seen);
+	cfs_manifest_free(m);
+	if (rc == 0 && vs.first_error)
+		rc = error_restore(&vs.first);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Retention                                                           */
+/* ------------------------------------------------------------------ */
+
+static void strip_data(cJSON *summary)
+{
+	cJSON_DeleteItemFromObjectCaseSensitive(summary, "treeKey");
+	cJSON_DeleteItemFromObjectCaseSensitive(summary, "treeEncryption");
+	cJSON_DeleteItemFromObjectCaseSensitive(summary, "sizeBytes");
+}
+
+/*
+ * Drops the data references of every summary older than the last keep
+ * generations (generation <= current - keep), collecting their keys into
+ * doomed. Returns the number of summaries changed.
+ */
+static int apply_retention(size_t *changed, struct keylist *doomed,
+			   struct cfs_manifest *m, uint64_t keep)
+{
+	uint64_t cur = cfs_manifest_generation(m);
+	const cJSON *e;
+	int rc;
+
+	*changed = 0;
+	cJSON_ArrayForEach(e, cfs_manifest_versions(m))
+	{
+		uint64_t g = json_u64(e, "generation");
+		const char *k = cfs_json_str(e, "treeKey");
+
+		if (!k || g + keep > cur)
+			continue;
+		rc = keylist_add(doomed, k);
+		if (rc)
+			return rc;
+		strip_data(mut(e));
+		(*changed)++;
+	}
+	e = cfs_manifest_latest_version(m);
+	if (e && cfs_json_str(e, "treeKey") &&
+	    json_u64(e, "generation") + keep <= cur) {
+		rc = keylist_add(doomed, cfs_json_str(e, "treeKey"));
+		if (rc)
+			return rc;
+		strip_data(mut(e));
+		(*changed)++;
+	}
+	return 0;
+}
+
+/*
+ * Keeps from doomed only the replaceable keys that the (new) manifest no
+ * longer references.
+ */
+static int filter_doomed(struct keylist *out, const struct keylist *doomed,
+			 const struct cfs_manifest *m, const char *id)
+{
+	struct keylist refs = {NULL, 0, 0};
+	int rc = referenced_keys(&refs, m);
+
+	for (size_t i = 0; rc == 0 && i < doomed->n; i++) {
+		const char *k = doomed->keys[i];
+
+		if (!cfs_key_replaceable(id, k) || keylist_has(&refs, k))
+			continue;
+		rc = keylist_add(out, k);
+	}
+	keylist_free(&refs);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* GC                                                                  */
+/* ------------------------------------------------------------------ */
+
+struct gc_walk {
+	const char *id;
+	const char *cp_prefix;
+	uint64_t generation;
+	uint64_t checkpoint_generation;
+	const struct keylist *refs;
+	struct keylist *victims;
+};
+
+/* contexts/<id>/checkpoints/<digits>.tree.tar.zst.enc -> n */
+static bool parse_checkpoint_key(const char *prefix, const char *key,
+				 uint64_t *n)
+{
+	size_t plen = strlen(prefix);
+	const char *p, *end;
+	uint64_t v = 0;
+
+	if (strncmp(key, prefix, plen) != 0)
+		return false;
+	p = key + plen;
+	for (end = p; *end >= '0' && *end <= '9'; end++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*end - '0');
+	}
+	if (end - p < 8 || strcmp(end, ".tree.tar.zst.enc") != 0)
+		return false;
+	*n = v;
+	return true;
+}
+
+static int gc_collect(const char *key, void *payload)
+{
+	struct gc_walk *w = payload;
+	uint64_t g;
+
+	if (keylist_has(w->refs, key))
+		return 0;
+	if (cfs_key_parse_generation(w->id, key, &g)) {
+		/* Newer than the manifest: a commit may be in flight. */
+		if (g > w->generation)
+			return 0;
+		return keylist_add(w->victims, key);
+	}
+	if (parse_checkpoint_key(w->cp_prefix, key, &g)) {
+		/*
+		 * Only leftovers of failed checkpoints (numbers the manifest
+		 * never reached); older unreferenced checkpoints are kept:
+		 * the reference can still name them.
+		 */
+		if (g > w->checkpoint_generation)
+			return keylist_add(w->victims, key);
+		return 0;
+	}
+	/* Anything else under tree/ or image/ is not ours to judge. */
+	return 0;
+}
+
+static int put_manifest(struct cfs_store *st, const char *id,
+			const struct cfs_manifest *m, const char *etag,
+			bool create_only, const char *what)
+{
+	char key[CFS_KEY_MAX];
+	struct cfs_cond cond = {NULL, false};
+	char *body = NULL;
+	int rc;
+
+	rc = cfs_key_manifest(key, id);
+	if (rc)
+		return rc;
+	body = cfs_manifest_print(m);
+	if (!body)
+		return CFS_ENOMEM;
+	if (create_only)
+		cond.if_none_match = true;
+	else if (etag && etag[0])
+		cond.if_match = etag;
+	else if (etag)
+		cfs_warn("the store returned no ETag for %s; writing it "
+			 "without compare-and-swap",
+			 key);
+	rc = cfs_store_put_buf(st, key, body, strlen(body), &cond, NULL);
+	free(body);
+	if (rc == CFS_ECONFLICT && what)
+		rc = cfs_error_set(CFS_ECONFLICT,
+				   "context manifest for %s changed during %s "
+				   "(concurrent writer or lock takeover); %s "
+				   "aborted",
+				   id, what, what);
+	return rc;
+}
+
+int cfs_context_gc(size_t *deleted, struct cfs_store *st, const char *id,
+		   const struct cfs_gc_opts *opts)
+{
+	struct cfs_gc_opts dflt;
+	struct cfs_manifest *m = NULL;
+	struct keylist doomed = {NULL, 0, 0}, victims = {NULL, 0, 0};
+	struct keylist refs = {NULL, 0, 0};
+	char etag[CFS_ETAG_MAX], prefix[CFS_KEY_MAX], cp_prefix[CFS_KEY_MAX];
+	struct gc_walk w;
+	size_t changed = 0, count = 0;
+	uint64_t keep;
+	int rc;
+
+	if (deleted)
+		*deleted = 0;
+	if (!opts) {
+		memset(&dflt, 0, sizeof(dflt));
+		opts = &dflt;
+	}
+	keep = opts->keep > 0 ? (uint64_t)opts->keep
+			      : CFS_CONTEXT_DEFAULT_RETENTION;
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	if (opts->owner) {
+		rc = cfs_lock_assert_owner(st, id, opts->owner);
+		if (rc)
+			goto out;
+	}
+	rc = manifest_read(&m, etag, st, id);
+	if (rc)
+		goto out;
+	rc = apply_retention(&changed, &doomed, m, keep);
+	if (rc)
+		goto out;
+	if (changed && !opts->dry_run) {
+		if (opts->owner) {
+			rc = cfs_lock_assert_owner(st, id, opts->owner);
+			if (rc)
+				goto out;
+		}
+		rc = cfs_manifest_set_updated_at(m, cfs_now_ms());
+		if (rc)
+			goto out;
+		rc = put_manifest(st, id, m, etag, false, "gc");
+		if (rc)
+			goto out;
+	}
+	rc = referenced_keys(&refs, m);
+	if (rc)
+		goto out;
+	memset(&w, 0, sizeof(w));
+	w.id = id;
+	w.generation = cfs_manifest_generation(m);
+	w.checkpoint_generation = cfs_manifest_checkpoint_generation(m);
+	w.refs = &refs;
+	w.victims = &victims;
+	rc = cfs_key_checkpoint_prefix(cp_prefix, id);
+	if (rc)
+		goto out;
+	w.cp_prefix = cp_prefix;
+	if ((rc = cfs_key_tree_prefix(prefix, id)) ||
+	    (rc = cfs_store_list(st, prefix, gc_collect, &w)))
+		goto out;
+	if ((rc = cfs_key_image_prefix(prefix, id)) ||
+	    (rc = cfs_store_list(st, prefix, gc_collect, &w)))
+		goto out;
+	if ((rc = cfs_store_list(st, cp_prefix, gc_collect, &w)))
+		goto out;
+	/* Legacy fixed keys, once nothing names them. */
+	for (int i = 0; i < 2; i++) {
+		struct cfs_objinfo info;
+
+		rc = i == 0 ? cfs_key_legacy_tree(prefix, id)
+			    : cfs_key_legacy_image(prefix, id);
+		if (rc)
+			goto out;
+		if (keylist_has(&refs, prefix))
+			continue;
+		rc = cfs_store_head(st, prefix, &info);
+		if (rc == CFS_ENOTFOUND) {
+			rc = 0;
+			continue;
+		}
+		if (rc)
+			goto out;
+		rc = keylist_add(&victims, prefix);
+		if (rc)
+			goto out;
+	}
+	/* The data retention just dropped (listed above unless the store
+	 * cannot list). */
+	for (size_t i = 0; i < doomed.n; i++) {
+		if (!cfs_key_replaceable(id, doomed.keys[i]) ||
+		    keylist_has(&refs, doomed.keys[i]))
+			continue;
+		rc = keylist_add(&victims, doomed.keys[i]);
+		if (rc)
+			goto out;
+	}
+	for (size_t i = 0; i < victims.n; i++) {
+		struct cfs_gc_item item = {victims.keys[i], false, 0};
+
+		if (!opts->dry_run) {
+			item.error = cfs_store_delete(st, victims.keys[i]);
+			item.deleted = item.error == 0;
+			if (item.error)
+				cfs_warn("gc: could not delete %s: %s",
+					 victims.keys[i], cfs_error_last());
+		}
+		if (item.deleted || opts->dry_run)
+			count++;
+		if (opts->fn && opts->fn(&item, opts->payload))
+			break;
+	}
+	cfs_error_clear();
+	rc = 0;
+out:
+	if (deleted)
+		*deleted = count;
+	keylist_free(&doomed);
+	keylist_free(&victims);
+	keylist_free(&refs);
+	cfs_manifest_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* List                                                                */
+/* ------------------------------------------------------------------ */
+
+struct list_walk {
+	cfs_context_list_fn fn;
+	void *payload;
+};
+
+static int list_one(const char *key, void *payload)
+{
+	struct list_walk *w = payload;
+	static const char pre[] = "contexts/", suf[] = "/manifest.json";
+	size_t len = strlen(key), plen = sizeof(pre) - 1,
+	       slen = sizeof(suf) - 1;
+	char id[CFS_ID_MAX + 1];
+
+	if (len <= plen + slen || strncmp(key, pre, plen) != 0 ||
+	    strcmp(key + len - slen, suf) != 0)
+		return 0;
+	len -= plen + slen;
+	if (len > CFS_ID_MAX)
+		return 0;
+	memcpy(id, key + plen, len);
+	id[len] = '\0';
+	if (!cfs_id_valid(id))
+		return 0; /* e.g. contexts/a/b/manifest.json */
+	return w->fn(id, w->payload);
+}
+
+int cfs_context_list(struct cfs_store *st, cfs_context_list_fn fn,
+		     void *payload)
+{
+	struct list_walk w = {fn, payload};
+
+	return cfs_store_list(st, "contexts/", list_one, &w);
+}
+
+/* ------------------------------------------------------------------ */
+/* Seed tree (§5.2)                                                    */
+/* ------------------------------------------------------------------ */
+
+static int write_new_file(int dirfd, const char *path, const char *data,
+			  mode_t mode)
+{
+	int fd = openat(dirfd, path,
+			O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			mode);
+	int rc;
+
+	if (fd < 0)
+		return cfs_error_errno(errno, "create %s", path);
+	rc = cfs_write_all(fd, data, strlen(data));
+	if (close(fd) < 0 && rc == 0)
+		rc = cfs_error_errno(errno, "close %s", path);
+	return rc;
+}
+
+/* {path, size, mode, mtime (ms), sha256}, the host-side index entry. */
+static cJSON *seed_index_entry(int rootfd, const char *path, const char *data)
+{
+	char mode[16], mtime[40], sha[65];
+	struct stat sb;
+	cJSON *e;
+	int64_t ms;
+
+	if (fstatat(rootfd, path, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+		cfs_error_errno(errno, "stat %s", path);
+		return NULL;
+	}
+	snprintf(mode, sizeof(mode), "0o%o", (unsigned)(sb.st_mode & 0777));
+	ms = (int64_t)sb.st_mtim.tv_sec * 1000 + sb.st_mtim.tv_nsec / 1000000;
+	cfs_iso8601_ms(mtime, sizeof(mtime), ms);
+	cfs_sha256_hex(sha, data, strlen(data));
+	e = cJSON_CreateObject();
+	if (!e || cfs_json_set_str(e, "path", path) ||
+	    cfs_json_set_int(e, "size", (int64_t)sb.st_size) ||
+	    cfs_json_set_str(e, "mode", mode) ||
+	    cfs_json_set_str(e, "mtime", mtime) ||
+	    cfs_json_set_str(e, "sha256", sha)) {
+		cJSON_Delete(e);
+		cfs_error_set(CFS_ENOMEM, "out of memory");
+		return NULL;
+	}
+	return e;
+}
+
+/*
+ * prepareContextTree: the layout directories (0777), contextsdk.json,
+ * memory/session.md, workspace/README.md and .contextsdk/index.json, in
+ * the new directory "root" of t. *rootfd_out receives it.
+ */
+static int seed_tree(int *rootfd_out, struct tmpdir *t, const char *id)
+{
+	static const char *const dirs[] = {"workspace", "memory", "artifacts",
+					   "logs",	"cache",  "config",
+					   CFS_META_DIR};
+	/* Sorted by path, as the index wants them. */
+	struct {
+		const char *path;
+		char *data;
+	} files[2] = {{"memory/session.md", NULL},
+		      {"workspace/README.md", NULL}};
+	cJSON *doc = NULL, *arr = NULL;
+	char *json = NULL;
+	int rootfd = -1;
+	int rc;
+
+	*rootfd_out = -1;
+	if (mkdirat(t->fd, "root", 0700) < 0)
+		return cfs_error_errno(errno, "create %s/root", t->path);
+	rootfd = openat(t->fd, "root",
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (rootfd < 0)
+		return cfs_error_errno(errno, "open %s/root", t->path);
+	for (size_t i = 0; i < CFS_ARRAY_SIZE(dirs); i++) {
+		if (mkdirat(rootfd, dirs[i], 0777) < 0 ||
+		    fchmodat(rootfd, dirs[i], 0777, 0) < 0) {
+			rc = cfs_error_errno(errno, "create %s", dirs[i]);
+			goto out;
+		}
+	}
+
+	/* contextsdk.json */
+	doc = cJSON_CreateObject();
+	arr = cJSON_CreateArray();
+	if (!doc || !arr) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < CFS_LAYOUT_COUNT; i++) {
+		cJSON *s = cJSON_CreateString(cfs_layout[i]);
+
+		if (!s || !cJSON_AddItemToArray(arr, s)) {
+			cJSON_Delete(s);
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	if ((rc = cfs_json_set_str(doc, "contextId", id)) ||
+	    (rc = cfs_json_set_str(doc, "createdBy", "contextSDK")) ||
+	    (rc = cfs_json_set(doc, "layout", arr)))
+		goto out;
+	arr = NULL;
+	if ((rc = cfs_json_set_str(doc, "format", "tree")))
+		goto out;
+	json = cfs_json_print(doc, CFS_JSON_PRETTY | CFS_JSON_NEWLINE);
+	if (!json) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	rc = write_new_file(rootfd, CFS_CONTEXT_JSON, json, 0644);
+	if (rc)
+		goto out;
+	free(json);
+	json = NULL;
+	cJSON_Delete(doc);
+	doc = NULL;
+
+	files[0].data = cfs_asprintf("context=%s\nstatus=initialized\n", id);
+	files[1].data =
+		cfs_strdup("Portable agent workspace mounted by contextSDK.\n");
+	if (!files[0].data || !files[1].data) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		rc = write_new_file(rootfd, files[i].path, files[i].data, 0666);
+		if (rc)
+			goto out;
+	}
+
+	/* .contextsdk/index.json: {"version": 1, "files": [...]} */
+	doc = cJSON_CreateObject();
+	arr = cJSON_CreateArray();
+	if (!doc || !arr) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		cJSON *e =
+			seed_index_entry(rootfd, files[i].path, files[i].data);
+
+		if (!e || !cJSON_AddItemToArray(arr, e)) {
+			cJSON_Delete(e);
+			rc = cfs_error_last_code() ? cfs_error_last_code()
+						   : CFS_ENOMEM;
+			goto out;
+		}
+	}
+	if ((rc = cfs_json_set_int(doc, "version", 1)) ||
+	    (rc = cfs_json_set(doc, "files", arr)))
+		goto out;
+	arr = NULL;
+	json = cfs_json_print(doc, CFS_JSON_PRETTY | CFS_JSON_NEWLINE);
+	if (!json) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	rc = write_new_file(rootfd, CFS_META_DIR "/index.json", json, 0644);
+	if (rc)
+		goto out;
+	*rootfd_out = rootfd;
+	rootfd = -1;
+out:
+	for (size_t i = 0; i < 2; i++)
+		free(files[i].data);
+	free(json);
+	cJSON_Delete(doc);
+	cJSON_Delete(arr);
+	close_fd(&rootfd);
+	return rc;
+}
+
+/* The generation-1 summary: every seed file added. */
+static cJSON *create_record(const char *author, const char *message,
+			    int64_t now_ms)
+{
+	static const struct cfs_version_change added[] = {
+		{"memory/session.md", CFS_CHANGE_ADDED},
+		{"workspace/README.md", CFS_CHANGE_ADDED}};
+	char ts[32];
+
+	cfs_version_timestamp(ts, now_ms / 1000);
+	return cfs_version_record_new(1, -1, ts, author, message, added,
+				      CFS_ARRAY_SIZE(added), NULL, 0);
+}
+
+struct prune_walk {
+	const char *keep;
+	struct keylist *victims;
+};
+
+static int prune_collect(const char *key, void *payload)
+{
+	struct prune_walk *w = payload;
+
+	if (strcmp(key, w->keep) == 0)
+		return 0;
+	return keylist_add(w->victims, key);
+}
+
+/* force over an existing context: everything under tree/, image/ and
+ * checkpoints/ but the new tree. Listing errors count as empty (§2.4). */
+static void prune_after_force(struct cfs_store *st, const char *id,
+			      const char *keep)
+{
+	struct keylist victims = {NULL, 0, 0};
+	struct prune_walk w = {keep, &victims};
+	char prefix[CFS_KEY_MAX];
+	int (*builders[])(char *, const char *) = {cfs_key_tree_prefix,
+						   cfs_key_image_prefix,
+						   cfs_key_checkpoint_prefix};
+
+	for (size_t i = 0; i < CFS_ARRAY_SIZE(builders); i++) {
+		if (builders[i](prefix, id))
+			continue;
+		if (cfs_store_list(st, prefix, prune_collect, &w))
+			cfs_warn("could not list %s: %s", prefix,
+				 cfs_error_last());
+	}
+	delete_keys(st, &victims, "old");
+	keylist_free(&victims);
+	cfs_error_clear();
+}
+
+void cfs_commit_opts_init(struct cfs_commit_opts *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->kind = CFS_COMMIT_SAVE;
+	opts->expect_generation = -1;
+}
+
+void cfs_commit_result_clear(struct cfs_commit_result *res)
+{
+	if (!res)
+		return;
+	cJSON_Delete(res->changed_paths);
+	memset(res, 0, sizeof(*res));
+}
+
+int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id,
+		       const struct cfs_create_opts *opts)
+{
+	struct cfs_create_opts dflt;
+	struct cfs_manifest *m = NULL;
+	struct cfs_manifest_init init;
+	struct cfs_policy policy = {NULL, 0, NULL, 0};
+	struct keylist written = {NULL, 0, 0};
+	struct saved_error err;
+	struct tmpdir t;
+	char mkey[CFS_KEY_MAX], tkey[CFS_KEY_MAX], ikey[CFS_KEY_MAX];
+	char attempt[CFS_ATTEMPT_LEN + 1];
+	struct cfs_objinfo info;
+	struct progress_scope ps;
+	cJSON *enc = NULL, *pjson = NULL, *record = NULL;
+	uint64_t size = 0;
+	bool existed = false;
+	int rootfd = -1, bfd = -1;
+	int64_t now;
+	int rc;
+
+	tmpdir_init(&t);
+	if (out)
+		*out = NULL;
+	if (!opts) {
+		memset(&dflt, 0, sizeof(dflt));
+		opts = &dflt;
+	}
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	if ((rc = cfs_key_manifest(mkey, id)))
+		return rc;
+	rc = cfs_store_head(st, mkey, &info);
+	if (rc == 0) {
+		existed = true;
+		if (!opts->force)
+			return cfs_error_set(CFS_EEXISTS,
+					     "context already exists: %s", id);
+	} else if (rc != CFS_ENOTFOUND) {
+		return rc;
+	}
+	cfs_error_clear();
+
+	rc = opts->policy ? cfs_policy_from_json(&policy, opts->policy)
+			  : cfs_policy_default(&policy);
+	if (rc)
+		goto out;
+	pjson = cfs_policy_to_json(&policy);
+	if (!pjson) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	cfs_attempt_new(attempt);
+	if ((rc = cfs_key_tree(tkey, id, 1, attempt)) ||
+	    (rc = cfs_key_image(ikey, id, 1, attempt)))
+		goto out;
+	rc = apply_scrypt(keys, &opts->scrypt, NULL);
+	if (rc)
+		goto out;
+	rc = tmpdir_open(&t, "contextfs-create-");
+	if (rc)
+		goto out;
+	rc = seed_tree(&rootfd, &t, id);
+	if (rc)
+		goto out;
+	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, rootfd, &policy, NULL,
+			  0);
+	if (rc)
+		goto out;
+	/* The plaintext seed is no longer needed. */
+	close_fd(&rootfd);
+	cfs_rmtree_at(t.fd, "root");
+
+	now = cfs_now_ms();
+	memset(&init, 0, sizeof(init));
+	init.id = id;
+	init.format = "tree";
+	init.size_bytes = size;
+	init.tree_key = tkey;
+	init.image_key = ikey;
+	init.encryption = enc;
+	init.tree_encryption = enc;
+	init.policy = pjson;
+	init.now_ms = now;
+	rc = cfs_manifest_new_for_create(&m, &init);
+	if (rc)
+		goto out;
+	record = create_record(
+		opts->author ? opts->author : DEFAULT_AUTHOR,
+		opts->message ? opts->message : DEFAULT_CREATE_MESSAGE, now);
+	if (!record) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	rc = cfs_manifest_add_version(m, record, tkey, enc, size, NULL);
+	if (rc)
+		goto out;
+
+	/* Data first ... */
+	rc = keylist_add(&written, tkey);
+	if (rc)
+		goto out;
+	progress_push(&ps, st, opts->progress, opts->progress_payload);
+	rc = cfs_store_put_fd(st, tkey, bfd, NULL, NULL);
+	progress_pop(&ps);
+	if (rc)
+		goto out;
+	/* ... then the manifest, create-only unless forced. */
+	rc = put_manifest(st, id, m, NULL, !opts->force, NULL);
+	if (rc == CFS_EEXISTS)
+		rc = cfs_error_set(CFS_EEXISTS, "context already exists: %s",
+				   id);
+	if (rc)
+		goto out;
+	keylist_free(&written);
+	if (existed)
+		prune_after_force(st, id, tkey);
+	if (out) {
+		*out = m;
+		m = NULL;
+	}
+out:
+	if (rc) {
+		error_save(&err, rc);
+		delete_keys(st, &written, "rolled back");
+		error_restore(&err);
+	}
+	keylist_free(&written);
+	close_fd(&rootfd);
+	close_fd(&bfd);
+	tmpdir_close(&t);
+	cfs_policy_free(&policy);
+	cJSON_Delete(pjson);
+	cJSON_Delete(enc);
+	cJSON_Delete(record);
+	cfs_manifest_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Commit                                                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Keeps the previous generation's data addressable: when the previous
+ * treeKey is that generation's tree object and its summary (written by the
+ * reference, or by an older contextfs) has no data members yet, they are
+ * added, so retention rather than the next save decides when it goes.
+ */
+static int retain_previous(struct cfs_manifest *nm,
+			   const struct cfs_manifest *old, const char *id)
+{
+	const char *prev = cfs_manifest_tree_key(old);
+	const cJSON *enc = cfs_manifest_tree_encryption(old);
+	uint64_t gen = cfs_manifest_generation(old), g;
+	cJSON *targets[2];
+	const cJSON *e;
+	size_t nt = 0;
+
+	if (!prev || !enc || !cfs_key_parse_generation(id, prev, &g) ||
+	    g != gen)
+		return 0;
+	cJSON_ArrayForEach(e, cfs_manifest_versions(nm))
+	{
+		if (json_u64(e, "generation") == gen) {
+			targets[nt++] = mut(e);
+			break;
+		}
+	}
+	e = cfs_manifest_latest_version(nm);
+	if (e && json_u64(e, "generation") == gen)
+		targets[nt++] = mut(e);
+	for (size_t i = 0; i < nt; i++) {
+		cJSON *encc;
+
+		if (cfs_json_str(targets[i], "treeKey"))
+			continue;
+		encc = cJSON_Duplicate(enc, true);
+		if (!encc || cfs_json_set_str(targets[i], "treeKey", prev) ||
+		    cfs_json_set(targets[i], "treeEncryption", encc) ||
+		    cfs_json_set_int(targets[i], "sizeBytes",
+				     (int64_t)cfs_manifest_size_bytes(old)))
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+/*
+ * When treeKey currently names a checkpoint whose record lacks its
+ * decryption metadata (a reference-written checkpoint), records it before
+ * the pointer moves on, so the checkpoint stays decryptable.
+ */
+static int keep_checkpoint_metadata(struct cfs_manifest *nm,
+				    const struct cfs_manifest *old)
+{
+	const char *prev = cfs_manifest_tree_key(old);
+	const cJSON *enc = cfs_manifest_tree_encryption(old);
+	const cJSON *lc = cfs_manifest_latest_checkpoint(old);
+	cJSON *copy;
+	int rc;
+
+	if (!prev || !enc || !lc ||
+	    cJSON_GetObjectItemCaseSensitive(lc, "encryption"))
+		return 0;
+	if (!cfs_json_str(lc, "treeKey") ||
+	    strcmp(cfs_json_str(lc, "treeKey"), prev) != 0)
+		return 0;
+	copy = cJSON_Duplicate(lc, true);
+	if (!copy ||
+	    cfs_json_set(copy, "encryption", cJSON_Duplicate(enc, true))) {
+		cJSON_Delete(copy);
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	}
+	rc = cfs_manifest_add_checkpoint(nm, copy);
+	cJSON_Delete(copy);
+	return rc;
+}
+
+/* Summaries that fell off the 50-entry window take their data along. */
+static int collect_dropped(struct keylist *doomed, const cJSON *dropped)
+{
+	const cJSON *e;
+	int rc;
+
+	cJSON_ArrayForEach(e, dropped)
+	{
+		const char *k = cfs_json_str(e, "treeKey");
+
+		if (k && (rc = keylist_add(doomed, k)))
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * srcdir's .contextsdk/index.json (the file list of the tree it was
+ * exported from), never following links and only if it is a regular
+ * file; anything unreadable means "no previous index", as the reference.
+ */
+static void read_prev_index(char **buf, size_t *len, int srcdirfd)
+{
+	struct stat sb;
+	int dfd, fd = -1;
+
+	*buf = NULL;
+	*len = 0;
+	dfd = openat(srcdirfd, CFS_META_DIR,
+		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return;
+	fd = openat(dfd, "index.json",
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	close(dfd);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+	    (uint64_t)sb.st_size <= PREV_INDEX_MAX) {
+		struct cfs_buf b = CFS_BUF_INIT;
+		char tmp[8192];
+		ssize_t n;
+
+		while ((n = read(fd, tmp, sizeof(tmp))) > 0 &&
+		       b.len + (size_t)n <= PREV_INDEX_MAX)
+			if (cfs_buf_put(&b, tmp, (size_t)n))
+				break;
+		if (n == 0 && b.ptr) {
+			*len = b.len;
+			*buf = cfs_buf_detach(&b);
+		}
+		cfs_buf_free(&b);
+	}
+	close(fd);
+	cfs_error_clear();
+}
+
+/* The save's version record (§13.1) for the tree under srcdirfd. */
+static int build_record(cJSON **out, int srcdirfd,
+			const struct cfs_policy *policy, uint64_t gen,
+			uint64_t parent, const char *author,
+			const char *message, int64_t now_ms)
+{
+	struct cfs_file_entry *cur = NULL, *prev = NULL;
+	struct cfs_version_change *changes = NULL;
+	size_t ncur = 0, nprev = 0, nch = 0, len = 0;
+	char ts[32];
+	char *buf = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = cfs_index_build(&cur, &ncur, srcdirfd, policy);
+	if (rc) {
+		cfs_error_prefix("index the files to save");
+		goto out;
+	}
+	read_prev_index(&buf, &len, srcdirfd);
+	if (buf) {
+		rc = cfs_index_from_json(&prev, &nprev, buf, len);
+		if (rc)
+			goto out;
+	}
+	rc = cfs_version_diff(&changes, &nch, prev, nprev, cur, ncur);
+	if (rc)
+		goto out;
+	cfs_version_timestamp(ts, now_ms / 1000);
+	*out = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
+				      message, changes, nch, cur, ncur);
+	if (!*out)
+		rc = CFS_ENOMEM;
+out:
+	free(buf);
+	free(changes);
+	cfs_index_free(cur, ncur);
+	cfs_index_free(prev, nprev);
+	return rc;
+}
+
+int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id, int srcdirfd,
+		       const struct cfs_commit_opts *opts)
+{
+	struct cfs_commit_opts dflt;
+	struct cfs_manifest *old = NULL, *nm = NULL;
+	struct cfs_policy policy = {NULL, 0, NULL, 0};
+	struct keylist written = {NULL, 0, 0}, doomed = {NULL, 0, 0};
+	struct keylist victims = {NULL, 0, 0};
+	struct cfs_bundle_member extra[2];
+	struct progress_scope ps;
+	struct saved_error err;
+	struct tmpdir t;
+	char etag[CFS_ETAG_MAX], key[CFS_KEY_MAX], vpath[64];
+	char attempt[CFS_ATTEMPT_LEN + 1];
+	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
+	cJSON *cprec = NULL;
+	char *recjson = NULL;
+	const char *what;
+	bool save;
+	uint64_t gen, next = 0, cpn = 0, size = 0, keep;
+	size_t nextra = 0;
+	int bfd = -1;
+	int64_t now;
+	int rc;
+
+	tmpdir_init(&t);
+	if (res)
+		memset(res, 0, sizeof(*res));
+	if (!opts) {
+		cfs_commit_opts_init(&dflt);
+		opts = &dflt;
+	}
+	save = opts->kind != CFS_COMMIT_CHECKPOINT;
+	what = save ? "save" : "checkpoint";
+	keep = opts->retention > 0 ? (uint64_t)opts->retention
+				   : CFS_CONTEXT_DEFAULT_RETENTION;
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	if (srcdirfd < 0)
+		return cfs_error_set(CFS_EINVAL, "no source directory to %s",
+				     what);
+
+	/* 1. the lock must be ours before anything happens */
+	if (opts->owner) {
+		rc = cfs_lock_assert_owner(st, id, opts->owner);
+		if (rc)
+			goto out;
+	}
+	/* 2. manifest body + ETag of the same revision */
+	rc = manifest_read(&old, etag, st, id);
+	if (rc)
+		goto out;
+	gen = cfs_manifest_generation(old);
+	if (opts->expect_generation >= 0 &&
+	    (uint64_t)opts->expect_generation != gen) {
+		rc = cfs_error_set(CFS_ECONFLICT,
+				   "context %s is at generation %" PRIu64
+				   ", not the expected %" PRId64 "; %s aborted",
+				   id, gen, opts->expect_generation, what);
+		goto out;
+	}
+	if (!cfs_manifest_is_tree(old)) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "context %s is an ext4 context; contextfs "
+				   "commits tree contexts only",
+				   id);
+		goto out;
+	}
+	rc = cfs_policy_from_json(&policy, opts->policy
+						   ? opts->policy
+						   : cfs_manifest_policy(old));
+	if (rc)
+		goto out;
+	pjson = cfs_policy_to_json(&policy);
+	if (!pjson) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	now = cfs_now_ms();
+
+	/* 3. fresh keys */
+	if (save) {
+		next = gen + 1;
+		cfs_attempt_new(attempt);
+		rc = cfs_key_tree(key, id, next, attempt);
+	} else {
+		cpn = cfs_manifest_checkpoint_generation(old) + 1;
+		rc = cfs_key_checkpoint(key, id, cpn);
+	}
+	if (rc)
+		goto out;
+
+	/* the version record travels inside the bundle, not in srcdir */
+	if (save) {
+		rc = build_record(&record, srcdirfd, &policy, next, gen,
+				  opts->author	? opts->author
+				  : opts->owner ? opts->owner
+						: DEFAULT_AUTHOR,
+				  opts->message ? opts->message
+						: DEFAULT_SAVE_MESSAGE,
+				  now);
+		if (rc)
+			goto out;
+		recjson = cfs_version_record_print(record);
+		if (!recjson) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		snprintf(vpath, sizeof(vpath),
+			 CFS_META_DIR "/versions/%" PRIu64 ".json", next);
+		extra[0] = (struct cfs_bundle_member){
+			CFS_META_DIR "/index.json", recjson, strlen(recjson),
+			0644, now / 1000};
+		extra[1] = (struct cfs_bundle_member){
+			vpath, recjson, strlen(recjson), 0644, now / 1000};
+		nextra = 2;
+	}
+
+	/* 4. pack -> encrypt -> private temp file */
+	rc = apply_scrypt(keys, &opts->scrypt,
+			  cfs_manifest_tree_encryption(old));
+	if (rc)
+		goto out;
+	rc = tmpdir_open(&t,
+			 save ? "contextfs-save-" : "contextfs-checkpoint-");
+	if (rc)
+		goto out;
+	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, srcdirfd, &policy, extra,
+			  nextra);
+	if (rc) {
+		if (rc == CFS_ENOTFOUND)
+			cfs_error_prefix("nothing to %s", what);
+		goto out;
+	}
+
+	/* the new manifest (pure computation, before anything is written) */
+	rc = cfs_manifest_dup(&nm, old);
+	if (rc)
+		goto out;
+	if ((rc = retain_previous(nm, old, id)) ||
+	    (rc = keep_checkpoint_metadata(nm, old)))
+		goto out;
+	if (save) {
+		if ((rc = cfs_manifest_set_generation(nm, next)) ||
+		    (rc = cfs_manifest_add_version(nm, record, key, enc, size,
+						   &dropped)) ||
+		    (rc = collect_dropped(&doomed, dropped)))
+			goto out;
+	} else {
+		cprec = cfs_manifest_checkpoint_record_new(
+			cpn, opts->reason ? opts->reason : DEFAULT_REASON, now,
+			key, size, enc);
+		if (!cprec) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		if ((rc = cfs_manifest_set_checkpoint_generation(nm, cpn)) ||
+		    (rc = cfs_manifest_add_checkpoint(nm, cprec)))
+			goto out;
+	}
+	if ((rc = cfs_manifest_set_format(nm, "tree")) ||
+	    (rc = cfs_manifest_set_tree_key(nm, key)) ||
+	    (rc = cfs_manifest_set_encryption(nm, enc)) ||
+	    (rc = cfs_manifest_set_size_bytes(nm, size)) ||
+	    (rc = cfs_manifest_set_policy(nm, pjson)) ||
+	    (rc = cfs_manifest_set_updated_at(nm, now)))
+		goto out;
+	{
+		size_t changed;
+		const char *prev = cfs_manifest_tree_key(old);
+
+		if (prev && (rc = keylist_add(&doomed, prev)))
+			goto out;
+		rc = apply_retention(&changed, &doomed, nm, keep);
+		if (rc)
+			goto out;
+	}
+	rc = filter_doomed(&victims, &doomed, nm, id);
+	if (rc)
+		goto out;
+
+	/* 5. data first, under its fresh key */
+	if (save) {
+		rc = keylist_add(&written, key);
+		if (rc)
+			goto out;
+	}
+	progress_push(&ps, st, opts->progress, opts->progress_payload);
+	{
+		struct cfs_cond cond = {NULL, !save};
+
+		rc = cfs_store_put_fd(st, key, bfd, &cond, NULL);
+	}
+	progress_pop(&ps);
+	if (rc == CFS_EEXISTS && !save) {
+		rc = cfs_error_set(CFS_ECONFLICT,
+				   "checkpoint object %s already exists but "
+				   "the manifest of %s does not name it (a "
+				   "concurrent checkpoint, or a leftover of a "
+				   "crashed one: run gc under the lock); "
+				   "checkpoint aborted",
+				   key, id);
+		goto out;
+	}
+	if (!save && rc != CFS_EEXISTS) {
+		int rc2 = keylist_add(&written, key);
+
+		if (rc2 && !rc)
+			rc = rc2;
+	}
+	if (rc)
+		goto out;
+	close_fd(&bfd);
+	tmpdir_close(&t);
+
+	/* 7. the commit point: is the lock still ours? */
+	if (opts->owner) {
+		rc = cfs_lock_assert_owner(st, id, opts->owner);
+		if (rc)
+			goto out;
+	}
+	/* 8. compare-and-swap the manifest */
+	rc = put_manifest(st, id, nm, etag, false, what);
+	if (rc)
+		goto out;
+	keylist_free(&written);
+
+	/* 10. superseded objects beyond retention; failures only warn */
+	{
+		size_t n = delete_keys(st, &victims, "superseded");
+
+		if (res)
+			res->gc_deleted = n;
+		cfs_error_clear();
+	}
+	if (res) {
+		res->generation = cfs_manifest_generation(nm);
+		res->checkpoint_generation =
+			cfs_manifest_checkpoint_generation(nm);
+		snprintf(res->tree_key, sizeof(res->tree_key), "%s", key);
+		res->size_bytes = size;
+		if (save) {
+			const cJSON *cp = cJSON_GetObjectItemCaseSensitive(
+				record, "changedPaths");
+
+			res->changed_paths = cJSON_Duplicate(cp, true);
+		}
+	}
+out:
+	if (rc) {
+		/* 9. roll back what this call wrote */
+		error_save(&err, rc);
+		delete_keys(st, &written, "rolled back");
+		error_restore(&err);
+	}
+	keylist_free(&written);
+	keylist_free(&doomed);
+	keylist_free(&victims);
+	close_fd(&bfd);
+	tmpdir_close(&t);
+	cfs_policy_free(&policy);
+	cJSON_Delete(pjson);
+	cJSON_Delete(enc);
+	cJSON_Delete(record);
+	cJSON_Delete(dropped);
+	cJSON_Delete(cprec);
+	free(recjson);
+	cfs_manifest_free(nm);
+	cfs_manifest_free(old);
+	return rc;
+}
