@@ -139,8 +139,9 @@ class Cli:
 
 
 def assert_one_error_line(r):
-    """A failing command explains itself in exactly one non-empty stderr line."""
-    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    """A failing command explains itself in exactly one non-empty stderr line
+    (a usage error may add its `usage: contextfs CMD ...` hint)."""
+    lines = [ln for ln in r.err.splitlines() if ln.strip() and not ln.startswith("usage: contextfs ")]
     assert len(lines) == 1, "expected one error line on stderr, got %d: %r" % (len(lines), r.err)
     return lines[0]
 
@@ -259,3 +260,134 @@ def make_cli(contextfs_bin, workdir):
     def _make(store, passphrase=None, raw_key_hex=None):
         return Cli(contextfs_bin, store, workdir, passphrase=passphrase, raw_key_hex=raw_key_hex)
     return _make
+
+
+# --------------------------------------------------------------------------
+# the reference's policy and manifest shape
+
+DEFAULT_EXCLUDE = ["**/node_modules/**", "**/.pnpm-store/**", "**/.npm/**", "**/.yarn/cache/**",
+                   "**/.next/**", "**/dist/**", "**/build/**", "**/.venv/**", "**/__pycache__/**"]
+LAYOUT = ["workspace", "memory", "artifacts", "logs", "cache", "config"]
+
+
+def excluded(rel, patterns=DEFAULT_EXCLUDE):
+    """REFERENCE.md §5.3 (runtime packer): fnmatch on the pattern or on the pattern
+    without a trailing /**, or a prefix match on that trimmed pattern."""
+    import fnmatch
+    rel = rel.replace("\\", "/")
+    for pat in patterns:
+        trimmed = pat[:-3] if pat.endswith("/**") else pat
+        if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, trimmed):
+            return True
+        t = trimmed.rstrip("/")
+        if t and rel.startswith(t + "/"):
+            return True
+    return False
+
+
+def packed_view(root, roots=DEFAULT_ROOTS, patterns=DEFAULT_EXCLUDE):
+    """What a commit of `root` must store: snapshot_dir entries under contextsdk.json
+    and the policy roots, minus excluded subtrees (and unsafe links, dropped by the
+    packer). .contextsdk/ is written by the commit itself and is not compared."""
+    snap = snapshot_dir(root)
+    out = {}
+    for rel, v in snap.items():
+        top = rel.split("/")[0]
+        if rel != "contextsdk.json" and top not in roots:
+            continue
+        if excluded(rel, patterns) or any(excluded(a, patterns) for a in _ancestors(rel)):
+            continue
+        if v[0] == "symlink" and refreader.unsafe(v[3]):
+            continue
+        out[rel] = v
+    return out
+
+
+def _ancestors(rel):
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def assert_tree_equals_view(entries, view):
+    """refreader entries (tar) vs packed_view (filesystem). Hard links: the second
+    path of an inode is a `hardlink` entry naming the first one."""
+    got = {e["path"]: e for e in entries if not (e["path"] == ".contextsdk" or e["path"].startswith(".contextsdk/"))}
+    assert set(got) == set(view), "only in bundle: %s; only in tree: %s" % (
+        sorted(set(got) - set(view)), sorted(set(view) - set(got)))
+    for rel, (kind, mode, size, extra) in view.items():
+        e = got[rel]
+        if e["type"] == "hardlink":
+            assert kind == "file", rel
+            first = view[e["linkname"]]
+            assert first[0] == "file" and first[3] == extra, "%s hard link to %s: different content" % (
+                rel, e["linkname"])
+            continue
+        assert e["type"] == kind, (rel, e["type"], kind)
+        if kind == "symlink":
+            assert e["linkname"] == extra, rel
+            continue
+        assert e["mode"] == oct(mode), "%s: bundle mode %s, tree mode %s" % (rel, e["mode"], oct(mode))
+        if kind == "file":
+            assert e["size"] == size and e["sha256"] == extra, rel
+
+
+ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+
+
+def assert_encryption_metadata(meta, kdf, cost=None):
+    import base64
+    assert meta["version"] == 1 and meta["algorithm"] == "aes-256-gcm", meta
+    assert meta["keyDerivation"] == kdf, meta
+    assert len(base64.b64decode(meta["nonce"], validate=True)) == 12
+    assert len(base64.b64decode(meta["authTag"], validate=True)) == 16
+    if kdf == "raw":
+        assert "salt" not in meta and "scrypt" not in meta, meta
+    else:
+        assert len(base64.b64decode(meta["salt"], validate=True)) == 16
+        assert meta["scrypt"] == {"cost": cost, "blockSize": 8, "parallelization": 1}, meta["scrypt"]
+
+
+def assert_manifest_shape(store, ctx_id, kdf, cost=None):
+    """REFERENCE.md §6 field names, types and layout of a manifest contextfs wrote."""
+    import re
+    path = os.path.join(store, "contexts", ctx_id, "manifest.json")
+    with open(path, encoding="utf-8") as f:
+        raw = f.read()
+    m = json.loads(raw)
+    assert raw == json.dumps(m, indent=2, ensure_ascii=False), \
+        "manifest is not JSON.stringify(manifest, null, 2) layout (2-space, no trailing newline)"
+    ints = ("version", "sizeBytes", "generation", "checkpointGeneration")
+    for k in ints:
+        assert isinstance(m[k], int) and not isinstance(m[k], bool), k
+    assert m["version"] == 1 and m["id"] == ctx_id
+    assert m["format"] == "tree" and m["filesystem"] == "tree"
+    assert m["layout"] == LAYOUT
+    assert isinstance(m["imageKey"], str) and m["imageKey"].startswith("contexts/%s/image/" % ctx_id)
+    assert re.match(r"^contexts/%s/(tree/\d{8,}-[0-9a-f]{8}\.tree|checkpoints/\d{8,}\.tree)\.tar\.zst\.enc$"
+                    % re.escape(ctx_id), m["treeKey"]), m["treeKey"]
+    obj = os.path.join(store, m["treeKey"])
+    assert os.path.getsize(obj) == m["sizeBytes"], "sizeBytes must be the bundle size (= ciphertext size)"
+    assert m["treeEncryption"] == m["encryption"]
+    assert_encryption_metadata(m["treeEncryption"], kdf, cost)
+    pol = m["persistencePolicy"]
+    assert pol["roots"] == DEFAULT_ROOTS and pol["exclude"] == DEFAULT_EXCLUDE, pol
+    assert re.match(ISO_MS, m["createdAt"]) and re.match(ISO_MS, m["updatedAt"]), (m["createdAt"], m["updatedAt"])
+    assert isinstance(m["versions"], list) and len(m["versions"]) <= 50
+    for v in m["versions"]:
+        for k, t in (("version", int), ("generation", int), ("timestamp", str), ("author", str),
+                     ("message", str), ("changedPaths", list), ("files", list)):
+            assert isinstance(v[k], t), (k, v)
+        assert v["parentGeneration"] is None or isinstance(v["parentGeneration"], int)
+        assert v["files"] == []
+        for c in v["changedPaths"]:
+            assert set(c) == {"path", "type"} and c["type"] in ("added", "modified", "removed"), c
+    if m["versions"]:
+        lv = dict(m["latestVersion"])
+        assert lv["generation"] == m["versions"][-1]["generation"]
+    if m["checkpointGeneration"]:
+        lc = m["latestCheckpoint"]
+        assert lc["version"] == 1 and lc["generation"] == m["checkpointGeneration"]
+        assert isinstance(lc["reason"], str) and isinstance(lc["timestamp"], str)
+        assert lc["treeKey"] == "contexts/%s/checkpoints/%08d.tree.tar.zst.enc" % (ctx_id, lc["generation"])
+        assert isinstance(lc["sizeBytes"], int)
+    return m

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# bench-bundle.sh: contextfs commit/export against plain `tar | zstd` on the same
+# tree, in the same run. Run by hand (not part of any suite); see README.md.
+#
+#   tests/bench/bench-bundle.sh [--bin PATH] [--dir WORKDIR] [--mib N] [--files N] [--keep]
+#
+# Generates a tree of N files (default 20,000) totalling --mib MiB (default
+# 1024) under WORKDIR/src/workspace: mostly small files, some medium and a few
+# large ones, about half of the bytes compressible text and half random. Then,
+# with a warm page cache for both sides:
+#   commit   contextfs commit bench --from src      vs  tar -c | zstd -T0 -3 > f
+#   export   contextfs export bench out             vs  zstd -d < f | tar -x
+# and prints seconds, MB/s (of tree bytes), contextfs/baseline ratio and peak RSS
+# (/usr/bin/time -v). contextfs also encrypts (AES-256-GCM, raw key here, so no
+# scrypt in the timing) and records version metadata; the baseline does neither.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BIN=${CONTEXTFS_BIN:-$REPO/build/tools/contextfs}
+WORK=
+MIB=1024
+FILES=20000
+KEEP=0
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--bin) BIN=$2; shift 2 ;;
+	--dir) WORK=$2; shift 2 ;;
+	--mib) MIB=$2; shift 2 ;;
+	--files) FILES=$2; shift 2 ;;
+	--keep) KEEP=1; shift ;;
+	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+	*) echo "bench-bundle: unknown argument: $1" >&2; exit 2 ;;
+	esac
+done
+
+die() { echo "bench-bundle: $*" >&2; exit 1; }
+[ -x "$BIN" ] || die "contextfs binary not found at $BIN (build it or pass --bin / CONTEXTFS_BIN)"
+[ -x /usr/bin/time ] || die "/usr/bin/time is required (apt-get install -y time)"
+for t in tar zstd python3; do command -v "$t" >/dev/null || die "$t is required"; done
+
+if [ -z "$WORK" ]; then
+	WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cfs-bench.XXXXXX")
+else
+	mkdir -p "$WORK"
+	[ -z "$(ls -A "$WORK")" ] || die "$WORK is not empty"
+fi
+cleanup() { if [ "$KEEP" = 0 ]; then rm -rf -- "$WORK"; else echo "kept $WORK"; fi; }
+trap cleanup EXIT
+
+SRC=$WORK/src
+STORE=$WORK/store
+export CONTEXTSDK_STORAGE_DIR=$STORE
+CONTEXTSDK_KEY_HEX=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export CONTEXTSDK_KEY_HEX
+unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG
+
+echo "== generating $FILES files, $MIB MiB in $SRC"
+"$BIN" init bench -q >/dev/null
+"$BIN" export bench "$SRC" -q >/dev/null
+python3 - "$SRC/workspace/bench" "$MIB" "$FILES" <<'PY'
+import os, random, sys
+root, mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+total = mib * 1024 * 1024
+rng = random.Random(20260101)
+# sizes: 95% small (512 B - 16 KiB), 4.5% medium (64 KiB - 1 MiB), the rest
+# share what is left (large files)
+n_small = int(nfiles * 0.95)
+n_med = int(nfiles * 0.045)
+n_large = max(1, nfiles - n_small - n_med)
+sizes = [rng.randint(512, 16384) for _ in range(n_small)] + \
+        [rng.randint(64 << 10, 1 << 20) for _ in range(n_med)]
+left = total - sum(sizes)
+if left < n_large:
+    sys.exit("tree too small for the file count")
+sizes += [left // n_large] * n_large
+sizes[-1] += left - (left // n_large) * n_large
+words = b"the quick brown fox jumps over a lazy dog context agent memory workspace \n".split(b" ")
+text = b" ".join(rng.choice(words) for _ in range(1 << 18))  # ~1.3 MB of text to slice from
+for i, size in enumerate(sizes):
+    d = os.path.join(root, "d%03d" % (i % 400), "e%02d" % (i % 7))
+    os.makedirs(d, exist_ok=True)
+    if i % 2 == 0:  # compressible
+        off = rng.randrange(0, len(text) - 1)
+        chunk = (text[off:] + text) * (size // len(text) + 1)
+        data = chunk[:size]
+    else:
+        data = os.urandom(size)
+    with open(os.path.join(d, "f%05d.%s" % (i, "txt" if i % 2 == 0 else "bin")), "wb") as f:
+        f.write(data)
+PY
+TREE_BYTES=$(du -sb "$SRC/workspace" | cut -f1)
+echo "   tree: $(find "$SRC/workspace" -type f | wc -l) files, $TREE_BYTES bytes"
+sync
+# warm the page cache for both sides
+tar -C "$SRC" -cf - workspace >/dev/null
+
+# run LABEL CMD... : wall seconds and peak RSS (KiB) into $LAST_SEC / $LAST_RSS
+run() {
+	local label=$1 log=$WORK/time-$1.log
+	shift
+	/usr/bin/time -v -o "$log" "$@" >/dev/null
+	LAST_SEC=$(awk -F': ' '/Elapsed \(wall clock\)/ {
+		n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$log")
+	LAST_RSS=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+	eval "SEC_$label=$LAST_SEC; RSS_$label=$LAST_RSS"
+}
+
+echo "== commit"
+run cfs_commit "$BIN" commit bench --from "$SRC" -m bench -q
+run tar_commit bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2"' _ "$SRC" "$WORK/baseline.tar.zst"
+echo "== export"
+run cfs_export "$BIN" export bench "$WORK/out-cfs" -q
+mkdir "$WORK/out-tar"
+run tar_export bash -c 'zstd -dc -q "$1" | tar -C "$2" -xf -' _ "$WORK/baseline.tar.zst" "$WORK/out-tar"
+
+# sanity: both exports hold the same bytes
+diff -r "$WORK/out-tar/workspace/bench" "$WORK/out-cfs/workspace/bench" >/dev/null ||
+	die "contextfs export differs from the source tree"
+
+CFS_OBJ=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["sizeBytes"])' \
+	"$STORE/contexts/bench/manifest.json")
+BASE_OBJ=$(stat -c %s "$WORK/baseline.tar.zst")
+
+echo
+echo "tree: $TREE_BYTES bytes in $FILES files; bundle: contextfs $CFS_OBJ bytes, tar|zstd $BASE_OBJ bytes"
+python3 - "$TREE_BYTES" "$SEC_cfs_commit" "$SEC_tar_commit" "$SEC_cfs_export" "$SEC_tar_export" \
+	"$RSS_cfs_commit" "$RSS_tar_commit" "$RSS_cfs_export" "$RSS_tar_export" <<'PY'
+import sys
+b = int(sys.argv[1])
+cc, tc, ce, te = map(float, sys.argv[2:6])
+rcc, rtc, rce, rte = map(int, sys.argv[6:10])
+mbs = lambda s: b / 1e6 / s if s > 0 else float("inf")
+print("%-8s %-16s %8s %9s %12s %8s" % ("op", "tool", "seconds", "MB/s", "peak RSS MiB", "ratio"))
+for op, (c, t, rc, rt) in (("commit", (cc, tc, rcc, rtc)), ("export", (ce, te, rce, rte))):
+    print("%-8s %-16s %8.2f %9.1f %12.1f %8.2f" % (op, "contextfs", c, mbs(c), rc / 1024, c / t if t else 0))
+    print("%-8s %-16s %8.2f %9.1f %12.1f %8s" % (op, "tar+zstd -T0 -3", t, mbs(t), rt / 1024, "1.00"))
+PY

@@ -1,0 +1,355 @@
+"""The command-line surface (brief: cli.md): help, version, --json shapes, exit
+codes, doctor, and key hygiene (no secret in output or in any argv)."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import (EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, Cli, assert_one_error_line,
+                      write_file)
+
+COMMANDS = ["init", "status", "verify", "log", "export", "commit", "checkpoint", "unlock", "restore", "gc",
+            "list", "doctor"]
+ERROR_CODES = {"ok", "not-found", "exists", "conflict", "locked", "authentication", "corrupt", "unsafe", "io",
+               "again", "timeout", "invalid", "nomem", "nospace", "unsupported", "key", "permission",
+               "canceled", "error"}
+
+
+def test_version(cli):
+    r = cli.ok("--version")
+    assert re.match(r"^contextfs \d+\.\d+\.\d+\S*\n$", r.out), r.out
+    r = cli.json("--version")
+    assert re.match(r"^\d+\.\d+\.\d+", r.json["version"])
+
+
+def test_top_level_help_lists_every_command(cli):
+    for argv in (("--help",), ("-h",), ("help",)):
+        r = cli.ok(*argv)
+        assert "usage: contextfs" in r.out, argv
+        for c in COMMANDS:
+            assert re.search(r"^\s+%s\b" % c, r.out, re.M), "%s missing from %s output" % (c, argv)
+    r = cli.run()
+    assert r.rc == EXIT_USAGE and "usage: contextfs" in r.err and r.out == ""
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_command_help(cli, cmd):
+    a = cli.ok(cmd, "--help")
+    b = cli.ok("help", cmd)
+    c = cli.ok(cmd, "-h")
+    assert a.out == b.out == c.out
+    assert a.out.startswith("usage: contextfs %s" % cmd), a.out[:200]
+    assert a.err == ""
+    # --help never needs key material or a store
+    r = cli.run(cmd, "--help", unset=("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX", "CONTEXTSDK_STORAGE_DIR"))
+    assert r.rc == 0 and r.out == a.out
+
+
+def test_unknown_command_and_option(cli):
+    r = cli.run("frobnicate")
+    assert r.rc == EXIT_USAGE and "frobnicate" in r.err and r.out == ""
+    r = cli.json("frobnicate", expect=EXIT_USAGE)
+    assert r.json["error"]["code"] == "invalid"
+    r = cli.run("status", "x", "--no-such-option")
+    assert r.rc == EXIT_USAGE and "--no-such-option" in r.err
+    r = cli.json("status", "x", "--no-such-option", expect=EXIT_USAGE)
+    r = cli.run("help", "frobnicate")
+    assert r.rc == EXIT_USAGE
+    r = cli.run("status")
+    assert r.rc == EXIT_USAGE and "missing argument" in r.err
+    r = cli.run("status", "a", "b")
+    assert r.rc == EXIT_USAGE
+
+
+def test_missing_key_material(cli, tmp_path):
+    r = cli.run("init", "nokey", unset=("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX"))
+    assert r.rc == EXIT_USAGE, r.err
+    assert "CONTEXTSDK_PASSPHRASE or CONTEXTSDK_KEY_HEX is required" in assert_one_error_line(r)
+    r = cli.json("init", "nokey", unset=("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX"), expect=EXIT_USAGE)
+    assert r.json["error"]["code"] == "key"
+    assert os.listdir(cli.store) == []
+
+
+def _ctx_with_history(c, tmp_path, ctx="cli"):
+    work = str(tmp_path / "w")
+    c.json("init", ctx, "--scrypt-cost", "1024")
+    c.ok("export", ctx, work)
+    write_file(work, "workspace/a.txt", "a\n")
+    c.json("commit", ctx, "--from", work, "-m", "first")
+    return work
+
+
+def test_json_shapes(cli, tmp_path):
+    ctx = "cli"
+    r = cli.json("init", ctx, "--scrypt-cost", "1024")
+    assert r.json["id"] == ctx and r.json["generation"] == 1
+    assert r.json["treeKey"].startswith("contexts/cli/tree/00000001-")
+    assert isinstance(r.json["sizeBytes"], int)
+
+    r = cli.json("list")
+    assert [x["id"] for x in r.json["contexts"]] == [ctx]
+    assert r.json["contexts"][0]["generation"] == 1
+
+    work = str(tmp_path / "w")
+    r = cli.json("export", ctx, work)
+    assert r.json["id"] == ctx and r.json["generation"] == 1 and os.path.isdir(work)
+
+    write_file(work, "workspace/a.txt", "a\n")
+    r = cli.json("commit", ctx, "--from", work, "-m", "m1")
+    assert set(r.json) >= {"ok", "id", "generation", "treeKey", "sizeBytes", "changedPaths"}
+    assert r.json["generation"] == 2
+    assert r.json["changedPaths"] == [{"path": "workspace/a.txt", "type": "added"}]
+    assert isinstance(r.json["sizeBytes"], int)
+
+    r = cli.json("checkpoint", ctx, "--from", work, "--reason", "r1")
+    assert set(r.json) >= {"ok", "id", "checkpointGeneration", "treeKey"}
+    assert r.json["checkpointGeneration"] == 1
+
+    r = cli.json("status", ctx)
+    assert set(r.json) >= {"ok", "id", "generation", "checkpointGeneration", "treeKey", "sizeBytes", "createdAt",
+                           "updatedAt", "lock", "manifest"}
+    assert r.json["generation"] == 2 and r.json["checkpointGeneration"] == 1 and r.json["lock"] is None
+    assert r.json["manifest"]["id"] == ctx
+
+    r = cli.json("log", ctx)
+    assert set(r.json) >= {"ok", "id", "versions", "checkpoints"}
+    v = [x for x in r.json["versions"] if x["generation"] == 2][0]
+    for k in ("generation", "parentGeneration", "timestamp", "author", "message", "changedPaths", "retained"):
+        assert k in v, (k, v)
+    assert v["message"] == "m1" and v["parentGeneration"] == 1 and v["retained"] is True
+    assert r.json["checkpoints"][0]["generation"] == 1 and r.json["checkpoints"][0]["reason"] == "r1"
+
+    r = cli.json("verify", ctx)
+    assert set(r.json) >= {"ok", "id", "objects"}
+    for o in r.json["objects"]:
+        assert set(o) >= {"key", "role", "ok", "bytes"} and o["ok"] is True, o
+    roles = {o["role"] for o in r.json["objects"]}
+    assert len(roles) >= 2, roles  # current tree (checkpoint) + retained generation(s)
+
+    r = cli.json("restore", ctx + "@1", "-m", "undo")
+    assert r.json["generation"] == 3
+
+    r = cli.json("gc", ctx, "--keep", "1", "--dry-run")
+    assert isinstance(r.json["objects"], list)
+    r = cli.json("unlock", ctx, "--force")
+    r = cli.json("doctor")
+    assert r.json["ok"] is True
+
+
+def test_json_errors(cli, tmp_path):
+    r = cli.json("status", "missing", expect=EXIT_NOTFOUND)
+    assert r.json["error"]["code"] == "not-found" and "missing" in r.json["error"]["message"]
+    assert r.err == "" or len(r.err.splitlines()) <= 1
+    _ctx_with_history(cli, tmp_path)
+    r = cli.json("init", "cli", "--scrypt-cost", "1024", expect=EXIT_LOCKED)
+    assert r.json["error"]["code"] in ERROR_CODES - {"ok"}
+    assert "context already exists: cli" in r.json["error"]["message"]
+    r = cli.json("commit", "cli", "--from", str(tmp_path / "w"), "--expect-generation", "7", expect=EXIT_LOCKED)
+    r = cli.json("export", "cli@99", str(tmp_path / "x"), expect=EXIT_NOTFOUND)
+    assert r.json["error"]["code"] == "not-found"
+
+
+def test_exit_codes_table(cli, make_cli, tmp_path):
+    work = _ctx_with_history(cli, tmp_path)
+    cases = [
+        (("status", "nope"), 3),
+        (("export", "cli@42", str(tmp_path / "e1")), 3),
+        (("commit", "cli", "--from", work, "--expect-generation", "1"), 4),
+        (("init", "cli"), 4),
+        (("commit", "cli", "--from", str(tmp_path / "does-not-exist")), None),
+        (("export", "cli", work), None),  # non-empty target
+        (("gc", "cli", "--keep", "x"), 2),
+        (("export", "cli@notanumber", str(tmp_path / "e2")), 2),
+    ]
+    for argv, code in cases:
+        r = cli.run(*argv)
+        if code is None:
+            assert r.rc not in (0, 1), (argv, r.rc, r.err)
+        else:
+            assert r.rc == code, (argv, r.rc, r.err)
+        assert r.err.strip(), argv
+    bad = make_cli(cli.store, passphrase="wrong")
+    assert bad.run("export", "cli", str(tmp_path / "e3")).rc == 5
+
+
+def test_quiet_and_human_output(cli, tmp_path):
+    work = _ctx_with_history(cli, tmp_path)
+    write_file(work, "workspace/b.txt", "b\n")
+    r = cli.ok("commit", "cli", "--from", work, "-q")
+    assert r.err == ""
+    r = cli.ok("status", "cli")
+    assert "cli" in r.out and r.err == ""
+    # global options may follow the command and precede it
+    r = cli.run("--json", "status", "cli")
+    assert r.rc == 0 and json.loads(r.out)["id"] == "cli"
+    r = cli.run("status", "--store", cli.store, "cli", "--json", unset=("CONTEXTSDK_STORAGE_DIR",))
+    assert r.rc == 0 and json.loads(r.out)["id"] == "cli"
+
+
+def test_store_resolution(cli, tmp_path):
+    other = str(tmp_path / "other-store")
+    r = cli.json("init", "s1", "--store", other, "--scrypt-cost", "1024")
+    assert os.path.exists(os.path.join(other, "contexts", "s1", "manifest.json"))
+    assert not os.path.exists(os.path.join(cli.store, "contexts"))
+    # config file storage.directory (CONTEXTSDK_CONFIG) when no env/flag
+    cfg = str(tmp_path / "cfg.json")
+    with open(cfg, "w") as f:
+        json.dump({"storage": {"directory": other}, "encryption": {"passphraseEnv": "MY_PASS"}}, f)
+    r = cli.run("--json", "status", "s1", unset=("CONTEXTSDK_STORAGE_DIR",), env={"CONTEXTSDK_CONFIG": cfg})
+    assert r.rc == 0, r.err
+    # encryption.passphraseEnv names the variable to read
+    r = cli.run("export", "s1", str(tmp_path / "x"), unset=("CONTEXTSDK_STORAGE_DIR", "CONTEXTSDK_PASSPHRASE"),
+                env={"CONTEXTSDK_CONFIG": cfg, "MY_PASS": PASSPHRASE})
+    assert r.rc == 0, r.err
+    # default: ~/.contextsdk/storage
+    r = cli.run("--json", "list", unset=("CONTEXTSDK_STORAGE_DIR",))
+    assert r.rc == 0, r.err
+    assert json.loads(r.out)["contexts"] == []
+
+
+def test_doctor(cli, tmp_path):
+    r = cli.json("doctor")
+    txt = json.dumps(r.json)
+    assert PASSPHRASE not in txt
+    r2 = cli.ok("doctor")
+    assert PASSPHRASE not in r2.out + r2.err
+    # doctor with no key material still runs, and says so without secrets
+    r = cli.run("doctor", "--json", unset=("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX"))
+    assert r.rc in (0, 2), r.err
+    json.loads(r.out)
+    # an unusable store is reported
+    bad = str(tmp_path / "file-not-dir")
+    write_file(str(tmp_path), "file-not-dir", "x")
+    r = cli.run("doctor", "--store", bad)
+    assert r.rc != 0
+
+
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_passphrase_never_in_argv_or_output(cli, tmp_path):
+    """Polls /proc while contextfs derives a default-cost scrypt key and packs:
+    the passphrase must never be in the argv of contextfs or any child, nor in
+    its environment after startup (the CLI moves secrets out of environ), nor
+    in any output."""
+    secret = PASSPHRASE.encode()
+    work = str(tmp_path / "w")
+    proc = subprocess.Popen([cli.binary, "init", "argv-check"], env=cli.env, cwd=cli.workdir,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_cmdlines = []
+    environ_leaks = 0
+    polls = 0
+    while proc.poll() is None:
+        for pid in [proc.pid] + _children(proc.pid):
+            cmd = _read("/proc/%d/cmdline" % pid)
+            if cmd:
+                seen_cmdlines.append(cmd)
+            polls += 1
+            if pid == proc.pid and polls > 20 and secret in _read("/proc/%d/environ" % pid):
+                environ_leaks += 1
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert seen_cmdlines, "process finished before it could be observed"
+    assert not any(secret in c for c in seen_cmdlines)
+    assert secret not in out + err
+    assert environ_leaks == 0, "passphrase still readable in /proc/<pid>/environ after startup"
+    cli.ok("export", "argv-check", work)
+    write_file(work, "workspace/a.txt", "a")
+    for argv in (("commit", "argv-check", "--from", work), ("status", "argv-check", "--json"),
+                 ("log", "argv-check", "--json"), ("verify", "argv-check", "--json"), ("doctor", "--json"),
+                 ("list", "--json")):
+        r = cli.run(*argv)
+        assert r.rc == 0, (argv, r.err)
+        assert PASSPHRASE not in r.out + r.err, argv
+
+
+def test_passphrase_file(cli, tmp_path):
+    pf = str(tmp_path / "pass.txt")
+    with open(pf, "w") as f:
+        f.write(PASSPHRASE + "\n")
+    os.chmod(pf, 0o600)
+    unset = ("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX")
+    r = cli.run("init", "pf", "--scrypt-cost", "1024", "--passphrase-file", pf, unset=unset)
+    assert r.rc == 0, r.err
+    # the same passphrase from the environment opens it (trailing newline not part of it)
+    cli.ok("export", "pf", str(tmp_path / "x1"))
+    for mode in (0o644, 0o640, 0o604):
+        os.chmod(pf, mode)
+        r = cli.run("export", "pf", str(tmp_path / ("x-%o" % mode)), "--passphrase-file", pf, unset=unset)
+        assert r.rc in (2, 7), "passphrase file with mode %o accepted (exit %d)" % (mode, r.rc)
+        line = assert_one_error_line(r)
+        assert pf in line or "readable" in line or "permission" in line.lower(), line
+        assert not os.path.exists(str(tmp_path / ("x-%o" % mode))) or not os.listdir(str(tmp_path / ("x-%o" % mode)))
+    os.chmod(pf, 0o600)
+    r = cli.run("export", "pf", str(tmp_path / "x2"), "--passphrase-file", pf, unset=unset)
+    assert r.rc == 0, r.err
+    r = cli.run("export", "pf", str(tmp_path / "x3"), "--passphrase-file", str(tmp_path / "nope"), unset=unset)
+    assert r.rc != 0
+    assert_one_error_line(r)
+
+
+def test_prompt_needs_tty(cli):
+    """Without key material and without a TTY on stdin, no prompt: exit 2."""
+    r = cli.run("init", "tty", input=b"typed-passphrase\n", unset=("CONTEXTSDK_PASSPHRASE", "CONTEXTSDK_KEY_HEX"))
+    assert r.rc == EXIT_USAGE, r.err
+    assert "typed-passphrase" not in r.out + r.err
+
+
+def test_export_target_created_private(cli_raw, tmp_path):
+    cli_raw.json("init", "priv")
+    target = str(tmp_path / "deep" / "new")
+    os.makedirs(os.path.dirname(target))
+    cli_raw.ok("export", "priv", target)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    # an existing empty directory is fine
+    empty = str(tmp_path / "empty")
+    os.mkdir(empty)
+    cli_raw.ok("export", "priv", empty)
+    assert os.path.isfile(os.path.join(empty, "contextsdk.json"))
+
+
+def test_unlock_semantics(cli_raw, tmp_path):
+    cli_raw.json("init", "lk")
+    r = cli_raw.run("unlock", "lk")  # no lock: a no-op
+    assert r.rc == 0, r.err
+    lock = {"version": 1, "contextId": "lk", "owner": "h:1:u", "runtimeId": "x",
+            "createdAt": "2099-01-01T00:00:00.000Z", "heartbeatAt": "2099-01-01T00:00:00.000Z",
+            "expiresAt": "2099-01-01T00:30:00.000Z"}
+    lp = os.path.join(cli_raw.store, "contexts", "lk", "lock.json")
+    with open(lp, "w") as f:
+        json.dump(lock, f)
+    r = cli_raw.run("unlock", "lk")
+    assert r.rc == EXIT_LOCKED and "h:1:u" in r.err, r.err
+    assert os.path.exists(lp)
+    r = cli_raw.json("status", "lk")
+    assert r.json["lock"] == {"owner": "h:1:u", "runtimeId": "x", "expiresAt": "2099-01-01T00:30:00.000Z",
+                              "expired": False} or (r.json["lock"]["owner"] == "h:1:u"
+                                                    and r.json["lock"]["expired"] is False)
+    cli_raw.ok("unlock", "lk", "--force")
+    assert not os.path.exists(lp)
