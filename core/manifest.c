@@ -798,8 +798,10 @@ int cfs_manifest_generation_lookup(const struct cfs_manifest *m, uint64_t gen,
 		if (!e && cfs_manifest_is_tree(m))
 			e = cfs_manifest_encryption(m);
 		if (e) {
-			*tree_key = key;
-			*enc = e;
+			if (tree_key)
+				*tree_key = key;
+			if (enc)
+				*enc = e;
 			if (size)
 				*size = cfs_manifest_size_bytes(m);
 			return 0;
@@ -809,8 +811,11 @@ int cfs_manifest_generation_lookup(const struct cfs_manifest *m, uint64_t gen,
 	if (rec && cfs_json_str(rec, "treeKey") &&
 	    cJSON_IsObject(
 		    cJSON_GetObjectItemCaseSensitive(rec, "treeEncryption"))) {
-		*tree_key = cfs_json_str(rec, "treeKey");
-		*enc = cJSON_GetObjectItemCaseSensitive(rec, "treeEncryption");
+		if (tree_key)
+			*tree_key = cfs_json_str(rec, "treeKey");
+		if (enc)
+			*enc = cJSON_GetObjectItemCaseSensitive(
+				rec, "treeEncryption");
 		if (size)
 			*size = count_or_zero(rec, "sizeBytes");
 		return 0;
@@ -853,16 +858,21 @@ int cfs_manifest_checkpoint_lookup(const struct cfs_manifest *m, uint64_t n,
 			   cfs_manifest_tree_encryption(m)) {
 			/* Still current: the reference keeps its metadata
 			 * only in treeEncryption. */
-			*tree_key = key;
-			*enc = cfs_manifest_tree_encryption(m);
+			if (tree_key)
+				*tree_key = key;
+			if (enc)
+				*enc = cfs_manifest_tree_encryption(m);
 			if (size)
 				*size = count_or_zero(c, "sizeBytes");
 			return 0;
 		}
 	}
 	if (found) {
-		*tree_key = cfs_json_str(found, "treeKey");
-		*enc = cJSON_GetObjectItemCaseSensitive(found, "encryption");
+		if (tree_key)
+			*tree_key = cfs_json_str(found, "treeKey");
+		if (enc)
+			*enc = cJSON_GetObjectItemCaseSensitive(found,
+								"encryption");
 		if (size)
 			*size = count_or_zero(found, "sizeBytes");
 		return 0;

@@ -165,7 +165,7 @@ int cfs_manifest_remove_checkpoint(struct cfs_manifest *m, uint64_t n);
  *   checkpoint: an entry of "checkpoints" or latestCheckpoint carrying
  *     "encryption", or latestCheckpoint while treeKey still names it (then
  *     treeEncryption is its metadata).
- * size may be NULL.
+ * Any of tree_key, enc and size may be NULL (existence checks).
  */
 int cfs_manifest_generation_lookup(const struct cfs_manifest *m, uint64_t gen,
 				   const char **tree_key, const cJSON **enc,
