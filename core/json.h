@@ -16,6 +16,10 @@ enum cfs_json_flags {
 	CFS_JSON_SORT_KEYS = 1 << 1, /* object keys in byte order */
 	CFS_JSON_NEWLINE = 1 << 2,   /* trailing "\n" */
 	CFS_JSON_ASCII = 1 << 3,     /* \uXXXX-escape non-ASCII (python) */
+	/* ASCII selects python's json.dumps conventions as a whole: also
+	 * DEL escaped, non-integral numbers in repr() form, and without
+	 * PRETTY the one-line ", " / ": " separators. Integral numbers print
+	 * as integers in both personalities. */
 };
 
 /* Heap string (free()) or NULL with CFS_ENOMEM set. */

@@ -117,6 +117,10 @@ static void test_fixture_accessors(void)
 		       enc == cfs_manifest_tree_encryption(m) &&
 		       size == cfs_manifest_size_bytes(m),
 	       "current generation -> treeKey/treeEncryption/sizeBytes");
+	TAP_EQ_INT(cfs_manifest_generation_lookup(m, 4, NULL, NULL, NULL), 0,
+		   "lookup with every out parameter NULL");
+	TAP_EQ_INT(cfs_manifest_checkpoint_lookup(m, 1, NULL, NULL, NULL),
+		   CFS_ENOTFOUND, "checkpoint existence check with NULL outs");
 	TAP_EQ_INT(cfs_manifest_generation_lookup(m, 2, &key, &enc, &size),
 		   CFS_ENOTFOUND,
 		   "superseded reference generation not retained");
