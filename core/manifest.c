@@ -133,7 +133,8 @@ static int normalize(cJSON *doc, const char *id)
 	format = cfs_json_str(doc, "format");
 	tree = strcmp(format, "tree") == 0;
 	if (!cJSON_GetObjectItemCaseSensitive(doc, "filesystem")) {
-		rc = cfs_json_set_str(doc, "filesystem", format);
+		/* §6: missing filesystem -> "ext4" (not a mirror of format) */
+		rc = cfs_json_set_str(doc, "filesystem", "ext4");
 		if (rc)
 			return rc;
 	}

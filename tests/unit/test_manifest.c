@@ -329,7 +329,7 @@ static void test_legacy_normalization(void)
 	TAP_OK(m && cfs_manifest_image_encryption(m) == NULL,
 	       "tree: imageEncryption stays absent");
 	TAP_EQ_STR(m ? cfs_json_str(cfs_manifest_json(m), "filesystem") : NULL,
-		   "tree", "missing filesystem mirrors format");
+		   "ext4", "missing filesystem -> ext4 (reference default)");
 	cfs_manifest_free(m);
 }
 
