@@ -733,10 +733,51 @@ static void fs_cas_race(struct cfs_store *st, const char *dir)
 }
 
 /*
- * A writer process puts "i" 150 times and reports (i, ETag); the reader
- * meanwhile collects (body, ETag) pairs. Every pair must be one revision.
+ * A put done the way the reference's FsStorage does it: key lock, temp
+ * body, sidecar rewritten in place BEFORE the body is renamed (a window
+ * widened here with a short sleep), release.
  */
-static void fs_read_consistency(struct cfs_store *st)
+static int reference_style_put(const char *dir, const char *key,
+			       const char *body, char etag[37])
+{
+	char *obj = path_in(dir, key);
+	char *lockdir = cfs_asprintf("%s.lock", obj);
+	char *hb = cfs_asprintf("%s.lock/heartbeat", obj);
+	char *side = cfs_asprintf("%s.etagid", obj);
+	char *tmp = cfs_asprintf("%s.tmp-%d-ref", obj, (int)getpid());
+	char token[37];
+	int fd, rc = 0;
+
+	cfs_uuid4(token);
+	while (mkdir(lockdir, 0755) < 0)
+		msleep(1);
+	cfs_write_file_at(AT_FDCWD, hb, token, 36, 0644, false);
+	cfs_write_file_at(AT_FDCWD, tmp, body, strlen(body), 0600, false);
+	cfs_uuid4(etag);
+	fd = open(side, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || cfs_write_all(fd, etag, 36))
+		rc = -1;
+	if (fd >= 0)
+		close(fd);
+	usleep(300);
+	if (rename(tmp, obj) < 0)
+		rc = -1;
+	cfs_rmtree_at(AT_FDCWD, lockdir);
+	free(obj);
+	free(lockdir);
+	free(hb);
+	free(side);
+	free(tmp);
+	return rc;
+}
+
+/*
+ * A writer process puts "i" 150 times and reports (i, ETag); the reader
+ * meanwhile collects (body, ETag) pairs. Every pair must be one revision,
+ * whether the writer is us (body first) or the reference (sidecar first).
+ */
+static void fs_read_consistency(struct cfs_store *st, const char *dir,
+				bool reference_writer)
 {
 	enum { PUTS = 150, MAXPAIRS = 4000 };
 	const char *key = "contexts/rc/manifest.json";
@@ -763,7 +804,9 @@ static void fs_read_consistency(struct cfs_store *st)
 			char b[16], e[CFS_ETAG_MAX];
 
 			snprintf(b, sizeof(b), "%u", i);
-			if (put_str(st, key, b, NULL, e))
+			if (reference_writer
+				    ? reference_style_put(dir, key, b, e)
+				    : put_str(st, key, b, NULL, e))
 				_exit(2);
 			rec.v = i;
 			memcpy(rec.etag, e, 37);
@@ -793,15 +836,63 @@ static void fs_read_consistency(struct cfs_store *st)
 			memcpy(etags[rec.v], rec.etag, 37);
 	close(p[0]);
 	TAP_OK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-	       "consistency: writer ran cleanly");
+	       "consistency (%s writer): writer ran cleanly",
+	       reference_writer ? "reference-style" : "our");
 	for (i = 0; i < npairs; i++)
 		if (pairs[i].v > PUTS ||
 		    strcmp(pairs[i].etag, etags[pairs[i].v]) != 0)
 			mismatched++;
 	TAP_EQ_INT(mismatched, 0,
-		   "consistency: every get returned body and ETag of one "
-		   "revision");
+		   reference_writer
+			   ? "consistency: against a reference-style writer, "
+			     "every get returned body and ETag of one revision"
+			   : "consistency: every get returned body and ETag of "
+			     "one revision");
 	tap_diag("  %u reads during %d puts", npairs, PUTS);
+}
+
+/* Disk full and permission errors keep their meaning and name the path. */
+static void fs_errors(struct cfs_store *st, const char *dir)
+{
+	char *sub = path_in(dir, "ro"), *obj;
+	int full, rc, status;
+	pid_t pid;
+
+	put_str(st, "contexts/err/obj", "body", NULL, NULL);
+	full = open("/dev/full", O_WRONLY);
+	if (full >= 0) {
+		rc = cfs_store_get_fd(st, "contexts/err/obj", full, NULL);
+		TAP_EQ_INT(rc, CFS_ENOSPC, "get_fd onto a full device");
+		TAP_OK(strstr(cfs_error_last(), "No space left") != NULL,
+		       "ENOSPC message: %s", cfs_error_last());
+		close(full);
+	} else {
+		tap_skip("/dev/full not available");
+	}
+
+	/* An unprivileged writer in a directory it may not write. */
+	mkdir(sub, 0555);
+	obj = path_in(sub, "x");
+	pid = fork();
+	if (pid == 0) {
+		if (getuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
+			_exit(9);
+		rc = put_str(st, "ro/x", "y", NULL, NULL);
+		if (rc != CFS_EPERM)
+			_exit(1);
+		if (!strstr(cfs_error_last(), dir))
+			_exit(2);
+		_exit(0);
+	}
+	waitpid(pid, &status, 0);
+	TAP_OK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	       "a put without write permission fails with CFS_EPERM naming "
+	       "the path (exit %d)",
+	       WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	chmod(sub, 0755);
+	TAP_OK(!exists(obj), "and wrote nothing");
+	free(obj);
+	free(sub);
 }
 
 static long maxrss_kib(void)
@@ -1150,7 +1241,9 @@ int main(void)
 	fs_heartbeat(st, true);
 	fs_heartbeat(st, false);
 	fs_cas_race(st, dir);
-	fs_read_consistency(st);
+	fs_read_consistency(st, dir, false);
+	fs_read_consistency(st, dir, true);
+	fs_errors(st, dir);
 	fs_stream_big(st, dir);
 	cfs_store_free(st);
 	free(dir);
