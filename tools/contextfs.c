@@ -7,6 +7,12 @@
 
 #include "tools/cli.h"
 
+/* The mount commands (tools/cmd_mount.c, tools/cmd_umount.c). */
+extern const struct cli_command cli_cmd_mount;
+extern const struct cli_command cli_cmd_umount;
+extern const struct cli_command cli_cmd_sync;
+extern const struct cli_command cli_cmd_mount_status;
+
 const struct cli_command *const cli_commands[] = {
 	&cli_cmd_init,
 	&cli_cmd_status,
@@ -20,6 +26,10 @@ const struct cli_command *const cli_commands[] = {
 	&cli_cmd_unlock,
 	&cli_cmd_gc,
 	&cli_cmd_doctor,
+	&cli_cmd_mount,
+	&cli_cmd_umount,
+	&cli_cmd_sync,
+	&cli_cmd_mount_status,
 	NULL,
 };
 

@@ -1,0 +1,174 @@
+/*
+ * Internals of the mount daemon, shared by ops.c (the FUSE operations and
+ * the node table), snapshot.c (commits: snapshot, commit thread, lock
+ * heartbeat), control.c (control socket) and mount.c (lifecycle).
+ *
+ * Nodes do not hold a file descriptor each (a tree may have more files than
+ * the process may open): a node keeps its parent and name, and operations
+ * resolve that path relative to the staging root fd. Only non-directories
+ * with open handles or several hard links hold an O_PATH fd, so that they
+ * stay reachable when their name goes away.
+ *
+ * Lock order: fs->freeze (read side held by every mutating op, write side
+ * by the snapshot) -> fs->ns (namespace: read side for path resolution and
+ * the syscall that uses the path, write side for rename/unlink/rmdir/link)
+ * -> node->rw (content: read side for writes, write side for copy-on-write)
+ * -> fs->table_mu (hash table and reference counts) -> fs->snap_mu.
+ * fs->commit_mu is never held with any of them.
+ */
+#ifndef CFS_FUSE_FUSE_I_H
+#define CFS_FUSE_FUSE_I_H
+
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "core/ids.h"
+#include "fuse/mount.h"
+
+struct cfs_handle;
+
+struct cfs_node {
+	/* protected by fs->ns */
+	struct cfs_node *parent; /* NULL: detached (unlinked) or root */
+	char *name;
+	/* protected by fs->table_mu */
+	ino_t bino; /* backing inode number (hash key) */
+	bool hashed;
+	struct cfs_node *hnext;
+	uint64_t nlookup; /* kernel references */
+	uint64_t refs; /* children + open handles + in-flight users */
+	uint64_t generation;
+	bool is_dir;
+	/* protected by rw */
+	pthread_rwlock_t rw;
+	int opath; /* O_PATH fd (non-dirs with handles or links), or -1 */
+	struct cfs_handle *handles; /* open file handles */
+};
+
+struct cfs_handle {
+	int fd;
+	int flags; /* open flags, for reopening after copy-on-write */
+	struct cfs_node *node;
+	struct cfs_handle *next; /* protected by node->rw */
+};
+
+/* A request to commit, waiting for commit number ticket. */
+struct cfs_waiter {
+	fuse_req_t
+		req; /* replied by the commit thread; NULL for a cond waiter */
+	uint64_t ticket;
+	struct cfs_waiter *next;
+};
+
+struct cfs_fs {
+	/* immutable after start */
+	struct cfs_ref ref;
+	char *refstr;
+	char *mountpoint;
+	char *base_dir; /* <cache>/contextfs/mounts/<id>[/ro-<pid>] */
+	char *tree_path; /* base_dir/tree */
+	char *snap_path; /* base_dir/snap */
+	char *sock_path; /* base_dir/control.sock */
+	char *state_path; /* base_dir/state.json */
+	int root_fd; /* O_DIRECTORY fd of tree_path */
+	struct cfs_store *st;
+	struct cfs_keys *keys;
+	char *owner; /* lock owner, NULL when read-only */
+	char *runtime_id;
+	char *author;
+	int64_t ttl_ms;
+	double timeout;
+	bool ro;
+	bool fsync_local;
+	bool debug;
+	unsigned commit_interval_s;
+	struct fuse_session *se;
+	uid_t uid;
+
+	pthread_rwlock_t freeze;
+	pthread_rwlock_t ns;
+	pthread_mutex_t table_mu;
+	struct cfs_node root;
+	struct cfs_node **table; /* protected by table_mu */
+	size_t table_size, table_count;
+	uint64_t next_generation;
+
+	/* snapshot state: snap_active set under freeze (write side) */
+	pthread_mutex_t snap_mu;
+	atomic_bool snap_active;
+	ino_t *snap_inos; /* sorted after the snapshot, protected by snap_mu */
+	size_t snap_count, snap_cap;
+
+	atomic_uint_fast64_t changes; /* bumped by every mutation */
+	atomic_bool lock_lost;
+	atomic_uint_fast64_t max_stall_us; /* longest freeze + copy */
+	atomic_uint_fast64_t last_freeze_us;
+	atomic_uint_fast64_t cow_copies;
+
+	/* commit machinery, protected by commit_mu */
+	pthread_mutex_t commit_mu;
+	pthread_cond_t commit_cv; /* wakes the commit thread */
+	pthread_cond_t done_cv; /* wakes cond waiters */
+	uint64_t started, completed, want;
+	bool running;
+	int last_rc;
+	char *last_error; /* message of the last failed commit, or NULL */
+	char *pending_msg;
+	struct cfs_waiter *waiters;
+	bool stop;
+	uint64_t
+		landed_changes; /* value of changes in the last landed commit */
+	uint64_t generation; /* last landed (or exported) generation */
+	uint64_t commits_ok, commits_failed;
+	int64_t last_commit_ms;
+	pthread_t commit_thread;
+	bool commit_thread_started;
+
+	/* heartbeat */
+	pthread_t hb_thread;
+	bool hb_started;
+	pthread_mutex_t hb_mu;
+	pthread_cond_t hb_cv;
+	bool hb_stop; /* protected by hb_mu */
+
+	/* control socket */
+	int ctl_fd;
+	pthread_t ctl_thread;
+	bool ctl_started;
+};
+
+/* ops.c */
+extern const struct fuse_lowlevel_ops cfs_fuse_ops;
+int cfs_fs_nodes_init(struct cfs_fs *fs);
+void cfs_fs_nodes_destroy(struct cfs_fs *fs);
+
+/* snapshot.c */
+bool cfs_snap_shared(struct cfs_fs *fs, ino_t ino);
+int cfs_commit_start(struct cfs_fs *fs);
+void cfs_commit_stop(struct cfs_fs *fs);
+/* Queues a FUSE request (req != NULL, replied later) or blocks until the
+ * next commit has run (req == NULL). Returns the result for blocking. */
+int cfs_commit_request(struct cfs_fs *fs, fuse_req_t req, const char *msg);
+/* One commit right now (the caller ensures no commit thread runs). */
+int cfs_commit_now(struct cfs_fs *fs, const char *msg);
+bool cfs_fs_dirty(struct cfs_fs *fs);
+int cfs_heartbeat_start(struct cfs_fs *fs);
+void cfs_heartbeat_stop(struct cfs_fs *fs);
+int cfs_state_write(struct cfs_fs *fs, bool clean);
+/* Status document of the mount (caller frees). */
+cJSON *cfs_fs_status_json(struct cfs_fs *fs);
+
+/* control.c */
+int cfs_control_start(struct cfs_fs *fs);
+void cfs_control_stop(struct cfs_fs *fs);
+
+#define CFS_CONTROL_XATTR "user.contextfs.control"
+#define CFS_CONTROL_MAX (64 * 1024)
+
+#endif
