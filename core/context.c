@@ -2088,3 +2088,66 @@ out:
 	cfs_manifest_free(old);
 	return rc;
 }
+
+/* ------------------------------------------------------------------ */
+/* Restore                                                             */
+/* ------------------------------------------------------------------ */
+
+int cfs_context_restore(struct cfs_commit_result *res, struct cfs_store *st,
+			struct cfs_keys *keys, const char *refstr,
+			const struct cfs_commit_opts *opts)
+{
+	struct cfs_commit_opts o;
+	struct cfs_ref ref;
+	struct tmpdir t;
+	char *msg = NULL;
+	int fd = -1;
+	int rc;
+
+	tmpdir_init(&t);
+	if (res)
+		memset(res, 0, sizeof(*res));
+	if (opts)
+		o = *opts;
+	else
+		cfs_commit_opts_init(&o);
+	o.kind = CFS_COMMIT_SAVE;
+	rc = cfs_ref_parse(&ref, refstr);
+	if (rc)
+		return rc;
+	/* Refuse early, before the download, when the lock is not ours. */
+	if (o.owner) {
+		rc = cfs_lock_assert_owner(st, ref.id, o.owner);
+		if (rc)
+			return rc;
+	}
+	if (!o.message) {
+		msg = cfs_asprintf("restore %s", refstr);
+		if (!msg)
+			return CFS_ENOMEM;
+		o.message = msg;
+	}
+	rc = tmpdir_open(&t, "contextfs-restore-");
+	if (rc)
+		goto out;
+	if (mkdirat(t.fd, "tree", 0700) < 0) {
+		rc = cfs_error_errno(errno, "create %s/tree", t.path);
+		goto out;
+	}
+	fd = openat(t.fd, "tree",
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		rc = cfs_error_errno(errno, "open %s/tree", t.path);
+		goto out;
+	}
+	rc = cfs_context_export(NULL, st, keys, refstr, fd, o.progress,
+				o.progress_payload);
+	if (rc)
+		goto out;
+	rc = cfs_context_commit(res, st, keys, ref.id, fd, &o);
+out:
+	close_fd(&fd);
+	tmpdir_close(&t);
+	free(msg);
+	return rc;
+}
