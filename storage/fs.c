@@ -39,7 +39,9 @@
  *    if the heartbeat still holds our token; a put whose lock was broken
  *    under it fails with CFS_ELOCKED instead of publishing.
  *  - Keys with empty, "." or ".." segments, absolute keys and overlong keys
- *    are rejected (CFS_EUNSAFE) instead of being normalised.
+ *    are rejected (CFS_EUNSAFE) instead of being normalised, and so are
+ *    keys whose last segment would alias a sidecar, lock or temp file
+ *    ("x.etagid", "x.lock", "x.tmp-1"). (A C string cannot hold a NUL.)
  */
 #include "storage/storage.h"
 #include "core/error.h"
@@ -112,6 +114,13 @@ static int64_t mtime_ms_of(const struct stat *st)
 
 /* ---- keys and paths ---------------------------------------------------- */
 
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && memcmp(s + n - m, suffix, m) == 0;
+}
+
 /*
  * Validates a key (or, with allow_dir, a list prefix that may be empty or
  * end in '/'). Rejects what could leave the root or alias another key.
@@ -155,6 +164,13 @@ static int check_key(const char *key, bool allow_dir)
 			break;
 		seg = p + 1;
 	}
+	/* seg is the last segment: it must not alias our bookkeeping. */
+	if (!allow_dir && (ends_with(seg, ".etagid") ||
+			   ends_with(seg, ".lock") || strstr(seg, ".tmp-")))
+		return cfs_error_set(CFS_EUNSAFE,
+				     "storage key ends like the store's own "
+				     "files (.etagid, .lock, .tmp-): %s",
+				     key);
 	return 0;
 escapes:
 	return cfs_error_set(CFS_EUNSAFE,
@@ -1094,13 +1110,6 @@ out:
 }
 
 /* ---- list -------------------------------------------------------------- */
-
-static bool ends_with(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), m = strlen(suffix);
-
-	return n >= m && memcmp(s + n - m, suffix, m) == 0;
-}
 
 /* Walks directory dfd (owned) whose keys start with rel ("" = root). */
 static int list_dir(int dfd, const char *rel, int depth, cfs_list_fn fn,

@@ -396,7 +396,9 @@ static void fs_keys(struct cfs_store *st, const char *dir)
 {
 	static const char *escaping[] = {"../escape.json", "a/../../x",
 					 "/etc/passwd", ".."};
-	static const char *invalid[] = {"a//b", "a/./b", "./a", "a/", "a/.."};
+	static const char *invalid[] = {"a//b",	    "a/./b",	  "./a",
+					"a/",	    "a/..",	  "a/m.etagid",
+					"a/m.lock", "a/m.tmp-1-x"};
 	char expect[256];
 	size_t i;
 	char *outside;
