@@ -383,6 +383,21 @@ static void contract(struct cfs_store *st, const char *name)
 	rc = st->ops->get(st, "contexts/s/obj", -1, &b, 4, NULL);
 	TAP_EQ_INT(rc, CFS_ECORRUPT, "get into a buffer respects the cap");
 	cfs_buf_free(&b);
+	{
+		char *bin = NULL;
+		size_t len = 0;
+
+		rc = cfs_store_put_buf(st, "contexts/s/bin", "a\0b", 3, NULL,
+				       NULL);
+		rc = rc ? rc
+			: cfs_store_get_buf(st, "contexts/s/bin", &bin, &len,
+					    NULL);
+		TAP_OK(rc == 0 && len == 3 && memcmp(bin, "a\0b", 4) == 0,
+		       "%s: binary bodies round-trip with their length, "
+		       "NUL-terminated",
+		       name);
+		free(bin);
+	}
 	rc = cfs_store_put_buf(st, "contexts/s/empty", "", 0, NULL, NULL);
 	body = get_str(st, "contexts/s/empty", &info);
 	TAP_OK(rc == 0 && body && body[0] == '\0' && info.size == 0,
@@ -1147,6 +1162,22 @@ static void mem_faults(void)
 	cfs_store_mem_fault(st, CFS_MEM_FAULT_NONE, 0, NULL);
 	cfs_store_head(st, "c/tree/2", &info);
 	TAP_OK(info.etag[0] != '\0', "FAULT_NONE disarms");
+
+	/* get_buf caps small objects at CFS_SMALL_OBJECT_MAX. */
+	{
+		size_t big = CFS_SMALL_OBJECT_MAX + 1;
+		char *data = calloc(1, big);
+
+		put_str(st, "c/huge", "", NULL, NULL);
+		cfs_store_put_buf(st, "c/huge", data, big, NULL, NULL);
+		free(data);
+		body = (char *)1;
+		rc = cfs_store_get_buf(st, "c/huge", &body, NULL, NULL);
+		TAP_EQ_INT(rc, CFS_ECORRUPT,
+			   "get_buf refuses objects over CFS_SMALL_OBJECT_MAX");
+		TAP_OK(body == NULL, "and leaves *out NULL");
+		cfs_store_delete(st, "c/huge");
+	}
 
 	/* Bodies are copies. */
 	{
