@@ -440,17 +440,21 @@ struct progress_scope {
 static void progress_push(struct progress_scope *s, struct cfs_store *st,
 			  cfs_progress_fn fn, void *payload)
 {
-	s->st = st;
+	/* Only touched when the caller asked for progress: a store shared
+	 * by other threads keeps its own settings otherwise. */
+	s->st = fn ? st : NULL;
+	if (!fn)
+		return;
 	s->fn = st->progress;
 	s->payload = st->progress_payload;
-	if (fn) {
-		st->progress = fn;
-		st->progress_payload = payload;
-	}
+	st->progress = fn;
+	st->progress_payload = payload;
 }
 
 static void progress_pop(struct progress_scope *s)
 {
+	if (!s->st)
+		return;
 	s->st->progress = s->fn;
 	s->st->progress_payload = s->payload;
 }

@@ -503,6 +503,20 @@ static void test_save_and_retention(struct cfs_store *st)
 	close(src);
 }
 
+struct takeover {
+	struct cfs_store *st;
+	int calls;
+};
+
+static void take_lock(uint64_t done, uint64_t total, void *payload)
+{
+	struct takeover *tk = payload;
+
+	if (tk->calls++ == 0)
+		cfs_lock_acquire(NULL, NULL, tk->st, "fail-ctx", NULL,
+				 "owner-c", 0, true);
+}
+
 static void test_failures(void)
 {
 	struct cfs_store *st = NULL;
@@ -575,6 +589,31 @@ static void test_failures(void)
 	TAP_EQ_INT(cfs_store_mem_count(st), before, "nothing written");
 	TAP_EQ_INT(gen_of(st, "fail-ctx"), 1, "generation unchanged");
 	cfs_lock_release(st, "fail-ctx", NULL, true);
+
+	/* the lock is taken over while the bundle uploads: the commit point
+	 * notices, nothing is committed and the upload is rolled back */
+	{
+		struct takeover tk = {st, 0};
+		struct cfs_commit_opts o;
+
+		cfs_commit_opts_init(&o);
+		o.owner = OWNER;
+		o.progress = take_lock;
+		o.progress_payload = &tk;
+		rc = cfs_lock_acquire(NULL, NULL, st, "fail-ctx", NULL, OWNER,
+				      0, false);
+		TAP_EQ_INT(rc, 0, "owner-a holds the lock");
+		before = cfs_store_mem_count(st);
+		rc = cfs_context_commit(NULL, st, raw_keys, "fail-ctx", src,
+					&o);
+		TAP_EQ_INT(rc, CFS_ELOCKED,
+			   "lock lost before the commit point");
+		tap_ok(tk.calls > 0, "takeover happened during the upload");
+		TAP_EQ_INT(cfs_store_mem_count(st), before,
+			   "upload rolled back");
+		TAP_EQ_INT(gen_of(st, "fail-ctx"), 1, "generation unchanged");
+		cfs_lock_release(st, "fail-ctx", NULL, true);
+	}
 
 	/* invalid ids */
 	{
