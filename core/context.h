@@ -47,7 +47,9 @@ struct cfs_manifest; /* core/manifest.h */
 /*
  * scrypt parameters for NEW encryptions. cost 0 = "not set": create uses
  * the crypto default (131072/8/1), commits reuse the parameters the context
- * already records in treeEncryption.scrypt. Ignored for raw keys.
+ * already records in treeEncryption.scrypt. Ignored for raw keys. The
+ * chosen parameters are set on the caller's keys object
+ * (cfs_keys_set_scrypt), which derives once per salt and parameter set.
  */
 struct cfs_scrypt_opts {
 	uint64_t cost;
@@ -199,8 +201,11 @@ struct cfs_gc_opts {
  * the last keep from the manifest with a compare-and-swap), then deletes
  * every object under contexts/<id>/tree/ and image/ that the manifest no
  * longer references (objects of generations newer than the manifest's are
- * left alone: they may belong to a commit in flight). *deleted (may be
- * NULL) receives the number of objects deleted (or that would be).
+ * left alone: they may belong to a commit in flight), the legacy current.*
+ * objects once unreferenced, and checkpoint objects numbered above
+ * checkpointGeneration (leftovers of crashed checkpoints; run gc under the
+ * lock). Older unreferenced checkpoints are kept. *deleted (may be NULL)
+ * receives the number of objects deleted (or that would be).
  */
 int cfs_context_gc(size_t *deleted, struct cfs_store *st, const char *id,
 		   const struct cfs_gc_opts *opts);
