@@ -1,1 +1,638 @@
-/* placeholder: being written */
+/*
+ * Version records: file index of a context tree, diff against the previous
+ * index, and the record JSON (see version.h, REFERENCE.md §13.1).
+ */
+#include "core/version.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/util.h"
+
+#define INDEX_MAX_DEPTH 256
+
+const char *cfs_change_type_name(enum cfs_change_type type)
+{
+	switch (type) {
+	case CFS_CHANGE_ADDED:
+		return "added";
+	case CFS_CHANGE_MODIFIED:
+		return "modified";
+	case CFS_CHANGE_REMOVED:
+		return "removed";
+	}
+	return "unknown";
+}
+
+void cfs_index_free(struct cfs_file_entry *files, size_t n)
+{
+	if (!files)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(files[i].path);
+	free(files);
+}
+
+struct index_builder {
+	int rootfd;
+	const struct cfs_policy *policy;
+	struct cfs_file_entry *v;
+	size_t n, cap;
+};
+
+static int ib_add(struct index_builder *b, const char *rel, int fd)
+{
+	struct cfs_file_entry *e;
+	struct stat st;
+	int rc;
+
+	if (b->n == b->cap) {
+		size_t ncap = b->cap ? b->cap * 2 : 64, bytes;
+		struct cfs_file_entry *nv;
+		if (cfs_mul_overflows(ncap, sizeof(*nv), &bytes))
+			return cfs_error_set(CFS_ENOMEM, "index too large");
+		nv = realloc(b->v, bytes);
+		if (!nv)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		b->v = nv;
+		b->cap = ncap;
+	}
+	e = &b->v[b->n];
+	memset(e, 0, sizeof(*e));
+	rc = cfs_sha256_fd(e->sha256, fd);
+	if (rc)
+		return rc;
+	/* stat after reading, as the reference does */
+	if (fstat(fd, &st) < 0)
+		return cfs_error_errno(errno, "cannot stat %s", rel);
+	e->path = cfs_strdup(rel);
+	if (!e->path)
+		return CFS_ENOMEM;
+	e->size = (uint64_t)st.st_size;
+	e->mode = st.st_mode & 07777;
+	e->mtime = st.st_mtim.tv_sec;
+	b->n++;
+	return 0;
+}
+
+/* Opens rel (relative to rootfd) following symlinks only beneath rootfd. */
+static int open_beneath(int rootfd, const char *rel)
+{
+#ifdef SYS_openat2
+	struct open_how how = {
+		.flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+	};
+	return (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
+#else
+	(void)rootfd;
+	(void)rel;
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void names_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static int list_sorted(char ***out, size_t *nout, int dfd, const char *rel)
+{
+	char **v = NULL;
+	size_t n = 0, cap = 0;
+	int fd, rc = 0;
+	DIR *d;
+
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return cfs_error_errno(errno, "cannot list %s", rel);
+	d = fdopendir(fd);
+	if (!d) {
+		rc = cfs_error_errno(errno, "cannot list %s", rel);
+		close(fd);
+		return rc;
+	}
+	for (;;) {
+		struct dirent *de;
+		errno = 0;
+		de = readdir(d);
+		if (!de) {
+			if (errno)
+				rc = cfs_error_errno(errno, "cannot list %s",
+						     rel);
+			break;
+		}
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 32;
+			char **nv = realloc(v, ncap * sizeof(*v));
+			if (!nv) {
+				rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		v[n] = cfs_strdup(de->d_name);
+		if (!v[n]) {
+			rc = CFS_ENOMEM;
+			break;
+		}
+		n++;
+	}
+	closedir(d);
+	if (rc) {
+		names_free(v, n);
+		return rc;
+	}
+	if (n > 1)
+		qsort(v, n, sizeof(*v), name_cmp);
+	*out = v;
+	*nout = n;
+	return 0;
+}
+
+static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
+		   int depth)
+{
+	char **names = NULL;
+	size_t n = 0;
+	int rc;
+
+	if (depth > INDEX_MAX_DEPTH)
+		return cfs_error_set(CFS_EUNSUPPORTED,
+				     "%s nests deeper than %d directories",
+				     rel->ptr, INDEX_MAX_DEPTH);
+	rc = list_sorted(&names, &n, dfd, rel->ptr);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		size_t keep = rel->len;
+		struct stat st;
+		int fd = -1;
+
+		rc = cfs_buf_puts(rel, "/");
+		if (!rc)
+			rc = cfs_buf_puts(rel, names[i]);
+		if (rc)
+			break;
+		if (fstatat(dfd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno != ENOENT) /* vanished: not listed */
+				rc = cfs_error_errno(errno, "cannot stat %s",
+						     rel->ptr);
+		} else if (S_ISDIR(st.st_mode)) {
+			if (!cfs_policy_prunes(b->policy, rel->ptr)) {
+				fd = openat(dfd, names[i],
+					    O_RDONLY | O_DIRECTORY |
+						    O_NOFOLLOW | O_CLOEXEC);
+				if (fd < 0)
+					rc = cfs_error_errno(errno,
+							     "cannot open %s",
+							     rel->ptr);
+				else
+					rc = ib_walk(b, fd, rel, depth + 1);
+			}
+		} else if (S_ISREG(st.st_mode)) {
+			if (!cfs_policy_excluded(b->policy, rel->ptr)) {
+				fd = openat(dfd, names[i],
+					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+						    O_NOCTTY | O_CLOEXEC);
+				if (fd < 0)
+					rc = cfs_error_errno(errno,
+							     "cannot open %s",
+							     rel->ptr);
+				else
+					rc = ib_add(b, rel->ptr, fd);
+			}
+		} else if (S_ISLNK(st.st_mode)) {
+			struct stat tst;
+			if (!cfs_policy_excluded(b->policy, rel->ptr)) {
+				fd = open_beneath(b->rootfd, rel->ptr);
+				if (fd < 0)
+					cfs_debug("index: skipping link %s: %s",
+						  rel->ptr, strerror(errno));
+				else if (fstat(fd, &tst) == 0 &&
+					 S_ISREG(tst.st_mode))
+					rc = ib_add(b, rel->ptr, fd);
+			}
+		}
+		if (fd >= 0)
+			close(fd);
+		rel->len = keep;
+		rel->ptr[keep] = '\0';
+	}
+	names_free(names, n);
+	return rc;
+}
+
+int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
+		    const struct cfs_policy *policy)
+{
+	struct index_builder b = {rootfd, policy, NULL, 0, 0};
+	struct cfs_buf rel = CFS_BUF_INIT;
+	char **seen = cfs_calloc(policy->nroots + 1, sizeof(*seen));
+	size_t nseen = 0;
+	int rc = 0;
+
+	if (!seen)
+		return CFS_ENOMEM;
+	for (size_t i = 0; i < policy->nroots && rc == 0; i++) {
+		const char *root = policy->roots[i];
+		char *copy = NULL, *save = NULL, *tok;
+		int fd = -1;
+		bool seen_before = false;
+
+		if (!root || !root[0])
+			continue;
+		if (cfs_path_unsafe(root, strlen(root))) {
+			rc = cfs_error_set(CFS_EUNSAFE,
+					   "unsafe persistence policy root: %s",
+					   root);
+			break;
+		}
+		/* normalized root name: components without "" and "." */
+		copy = cfs_strdup(root);
+		if (!copy) {
+			rc = CFS_ENOMEM;
+			break;
+		}
+		rel.len = 0;
+		if (rel.ptr)
+			rel.ptr[0] = '\0';
+		fd = dup(rootfd);
+		for (tok = strtok_r(copy, "/", &save); tok && fd >= 0 && !rc;
+		     tok = strtok_r(NULL, "/", &save)) {
+			int next;
+			if (strcmp(tok, ".") == 0)
+				continue;
+			if (rel.len)
+				rc = cfs_buf_puts(&rel, "/");
+			if (!rc)
+				rc = cfs_buf_puts(&rel, tok);
+			next = openat(fd, tok,
+				      O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+					      O_CLOEXEC);
+			close(fd);
+			fd = next;
+		}
+		free(copy);
+		for (size_t j = 0; j < nseen && rel.len; j++)
+			if (strcmp(seen[j], rel.ptr) == 0)
+				seen_before = true;
+		if (!rc && fd >= 0 && rel.len && !seen_before) {
+			seen[nseen] = cfs_strdup(rel.ptr);
+			if (!seen[nseen])
+				rc = CFS_ENOMEM;
+			else
+				nseen++;
+			if (!rc)
+				rc = ib_walk(&b, fd, &rel, 0);
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	names_free(seen, nseen);
+	cfs_buf_free(&rel);
+	if (rc) {
+		cfs_index_free(b.v, b.n);
+		return rc;
+	}
+	*out = b.v;
+	*nout = b.n;
+	return 0;
+}
+
+int cfs_index_from_json(struct cfs_file_entry **out, size_t *nout,
+			const char *buf, size_t len)
+{
+	cJSON *doc = NULL;
+	const cJSON *files, *it;
+	struct cfs_file_entry *v = NULL;
+	size_t n = 0, cap;
+	int rc = 0;
+
+	*out = NULL;
+	*nout = 0;
+	if (!buf || len == 0 || len > CFS_INDEX_JSON_MAX)
+		return 0;
+	doc = cfs_json_parse(buf, len, "index.json");
+	if (!doc) {
+		if (cfs_error_last_code() == CFS_ENOMEM)
+			return CFS_ENOMEM;
+		cfs_error_clear();
+		return 0;
+	}
+	files = cJSON_IsObject(doc)
+			? cJSON_GetObjectItemCaseSensitive(doc, "files")
+			: NULL;
+	if (!cJSON_IsArray(files))
+		goto out;
+	cap = (size_t)cJSON_GetArraySize(files);
+	if (cap == 0)
+		goto out;
+	v = cfs_calloc(cap, sizeof(*v));
+	if (!v) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	cJSON_ArrayForEach(it, files)
+	{
+		const char *path = cfs_json_str(it, "path");
+		const char *sha = cfs_json_str(it, "sha256");
+		const char *mode = cfs_json_str(it, "mode");
+		const char *mtime = cfs_json_str(it, "mtime");
+		int64_t size;
+
+		if (!path)
+			continue;
+		v[n].path = cfs_strdup(path);
+		if (!v[n].path) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		if (sha && strlen(sha) < sizeof(v[n].sha256))
+			memcpy(v[n].sha256, sha, strlen(sha) + 1);
+		if (cfs_json_int(it, "size", &size) && size >= 0)
+			v[n].size = (uint64_t)size;
+		if (mode && strncmp(mode, "0o", 2) == 0)
+			v[n].mode =
+				(unsigned)strtoul(mode + 2, NULL, 8) & 07777;
+		if (mtime) {
+			int64_t ms = cfs_iso8601_parse_ms(mtime);
+			v[n].mtime = ms >= 0 ? ms / 1000 : 0;
+		}
+		n++;
+	}
+	*out = v;
+	*nout = n;
+	v = NULL;
+out:
+	if (v)
+		cfs_index_free(v, n);
+	cJSON_Delete(doc);
+	return rc;
+}
+
+struct keyed {
+	const struct cfs_file_entry *e;
+	size_t idx;
+};
+
+static int keyed_cmp(const void *a, const void *b)
+{
+	const struct keyed *x = a, *y = b;
+	int c = strcmp(x->e->path, y->e->path);
+
+	if (c)
+		return c;
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Sorted by path; for duplicate paths only the last one stays (dict). */
+static int sorted_unique(struct keyed **out, size_t *nout,
+			 const struct cfs_file_entry *v, size_t n)
+{
+	struct keyed *k = cfs_calloc(n ? n : 1, sizeof(*k));
+	size_t w = 0;
+
+	if (!k)
+		return CFS_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		k[i].e = &v[i];
+		k[i].idx = i;
+	}
+	if (n > 1)
+		qsort(k, n, sizeof(*k), keyed_cmp);
+	for (size_t i = 0; i < n; i++) {
+		if (w > 0 && strcmp(k[w - 1].e->path, k[i].e->path) == 0)
+			w--;
+		k[w++] = k[i];
+	}
+	*out = k;
+	*nout = w;
+	return 0;
+}
+
+static const struct cfs_file_entry *find(const struct keyed *k, size_t n,
+					 const char *path)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(k[mid].e->path, path);
+		if (c == 0)
+			return k[mid].e;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+int cfs_version_diff(struct cfs_version_change **out, size_t *nout,
+		     const struct cfs_file_entry *prev, size_t nprev,
+		     const struct cfs_file_entry *cur, size_t ncur)
+{
+	struct keyed *p = NULL, *c = NULL;
+	struct cfs_version_change *ch = NULL;
+	size_t np = 0, nc = 0, n = 0, total;
+	int rc;
+
+	*out = NULL;
+	*nout = 0;
+	rc = sorted_unique(&p, &np, prev, nprev);
+	if (!rc)
+		rc = sorted_unique(&c, &nc, cur, ncur);
+	if (rc)
+		goto out;
+	if (cfs_add_overflows(np, nc, &total)) {
+		rc = cfs_error_set(CFS_ENOMEM, "index too large");
+		goto out;
+	}
+	ch = cfs_calloc(total ? total : 1, sizeof(*ch));
+	if (!ch) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < nc; i++) {
+		const struct cfs_file_entry *before = find(p, np, c[i].e->path);
+		if (!before) {
+			ch[n].path = c[i].e->path;
+			ch[n++].type = CFS_CHANGE_ADDED;
+		} else if (!before->sha256[0] ||
+			   strcmp(before->sha256, c[i].e->sha256) != 0) {
+			ch[n].path = c[i].e->path;
+			ch[n++].type = CFS_CHANGE_MODIFIED;
+		}
+	}
+	for (size_t i = 0; i < np; i++) {
+		if (!find(c, nc, p[i].e->path)) {
+			ch[n].path = p[i].e->path;
+			ch[n++].type = CFS_CHANGE_REMOVED;
+		}
+	}
+	if (n) {
+		*out = ch;
+		*nout = n;
+		ch = NULL;
+	}
+out:
+	free(ch);
+	free(p);
+	free(c);
+	return rc;
+}
+
+void cfs_version_timestamp(char out[32], int64_t epoch_s)
+{
+	struct tm tm;
+	time_t t = (time_t)epoch_s;
+
+	if (!gmtime_r(&t, &tm) ||
+	    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, 32, "1970-01-01T00:00:00Z");
+}
+
+static bool add_str(cJSON *o, const char *k, const char *v)
+{
+	return cJSON_AddStringToObject(o, k, v ? v : "") != NULL;
+}
+
+static bool add_num(cJSON *o, const char *k, double v)
+{
+	return cJSON_AddNumberToObject(o, k, v) != NULL;
+}
+
+cJSON *cfs_version_changes_to_json(const struct cfs_version_change *c, size_t n)
+{
+	cJSON *arr = cJSON_CreateArray();
+
+	if (!arr)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		cJSON *o = cJSON_CreateObject();
+		if (!o || !cJSON_AddItemToArray(arr, o)) {
+			cJSON_Delete(o);
+			goto fail;
+		}
+		if (!add_str(o, "path", c[i].path) ||
+		    !add_str(o, "type", cfs_change_type_name(c[i].type)))
+			goto fail;
+	}
+	return arr;
+fail:
+	cJSON_Delete(arr);
+	cfs_error_set(CFS_ENOMEM, "out of memory building version JSON");
+	return NULL;
+}
+
+cJSON *cfs_version_files_to_json(const struct cfs_file_entry *files, size_t n)
+{
+	cJSON *arr = cJSON_CreateArray();
+
+	if (!arr)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		char mode[16], mtime[32];
+		cJSON *o = cJSON_CreateObject();
+		if (!o || !cJSON_AddItemToArray(arr, o)) {
+			cJSON_Delete(o);
+			goto fail;
+		}
+		/* python oct(): "0o644", "0o0" */
+		snprintf(mode, sizeof(mode), "0o%o", files[i].mode & 07777);
+		cfs_version_timestamp(mtime, files[i].mtime);
+		/* keys in sorted order, as the reference's JSON round trip */
+		if (!add_str(o, "mode", mode) || !add_str(o, "mtime", mtime) ||
+		    !add_str(o, "path", files[i].path) ||
+		    !add_str(o, "sha256", files[i].sha256) ||
+		    !add_num(o, "size", (double)files[i].size))
+			goto fail;
+	}
+	return arr;
+fail:
+	cJSON_Delete(arr);
+	cfs_error_set(CFS_ENOMEM, "out of memory building version JSON");
+	return NULL;
+}
+
+cJSON *cfs_version_record_new(int64_t generation, int64_t parent,
+			      const char *timestamp, const char *author,
+			      const char *message,
+			      const struct cfs_version_change *changes,
+			      size_t nchanges,
+			      const struct cfs_file_entry *files, size_t nfiles)
+{
+	cJSON *rec = cJSON_CreateObject();
+	cJSON *ch = NULL, *fl = NULL;
+	char now[32];
+
+	if (!rec)
+		goto fail;
+	if (!timestamp) {
+		cfs_version_timestamp(now, cfs_now_ms() / 1000);
+		timestamp = now;
+	}
+	ch = cfs_version_changes_to_json(changes, nchanges);
+	if (!ch)
+		goto fail;
+	fl = cfs_version_files_to_json(files, nfiles);
+	if (!fl)
+		goto fail;
+	/* members in sorted order (the reference's records are sorted) */
+	if (!add_str(rec, "author", author))
+		goto fail;
+	if (!cJSON_AddItemToObject(rec, "changedPaths", ch))
+		goto fail;
+	ch = NULL;
+	if (!cJSON_AddItemToObject(rec, "files", fl))
+		goto fail;
+	fl = NULL;
+	if (!add_num(rec, "generation", (double)generation) ||
+	    !add_str(rec, "message", message))
+		goto fail;
+	if (parent >= 0 ? !add_num(rec, "parentGeneration", (double)parent)
+			: !cJSON_AddNullToObject(rec, "parentGeneration"))
+		goto fail;
+	if (!add_str(rec, "timestamp", timestamp) ||
+	    !add_num(rec, "version", 1))
+		goto fail;
+	return rec;
+fail:
+	cJSON_Delete(ch);
+	cJSON_Delete(fl);
+	cJSON_Delete(rec);
+	cfs_error_set(CFS_ENOMEM, "out of memory building version record");
+	return NULL;
+}
+
+char *cfs_version_record_print(const cJSON *record)
+{
+	return cfs_json_print(record, CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS |
+					      CFS_JSON_NEWLINE |
+					      CFS_JSON_ASCII);
+}

@@ -1,8 +1,270 @@
-/* placeholder: being written */
+/*
+ * Unit tests for core/version.c: file index of a tree (order, exclusions,
+ * symlink handling, field formats), the reference's diff order, reading a
+ * previous index.json, and the record's byte layout (python json.dumps
+ * with indent=2, sort_keys=True, plus "\n").
+ */
+#include "core/error.h"
+#include "core/json.h"
+#include "core/policy.h"
+#include "core/util.h"
+#include "core/version.h"
 #include "tests/unit/tap.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct cfs_file_entry fe(const char *path, const char *sha)
+{
+	struct cfs_file_entry e = {0};
+	e.path = (char *)path;
+	snprintf(e.sha256, sizeof(e.sha256), "%s", sha);
+	return e;
+}
+
+static void test_diff(void)
+{
+	/* REFERENCE §13.1 example */
+	struct cfs_file_entry prev[] = {fe("workspace/a.txt", "aaaa"),
+					fe("memory/old.md", "bbbb"),
+					fe("workspace/same.txt", "cccc")};
+	struct cfs_file_entry cur[] = {fe("workspace/same.txt", "cccc"),
+				       fe("workspace/a.txt", "dddd"),
+				       fe("artifacts/new.txt", "eeee")};
+	struct cfs_version_change *ch = NULL;
+	size_t n = 0;
+	cJSON *j;
+	char *s;
+
+	TAP_EQ_INT(cfs_version_diff(&ch, &n, prev, 3, cur, 3), 0, "diff");
+	TAP_EQ_INT(n, 3, "three changes");
+	if (n == 3) {
+		TAP_EQ_STR(ch[0].path, "artifacts/new.txt", "1st path");
+		TAP_EQ_STR(cfs_change_type_name(ch[0].type), "added",
+			   "1st added");
+		TAP_EQ_STR(ch[1].path, "workspace/a.txt", "2nd path");
+		TAP_EQ_STR(cfs_change_type_name(ch[1].type), "modified",
+			   "2nd modified");
+		TAP_EQ_STR(ch[2].path, "memory/old.md", "3rd path");
+		TAP_EQ_STR(cfs_change_type_name(ch[2].type), "removed",
+			   "3rd removed");
+	}
+	j = cfs_version_changes_to_json(ch, n);
+	s = cJSON_PrintUnformatted(j);
+	TAP_EQ_STR(s,
+		   "[{\"path\":\"artifacts/new.txt\",\"type\":\"added\"},"
+		   "{\"path\":\"workspace/a.txt\",\"type\":\"modified\"},"
+		   "{\"path\":\"memory/old.md\",\"type\":\"removed\"}]",
+		   "changes JSON");
+	free(s);
+	cJSON_Delete(j);
+	free(ch);
+
+	TAP_EQ_INT(cfs_version_diff(&ch, &n, cur, 3, cur, 3), 0,
+		   "diff of equal lists");
+	TAP_OK(n == 0 && ch == NULL, "no changes");
+
+	{
+		/* previous entry without sha256 counts as modified */
+		struct cfs_file_entry p1[] = {fe("workspace/x", "")};
+		struct cfs_file_entry c1[] = {fe("workspace/x", "ffff")};
+		cfs_version_diff(&ch, &n, p1, 1, c1, 1);
+		TAP_OK(n == 1 && ch[0].type == CFS_CHANGE_MODIFIED,
+		       "missing previous sha256 -> modified");
+		free(ch);
+	}
+}
+
+static void put_file(int dfd, const char *path, const char *content,
+		     mode_t mode, time_t mtime)
+{
+	struct timespec ts[2] = {{mtime, 0}, {mtime, 0}};
+	int fd = openat(dfd, path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	cfs_write_all(fd, content, strlen(content));
+	fchmod(fd, mode);
+	futimens(fd, ts);
+	close(fd);
+}
+
+static void test_index(void)
+{
+	char *base = tap_tmpdir("index");
+	int r = open(base, O_RDONLY | O_DIRECTORY);
+	struct cfs_policy pol = {0};
+	struct cfs_file_entry *files = NULL;
+	size_t n = 0;
+	struct cfs_buf got = CFS_BUF_INIT;
+	int rc;
+
+	mkdirat(r, "workspace", 0755);
+	mkdirat(r, "workspace/a", 0755);
+	put_file(r, "workspace/a/x", "ax", 0644, 1767323045);
+	put_file(r, "workspace/a-b", "hello", 0640, 1767323045);
+	put_file(r, "workspace/b", "b", 04755, 0);
+	symlinkat("a-b", r, "workspace/link-to-file");
+	symlinkat("a", r, "workspace/link-to-dir");
+	symlinkat("/etc/passwd", r, "workspace/link-abs");
+	symlinkat("../../../etc/passwd", r, "workspace/link-up");
+	symlinkat("missing", r, "workspace/link-dangling");
+	mkdirat(r, "workspace/node_modules", 0755);
+	put_file(r, "workspace/node_modules/m.js", "m", 0644, 0);
+	mkfifoat(r, "workspace/fifo", 0644);
+	mkdirat(r, "memory", 0755);
+	put_file(r, "memory/session.md", "s", 0644, 0);
+	mkdirat(r, "cache", 0755);
+	put_file(r, "cache/c.bin", "c", 0644, 0);
+	mkdirat(r, ".contextsdk", 0755);
+	put_file(r, ".contextsdk/index.json", "{}", 0644, 0);
+	put_file(r, "contextsdk.json", "{}", 0644, 0);
+	symlinkat("workspace", r, "config"); /* a root that is a symlink */
+
+	cfs_policy_default(&pol);
+	rc = cfs_index_build(&files, &n, r, &pol);
+	TAP_EQ_INT(rc, 0, "index build");
+	for (size_t i = 0; i < n; i++)
+		cfs_buf_printf(&got, "%s\n", files[i].path);
+	TAP_EQ_STR(got.ptr,
+		   "workspace/a/x\n"
+		   "workspace/a-b\n"
+		   "workspace/b\n"
+		   "workspace/link-to-file\n"
+		   "memory/session.md\n",
+		   "roots in policy order, component-wise sorted, links to "
+		   "files followed, excluded/unsafe/special left out");
+	if (n == 5) {
+		cJSON *j = cfs_version_files_to_json(files + 1, 1);
+		char *s = cJSON_PrintUnformatted(j);
+		TAP_EQ_STR(s,
+			   "[{\"mode\":\"0o640\",\"mtime\":\"2026-01-02T03:04:"
+			   "05Z\",\"path\":\"workspace/a-b\",\"sha256\":"
+			   "\"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7"
+			   "3043362938b9824\",\"size\":5}]",
+			   "file entry fields");
+		free(s);
+		cJSON_Delete(j);
+		TAP_EQ_INT(files[2].mode, 04755, "set-id bits kept in mode");
+		TAP_EQ_STR(files[3].sha256, files[1].sha256,
+			   "symlink hashed as its target");
+		j = cfs_version_files_to_json(files + 2, 1);
+		s = cJSON_PrintUnformatted(j);
+		TAP_OK(s && strstr(s, "\"mode\":\"0o4755\"") &&
+			       strstr(s, "\"mtime\":\"1970-01-01T00:00:00Z\""),
+		       "python oct() mode and epoch mtime: %s", s);
+		free(s);
+		cJSON_Delete(j);
+	}
+	cfs_index_free(files, n);
+	cfs_buf_free(&got);
+	cfs_policy_free(&pol);
+	close(r);
+	cfs_rmtree_at(AT_FDCWD, base);
+	free(base);
+}
+
+static void test_from_json(void)
+{
+	static const char doc[] =
+		"{\"version\": 1, \"files\": [{\"path\": \"workspace/a\", "
+		"\"size\": 3, \"mode\": \"0o600\", \"mtime\": "
+		"\"2026-01-02T03:04:05Z\", \"sha256\": \"abcd\"}, {\"size\": "
+		"1}, {\"path\": \"memory/b\"}]}";
+	struct cfs_file_entry *f = NULL;
+	size_t n = 9;
+
+	TAP_EQ_INT(cfs_index_from_json(&f, &n, doc, strlen(doc)), 0,
+		   "read previous index");
+	TAP_EQ_INT(n, 2, "entries without a path are skipped");
+	if (n == 2) {
+		TAP_EQ_STR(f[0].path, "workspace/a", "path");
+		TAP_EQ_STR(f[0].sha256, "abcd", "sha256");
+		TAP_OK(f[0].size == 3 && f[0].mode == 0600 &&
+			       f[0].mtime == 1767323045,
+		       "size, mode, mtime");
+		TAP_EQ_STR(f[1].sha256, "", "missing sha256 is empty");
+	}
+	cfs_index_free(f, n);
+	TAP_EQ_INT(cfs_index_from_json(&f, &n, "{not json", 9), 0,
+		   "corrupt index.json -> empty list");
+	TAP_OK(n == 0 && f == NULL, "  empty");
+	TAP_EQ_INT(cfs_index_from_json(&f, &n, "[1,2]", 5), 0,
+		   "non-object -> empty list");
+	TAP_EQ_INT(cfs_index_from_json(&f, &n, "{\"files\": 3}", 12), 0,
+		   "files not an array -> empty list");
+	TAP_EQ_INT(n, 0, "  empty");
+	TAP_EQ_INT(cfs_index_from_json(&f, &n, NULL, 0), 0, "no index");
+}
+
+static void test_record(void)
+{
+	struct cfs_file_entry files[] = {fe(
+		"workspace/a.txt",
+		"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")};
+	struct cfs_version_change ch[] = {
+		{"workspace/a.txt", CFS_CHANGE_ADDED}};
+	char ts[32];
+	cJSON *rec;
+	char *s;
+
+	files[0].size = 5;
+	files[0].mode = 0644;
+	files[0].mtime = 1767323045;
+	cfs_version_timestamp(ts, 1767323045);
+	TAP_EQ_STR(ts, "2026-01-02T03:04:05Z", "timestamp format");
+
+	rec = cfs_version_record_new(3, -1, ts, "ag\xc3\xa9nt",
+				     "line1\nline2 \"q\"", ch, 1, files, 1);
+	s = cfs_version_record_print(rec);
+	TAP_EQ_STR(
+		s,
+		"{\n  \"author\": \"ag\\u00e9nt\",\n  \"changedPaths\": [\n    "
+		"{\n      \"path\": \"workspace/a.txt\",\n      \"type\": "
+		"\"added\"\n    }\n  ],\n  \"files\": [\n    {\n      \"mode\": "
+		"\"0o644\",\n      \"mtime\": \"2026-01-02T03:04:05Z\",\n      "
+		"\"path\": \"workspace/a.txt\",\n      \"sha256\": "
+		"\"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b98"
+		"24\",\n      \"size\": 5\n    }\n  ],\n  \"generation\": 3,\n  "
+		"\"message\": \"line1\\nline2 \\\"q\\\"\",\n  "
+		"\"parentGeneration\": null,\n  \"timestamp\": "
+		"\"2026-01-02T03:04:05Z\",\n  \"version\": 1\n}\n",
+		"record bytes as python json.dumps(indent=2, sort_keys=True)");
+	free(s);
+	cJSON_Delete(rec);
+
+	rec = cfs_version_record_new(1, -1, "t", "", "", NULL, 0, NULL, 0);
+	s = cfs_version_record_print(rec);
+	TAP_EQ_STR(s,
+		   "{\n  \"author\": \"\",\n  \"changedPaths\": [],\n  "
+		   "\"files\": [],\n  \"generation\": 1,\n  \"message\": "
+		   "\"\",\n  \"parentGeneration\": null,\n  \"timestamp\": "
+		   "\"t\",\n  \"version\": 1\n}\n",
+		   "empty arrays printed as []");
+	free(s);
+	cJSON_Delete(rec);
+
+	rec = cfs_version_record_new(5, 4, NULL, "a", "m", NULL, 0, NULL, 0);
+	{
+		int64_t parent = 0;
+		const char *t = cfs_json_str(rec, "timestamp");
+		TAP_OK(cfs_json_int(rec, "parentGeneration", &parent) &&
+			       parent == 4,
+		       "parentGeneration is an int");
+		TAP_OK(t && strlen(t) == 20 && t[19] == 'Z',
+		       "default timestamp is now (%s)", t ? t : "(null)");
+	}
+	cJSON_Delete(rec);
+}
+
 int main(void);
 int main(void)
 {
-	tap_ok(0, "test_version not written yet");
+	cfs_init();
+	test_diff();
+	test_index();
+	test_from_json();
+	test_record();
 	return tap_done();
 }

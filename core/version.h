@@ -1,0 +1,105 @@
+/*
+ * Version records (REFERENCE.md §5.2, §13.1): the per-save file index of a
+ * context tree ({path, size, mode, mtime, sha256} for every regular file
+ * under the persistence policy's roots), the diff against the previous
+ * index, and the record written as .contextsdk/index.json and
+ * .contextsdk/versions/<generation>.json inside the bundle.
+ */
+#ifndef CFS_CORE_VERSION_H
+#define CFS_CORE_VERSION_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/policy.h"
+
+/* index.json read back for the diff is capped (it lives inside a bundle). */
+#define CFS_INDEX_JSON_MAX (256u << 20)
+
+struct cfs_file_entry {
+	char *path; /* root-relative POSIX path */
+	uint64_t size;
+	unsigned mode; /* permission bits incl. set-id/sticky (07777) */
+	int64_t mtime; /* seconds since the epoch */
+	char sha256[65]; /* lowercase hex; "" when unknown (old index) */
+};
+
+enum cfs_change_type {
+	CFS_CHANGE_ADDED,
+	CFS_CHANGE_MODIFIED,
+	CFS_CHANGE_REMOVED,
+};
+
+struct cfs_version_change {
+	const char *path; /* borrowed from the file lists passed to diff */
+	enum cfs_change_type type;
+};
+
+/* "added" / "modified" / "removed". */
+const char *cfs_change_type_name(enum cfs_change_type type);
+
+/*
+ * The reference snapshot's file list: for each policy root in policy
+ * order that exists, every regular file below it, in sorted path order
+ * (component-wise, like python's sorted() of pathlib paths), that is not
+ * excluded by the policy. Symlinks are followed the way the reference's
+ * rglob() + is_file() does: a symlink to a regular file is listed with the
+ * target's size/mode/mtime/content, a symlink to a directory is not
+ * descended. Unlike the reference, a symlink is only followed while it
+ * resolves inside rootfd (openat2 RESOLVE_BENEATH); others are skipped.
+ * Roots themselves are opened without following links.
+ */
+int cfs_index_build(struct cfs_file_entry **out, size_t *n, int rootfd,
+		    const struct cfs_policy *policy);
+
+void cfs_index_free(struct cfs_file_entry *files, size_t n);
+
+/*
+ * The previous file list from an index.json (or versions/<g>.json) buffer:
+ * the "files" array of the object. Like the reference, an unreadable or
+ * malformed document yields an empty list (returns 0); entries without a
+ * string path are skipped. Only CFS_ENOMEM is an error.
+ */
+int cfs_index_from_json(struct cfs_file_entry **out, size_t *n, const char *buf,
+			size_t len);
+
+/*
+ * diffVersionFiles(previous, current): every path of current in sorted
+ * (byte) order -> added if absent before, modified if the sha256 differs;
+ * then every path of previous in sorted order absent now -> removed. The
+ * changes borrow paths from prev/cur. *out is NULL when there are none.
+ */
+int cfs_version_diff(struct cfs_version_change **out, size_t *n,
+		     const struct cfs_file_entry *prev, size_t nprev,
+		     const struct cfs_file_entry *cur, size_t ncur);
+
+/* "YYYY-MM-DDTHH:MM:SSZ" (UTC, whole seconds) of epoch seconds. */
+void cfs_version_timestamp(char out[32], int64_t epoch_s);
+
+/* [{path, type}] / [{path, size, mode: "0o644", mtime, sha256}]. */
+cJSON *cfs_version_changes_to_json(const struct cfs_version_change *c,
+				   size_t n);
+cJSON *cfs_version_files_to_json(const struct cfs_file_entry *files, size_t n);
+
+/*
+ * The record {version: 1, generation, parentGeneration (int or null when
+ * parent < 0), timestamp, author, message, changedPaths, files}. timestamp
+ * NULL = now. NULL on allocation failure (CFS_ENOMEM set).
+ */
+cJSON *cfs_version_record_new(int64_t generation, int64_t parent,
+			      const char *timestamp, const char *author,
+			      const char *message,
+			      const struct cfs_version_change *changes,
+			      size_t nchanges,
+			      const struct cfs_file_entry *files,
+			      size_t nfiles);
+
+/*
+ * The record as the reference's snapshot writes the in-bundle files:
+ * python json.dumps(indent=2, sort_keys=True) + "\n" (ASCII-escaped).
+ * Heap string or NULL (CFS_ENOMEM).
+ */
+char *cfs_version_record_print(const cJSON *record);
+
+#endif
