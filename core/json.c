@@ -10,7 +10,8 @@
  *     compact JSON.stringify(x) form.
  *   - CFS_JSON_ASCII (the in-bundle version records written by python's
  *     json.dumps): non-ASCII and DEL escaped as lowercase \uXXXX (surrogate
- *     pairs above the BMP), non-integral numbers in python's float repr,
+ *     pairs above the BMP; a byte that is not UTF-8 as \udcXX, python's
+ *     surrogateescape for file names), non-integral numbers in python's float repr,
  *     and without CFS_JSON_PRETTY python's one-line ", " / ": "
  *     separators.
  * Integral numbers below 1e21 print as plain integers in both (python ints,
@@ -182,7 +183,7 @@ static int put_number(struct cfs_buf *b, double x, int flags)
 
 /*
  * Decodes one UTF-8 sequence at s (n bytes available). Returns its length
- * and the code point, or 1 and U+FFFD for a malformed byte.
+ * and the code point, or 1 and U+DC80..U+DCFF for a malformed byte.
  */
 static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp)
 {
@@ -212,13 +213,15 @@ static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp)
 			goto bad;
 		v = (v << 6) | (s[i] & 0x3f);
 	}
-	if ((len == 3 && v < 0x800) ||
+	if ((len == 3 && (v < 0x800 || (v >= 0xd800 && v <= 0xdfff))) ||
 	    (len == 4 && (v < 0x10000 || v > 0x10ffff)))
 		goto bad;
 	*cp = v;
 	return len;
 bad:
-	*cp = 0xfffd;
+	/* python's surrogateescape (os.fsdecode of a file name): the byte
+	 * 0xXY becomes U+DCXY, which keeps distinct inputs distinct. */
+	*cp = 0xdc00 | c;
 	return 1;
 }
 

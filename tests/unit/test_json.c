@@ -144,6 +144,12 @@ static void test_strings(void)
 		    "python ensure_ascii escaping with surrogate pairs");
 	check_print("[\"\\u0000x\"]", 0, "[\"\"]",
 		    "embedded NUL ends the C string");
+	/* python: json.dumps(os.fsdecode(b"a\xff\xed\xa0\x80")) */
+	check_print("[\"a\xff\xed\xa0\x80\"]", CFS_JSON_ASCII,
+		    "[\"a\\udcff\\udced\\udca0\\udc80\"]",
+		    "invalid UTF-8 bytes escaped like surrogateescape");
+	check_print("[\"a\xff\"]", 0, "[\"a\xff\"]",
+		    "JSON.stringify personality passes bytes through");
 	check_print("{\"k\\n\\u00e9\":1}", CFS_JSON_ASCII,
 		    "{\"k\\n\\u00e9\": 1}", "keys are escaped like strings");
 }
