@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <sodium.h>
 
 #include "core/bundle.h"
 #include "core/crypto.h"
@@ -533,6 +534,95 @@ out:
 		close_fd(&pfd);
 		unlinkat(t->fd, pname, 0);
 	}
+	return rc;
+}
+
+/*
+ * Authenticates the current tree object of m with keys without keeping any
+ * plaintext: a commit with a wrong passphrase or key must fail before it
+ * writes anything. On success the keys adopt the object's salt, so the
+ * commit's encryption reuses the key derived for this check. A current
+ * object that is missing cannot be checked; that is only a warning, so a
+ * context whose data was lost can still be committed over.
+ */
+static int check_key(struct cfs_store *st, struct cfs_keys *keys,
+		     const struct cfs_manifest *m, struct tmpdir *t)
+{
+	const char *key = cfs_manifest_tree_key(m);
+	const cJSON *enc = cfs_manifest_tree_encryption(m);
+	struct cfs_cipher *c = NULL;
+	struct cfs_encmeta meta;
+	uint8_t *buf = NULL;
+	int cfd = -1, rc;
+
+	if (!key || !enc)
+		return 0;
+	rc = cfs_encmeta_from_json(&meta, enc);
+	if (rc) {
+		cfs_error_prefix("%s", key);
+		return rc;
+	}
+	rc = tmpdir_file(&cfd, t, "keycheck.enc");
+	if (rc)
+		return rc;
+	rc = cfs_store_get_fd(st, key, cfd, NULL);
+	if (rc == CFS_ENOTFOUND) {
+		cfs_warn("cannot check the key against %s: the object is "
+			 "missing",
+			 key);
+		cfs_error_clear();
+		rc = 0;
+		goto out;
+	}
+	if (rc)
+		goto out;
+	rc = rewind_fd(cfd);
+	if (rc)
+		goto out;
+	rc = cfs_cipher_decrypt_new(&c, keys, &meta);
+	if (rc)
+		goto out;
+	buf = cfs_malloc(CFS_CRYPTO_CHUNK);
+	if (!buf) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		ssize_t n = read(cfd, buf, CFS_CRYPTO_CHUNK);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = cfs_error_errno(errno, "read %s", key);
+			goto out;
+		}
+		if (n == 0)
+			break;
+		rc = cfs_cipher_update(c, buf, (size_t)n, buf);
+		if (rc)
+			goto out;
+	}
+	rc = cfs_cipher_final(c);
+	if (rc == CFS_EAUTH) {
+		cfs_error_set(CFS_EAUTH,
+			      "the key does not decrypt the current data of "
+			      "%s (the passphrase or key is not this "
+			      "context's, or %s was modified); nothing was "
+			      "committed",
+			      cfs_manifest_id(m), key);
+		goto out;
+	}
+	if (rc)
+		goto out;
+	rc = cfs_keys_adopt_salt(keys, &meta);
+out:
+	if (buf) {
+		sodium_memzero(buf, CFS_CRYPTO_CHUNK);
+		free(buf);
+	}
+	cfs_cipher_free(c);
+	close_fd(&cfd);
+	unlinkat(t->fd, "keycheck.enc", 0);
 	return rc;
 }
 
@@ -1940,12 +2030,17 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	}
 
 	/* 4. pack -> encrypt -> private temp file */
-	rc = apply_scrypt(keys, &opts->scrypt,
-			  cfs_manifest_tree_encryption(old));
-	if (rc)
-		goto out;
 	rc = tmpdir_open(&t,
 			 save ? "contextfs-save-" : "contextfs-checkpoint-");
+	if (rc)
+		goto out;
+	if (!opts->key_verified) {
+		rc = check_key(st, keys, old, &t);
+		if (rc)
+			goto out;
+	}
+	rc = apply_scrypt(keys, &opts->scrypt,
+			  cfs_manifest_tree_encryption(old));
 	if (rc)
 		goto out;
 	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, srcdirfd, &policy, extra,

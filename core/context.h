@@ -98,6 +98,14 @@ struct cfs_commit_opts {
 	int retention; /* <= 0 = CFS_CONTEXT_DEFAULT_RETENTION */
 	const cJSON *policy; /* NULL = the manifest's stored policy */
 	struct cfs_scrypt_opts scrypt;
+	/*
+	 * false (the default): before packing, the current tree object is
+	 * downloaded and authenticated with keys, so a wrong passphrase or
+	 * key is refused (CFS_EAUTH / CFS_EKEY) instead of committing data
+	 * nobody else can read. true: the caller already authenticated the
+	 * current tree with these keys (a mount that exported it).
+	 */
+	bool key_verified;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

@@ -637,6 +637,31 @@ static int key_for_encrypt(struct cfs_keys *keys, uint8_t salt[CFS_SALT_BYTES],
 	return rc;
 }
 
+int cfs_keys_adopt_salt(struct cfs_keys *keys, const struct cfs_encmeta *meta)
+{
+	uint8_t key[CFS_KEY_BYTES];
+	struct cfs_scrypt_params p;
+	int rc;
+
+	if (!keys->passphrase || keys->has_raw || meta->kdf != CFS_KDF_SCRYPT ||
+	    meta->salt_len != CFS_SALT_BYTES)
+		return 0;
+	p = meta->has_scrypt ? meta->scrypt : cfs_scrypt_legacy;
+	if (cfs_scrypt_params_validate(&p)) {
+		cfs_error_clear();
+		return 0;
+	}
+	rc = key_for_decrypt(keys, meta->salt, meta->salt_len, &p, key);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&keys->lock);
+	slot_fill(&keys->s->enc, meta->salt, meta->salt_len, &p, key, 0);
+	keys->enc_params = p;
+	pthread_mutex_unlock(&keys->lock);
+	sodium_memzero(key, sizeof(key));
+	return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Cipher */
 

@@ -149,6 +149,15 @@ bool cfs_keys_has_raw(const struct cfs_keys *keys);
 /* Number of scrypt derivations this keys object has run (for tests). */
 uint64_t cfs_keys_derivations(struct cfs_keys *keys);
 
+/*
+ * Makes new passphrase encryptions reuse the salt and parameters of meta,
+ * an object this keys object has just authenticated (so its key is in the
+ * decryption cache): a context then keeps one salt and a commit derives
+ * once, for the check of the current object, instead of twice. A no-op for
+ * raw metadata and for salts or parameters contextfs would not pick itself.
+ */
+int cfs_keys_adopt_salt(struct cfs_keys *keys, const struct cfs_encmeta *meta);
+
 /* Wipes and frees; NULL-safe. */
 void cfs_keys_free(struct cfs_keys *keys);
 
