@@ -796,10 +796,17 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 	size_t ncands = 0;
 	struct cfs_buf arc = CFS_BUF_INIT;
 	bool any = nextra > 0, opened = false;
+	struct cfs_policy defpol = {0};
 	struct utf8_scope loc;
 	int rc, r;
 
 	utf8_enter(&loc);
+	if (!policy) {
+		rc = cfs_policy_default(&defpol);
+		if (rc)
+			goto out;
+		policy = &defpol;
+	}
 	p.policy = policy;
 	p.extra = extra;
 	p.nextra = nextra;
@@ -907,6 +914,7 @@ out:
 	links_free(&p);
 	candidates_free(cands, ncands);
 	cfs_buf_free(&arc);
+	cfs_policy_free(&defpol);
 	utf8_leave(&loc);
 	return rc;
 }

@@ -71,7 +71,7 @@ struct cfs_bundle_stats {
  * If none of the candidate items exists (and extra is empty) ->
  * CFS_ENOTFOUND before anything is written. A regular file that shrinks
  * while it is read -> CFS_EIO (the bundle would be inconsistent). stats may
- * be NULL.
+ * be NULL; policy NULL means the default policy.
  */
 int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 		    const struct cfs_bundle_member *extra, size_t nextra,
