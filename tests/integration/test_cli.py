@@ -57,13 +57,16 @@ def test_unknown_command_and_option(cli):
     assert r.json["error"]["code"] == "invalid"
     r = cli.run("status", "x", "--no-such-option")
     assert r.rc == EXIT_USAGE and "--no-such-option" in r.err
-    r = cli.json("status", "x", "--no-such-option", expect=EXIT_USAGE)
+    r = cli.run("--json", "status", "x", "--no-such-option")
+    assert r.rc == EXIT_USAGE and json.loads(r.out)["error"]["code"] == "invalid"
     r = cli.run("help", "frobnicate")
     assert r.rc == EXIT_USAGE
     r = cli.run("status")
     assert r.rc == EXIT_USAGE and "missing argument" in r.err
     r = cli.run("status", "a", "b")
     assert r.rc == EXIT_USAGE
+    # --json anywhere on the line, even after the bad option, still gets JSON
+    r = cli.json("status", "x", "--no-such-option", expect=EXIT_USAGE)
 
 
 def test_missing_key_material(cli, tmp_path):

@@ -6,7 +6,9 @@ held, lost compare-and-swap or generation mismatch), and the context must stay
 readable after every round. CONTEXTFS_RACE_ROUNDS overrides the round count
 (default 200, the acceptance number)."""
 
+import hashlib
 import os
+import re
 import subprocess
 import threading
 import time
@@ -68,7 +70,7 @@ def test_racing_writers(cli_raw, tmp_path):
                 continue
             lines = [ln for ln in r[2].splitlines() if ln.strip()]
             assert len(lines) == 1, "round %d writer %d: %r" % (rnd, i, r[2])
-            loser_msgs.add(lines[0].split(":")[0][:60])
+            loser_msgs.add(re.sub(r"[0-9]+", "N", lines[0])[:70])
         w = ok[0]
         winners.append(w)
         gen += 1
@@ -95,12 +97,14 @@ def test_racing_writers(cli_raw, tmp_path):
     # the independent reader agrees with the last winner
     files = entries_by_path(refreader.read_tree(c.store, CTX, raw_key_hex=c.raw_key_hex))
     last = winners[-1]
-    import hashlib
     want = hashlib.sha256(("round %d writer %d\n" % (ROUNDS - 1, last)).encode()).hexdigest()
     assert files["workspace/writer.txt"]["sha256"] == want
     m = refreader.load_manifest(c.store, CTX)
     assert m["generation"] == ROUNDS + 1
-    assert len(m["versions"]) == min(50, ROUNDS)
+    # the last 50 summaries (contextfs may also have recorded generation 1)
+    assert [v["generation"] for v in m["versions"]][-min(50, ROUNDS):] == list(
+        range(ROUNDS + 2 - min(50, ROUNDS), ROUNDS + 2))
+    assert len(m["versions"]) <= 50
     # losers left nothing behind: only retained generations' objects remain
     tree = os.path.join(c.store, "contexts", CTX, "tree")
     objs = [f for f in os.listdir(tree) if f.endswith(".enc")]
