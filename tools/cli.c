@@ -472,23 +472,24 @@ static int config_load(struct cli *cli)
 /* Secrets from the environment */
 
 /*
- * Overwrites the value of name in environ in place (so /proc/self/environ
- * no longer shows it, where the kernel still maps the original block) and
- * removes the variable.
+ * Removes name from the environment and overwrites its "NAME=value"
+ * strings in place, so /proc/self/environ (which shows the original
+ * block) carries neither the value nor the name afterwards.
  */
 static void env_wipe(const char *name)
 {
 	size_t n = strlen(name);
+	char *found[8];
+	size_t nfound = 0, i;
 	char **e;
 
-	for (e = environ; e && *e; e++) {
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') {
-			char *v = *e + n + 1;
-
-			sodium_memzero(v, strlen(v));
-		}
-	}
+	for (e = environ; e && *e && nfound < CFS_ARRAY_SIZE(found); e++)
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+			found[nfound++] = *e;
+	/* glibc never frees environment strings, so they stay valid. */
 	unsetenv(name);
+	for (i = 0; i < nfound; i++)
+		sodium_memzero(found[i], strlen(found[i]));
 }
 
 static int env_capture(const char *name, char **out)

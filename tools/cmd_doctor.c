@@ -154,6 +154,19 @@ static void check_storage(struct doctor *d, cJSON *res)
 		      "pass --store DIR or set CONTEXTSDK_STORAGE_DIR");
 		return;
 	}
+	if (dir[0] != '/') {
+		/* Show where a relative directory really is. */
+		char cwd[4096];
+
+		if (getcwd(cwd, sizeof(cwd))) {
+			char *abs = cfs_asprintf("%s/%s", cwd, dir);
+
+			if (abs) {
+				free(dir);
+				dir = abs;
+			}
+		}
+	}
 	cJSON_AddStringToObject(js, "directory", dir);
 	cJSON_AddStringToObject(js, "source", source);
 	if (stat(dir, &sb) == 0) {
@@ -182,6 +195,8 @@ static void check_storage(struct doctor *d, cJSON *res)
 		rc = cfs_error_errno(errno, "cannot access %s", dir);
 		msg = cfs_strdup(cfs_error_last());
 	}
+	if (rc && rc != CFS_EPERM && rc != CFS_ENOSPC && rc != CFS_ENOMEM)
+		rc = CFS_EIO; /* an unusable store is a storage error (7) */
 	cJSON_AddBoolToObject(js, "exists", exists);
 	cJSON_AddBoolToObject(js, "writable", writable);
 	check(d, "storage", true, rc, msg ? msg : "store directory",
