@@ -191,3 +191,30 @@ def hostile_bundles(ctx_id, outside_dir):
     out["zstd-bomb"] = zstd_compress(tar_body(seed) + tar_header("workspace/bomb.bin", 100 * GiB)) + \
         zstd_rle_frame(100 * GiB)
     return out
+
+
+def broken_bundles(ctx_id):
+    """{case: tar.zst bytes} that pass the reference's name/link checks but cannot
+    be extracted (or are not a bundle at all): export must refuse them, and
+    verify, which promises the same validation, must too."""
+    seed = seed_members(ctx_id)
+    F = lambda name, data=b"x\n": (name, "file", data, 0o644, "")  # noqa: E731
+    lists = {
+        "hardlink-to-missing": seed + [("workspace/h", "hardlink", b"", None, "workspace/nope")],
+        "hardlink-to-dir": seed + [("workspace/h", "hardlink", b"", None, "workspace")],
+        "file-then-child": seed + [F("workspace/f"), F("workspace/f/child")],
+        "empty-name": seed + [F("")],
+    }
+    out = {k: zstd_compress(build_tar(v)) for k, v in lists.items()}
+    out["not-a-tar"] = zstd_compress(os.urandom(5000))
+    out["not-zstd"] = os.urandom(5000)
+    out["truncated-tar"] = zstd_compress(build_tar(seed + [F("workspace/big", b"y" * 100_000)])[:60_000])
+    return out
+
+
+def many_entries_bundle(ctx_id, n):
+    """seed + n copies of one empty-file header (the entry cap is 1,000,000)."""
+    hdr = tar_body([("workspace/x", "file", b"", 0o644, "")])
+    p = subprocess.run(["zstd", "-q", "-c", "-1", "-T0"], input=tar_body(seed_members(ctx_id)) + hdr * n + b"\0" * 1024,
+                       capture_output=True, check=True)
+    return p.stdout
