@@ -254,6 +254,7 @@ void cli_progress_begin(struct cli *cli, const char *label)
 	cli->progress_label = label;
 	cli->progress_start_ms = cfs_monotonic_ms();
 	cli->progress_last_ms = 0;
+	cli->progress_last_done = 0;
 }
 
 void cli_progress_cb(uint64_t done, uint64_t total, void *payload)
@@ -266,12 +267,16 @@ void cli_progress_cb(uint64_t done, uint64_t total, void *payload)
 	if (!cli || !cli->progress_enabled)
 		return;
 	now = cfs_monotonic_ms();
-	/* 10 updates a second at most; always draw the final state. */
+	/* A new transfer (verify walks several objects) restarts the rate. */
+	if (!cli->progress_start_ms || done < cli->progress_last_done)
+		cli->progress_start_ms = now;
+	cli->progress_last_done = done;
+	/* Quick transfers draw nothing; then 10 updates a second at most. */
+	if (now - cli->progress_start_ms < 300 && !cli->progress_shown)
+		return;
 	if (cli->progress_last_ms && now - cli->progress_last_ms < 100 &&
 	    (total == 0 || done < total))
 		return;
-	if (!cli->progress_start_ms)
-		cli->progress_start_ms = now;
 	cli->progress_last_ms = now;
 	elapsed = now - cli->progress_start_ms;
 	rate = elapsed > 0 ? (double)done * 1000.0 / (double)elapsed : 0.0;
@@ -1372,7 +1377,7 @@ int cli_main(int argc, char **argv)
 		code = CLI_EXIT_OK;
 		goto done;
 	}
-	if (ps.version && !cli.cmd) {
+	if (ps.version) {
 		if (cli.json) {
 			cJSON_AddStringToObject(cli_result(&cli), "version",
 						CFS_VERSION);

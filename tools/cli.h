@@ -104,6 +104,7 @@ struct cli {
 	const char *progress_label;
 	int64_t progress_start_ms;
 	int64_t progress_last_ms;
+	uint64_t progress_last_done;
 };
 
 /* The command table (contextfs.c). */

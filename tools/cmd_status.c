@@ -25,6 +25,7 @@ static int run(struct cli *cli)
 	const cJSON *latest;
 	cJSON *res, *jl, *doc;
 	bool expired = false;
+	char *lock_error = NULL;
 	char size[32];
 	int rc;
 
@@ -35,6 +36,12 @@ static int run(struct cli *cli)
 	if (rc)
 		goto out;
 	rc = cfs_lock_read(&lock, st, id);
+	if (rc == CFS_ECORRUPT) {
+		/* Still show the context; say how to recover the lock. */
+		lock_error = cfs_strdup(cfs_error_last());
+		cfs_error_clear();
+		rc = 0;
+	}
 	if (rc)
 		goto out;
 	if (lock)
@@ -60,6 +67,14 @@ static int run(struct cli *cli)
 		cli_json_add_str_or_null(jl, "expiresAt",
 					 cfs_lock_expires_at(lock));
 		cJSON_AddBoolToObject(jl, "expired", expired);
+	} else if (lock_error) {
+		jl = cJSON_AddObjectToObject(res, "lock");
+		cJSON_AddNullToObject(jl, "owner");
+		cJSON_AddNullToObject(jl, "runtimeId");
+		cJSON_AddNullToObject(jl, "expiresAt");
+		cJSON_AddBoolToObject(jl, "expired", false);
+		cJSON_AddBoolToObject(jl, "corrupt", true);
+		cJSON_AddStringToObject(jl, "error", lock_error);
 	} else {
 		cJSON_AddNullToObject(res, "lock");
 	}
@@ -91,7 +106,9 @@ static int run(struct cli *cli)
 		printf("last save   %s by %s: %s\n", ts ? ts : "-",
 		       author ? author : "-", msg ? msg : "-");
 	}
-	if (!lock)
+	if (lock_error)
+		printf("lock        corrupt: %s\n", lock_error);
+	else if (!lock)
 		printf("lock        none\n");
 	else
 		printf("lock        %s by %s until %s\n",
@@ -100,6 +117,7 @@ static int run(struct cli *cli)
 		       cfs_lock_expires_at(lock) ? cfs_lock_expires_at(lock)
 						 : "?");
 out:
+	free(lock_error);
 	cfs_lock_free(lock);
 	cfs_manifest_free(m);
 	cfs_store_free(st);
