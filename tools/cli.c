@@ -1278,6 +1278,55 @@ static const char *find_command_word(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* Interrupts */
+
+/*
+ * While a command runs, the first SIGINT/SIGTERM/SIGHUP is deferred: the
+ * operation finishes its current work and cleans up (private plaintext temp
+ * files, the lock it holds), then the tool exits. The core has no
+ * cancellation points, and neither the lock release nor the temp cleanup is
+ * async-signal-safe, so they cannot run inside a handler. A second signal
+ * takes the default action at once.
+ */
+static volatile sig_atomic_t interrupted;
+static const int defer_signals[] = {SIGINT, SIGTERM, SIGHUP};
+
+static void defer_signal(int sig)
+{
+	static const char msg[] =
+		"\ncontextfs: interrupted; finishing the current step so no "
+		"lock or plaintext is left behind (interrupt again to stop "
+		"at once)\n";
+	size_t i;
+	ssize_t w;
+
+	interrupted = sig;
+	for (i = 0; i < CFS_ARRAY_SIZE(defer_signals); i++)
+		signal(defer_signals[i], SIG_DFL);
+	w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+	(void)w;
+}
+
+static void defer_install(void)
+{
+	struct sigaction sa;
+	size_t i;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = defer_signal;
+	sigemptyset(&sa.sa_mask);
+	for (i = 0; i < CFS_ARRAY_SIZE(defer_signals); i++) {
+		struct sigaction old;
+
+		/* Keep signals the parent told us to ignore ignored. */
+		if (sigaction(defer_signals[i], NULL, &old) == 0 &&
+		    old.sa_handler == SIG_IGN)
+			continue;
+		sigaction(defer_signals[i], &sa, NULL);
+	}
+}
+
+/* ------------------------------------------------------------------ */
 /* Main */
 
 static void cli_free(struct cli *cli)
@@ -1420,11 +1469,25 @@ int cli_main(int argc, char **argv)
 	secrets_wipe_defaults();
 	if (!rc) {
 		cfs_error_clear();
+		defer_install();
 		rc = cli.cmd->run(&cli);
 	}
 	code = cli_finish(&cli, rc);
+	if (interrupted) {
+		if (!rc && !cli.json)
+			fprintf(stderr,
+				"contextfs: interrupted; %s completed "
+				"before stopping\n",
+				cli.cmd->name);
+	}
 done:
 	secrets_wipe_defaults();
 	cli_free(&cli);
+	if (interrupted) {
+		/* Die of the signal so a calling shell stops too. */
+		fflush(stdout);
+		signal(interrupted, SIG_DFL);
+		raise(interrupted);
+	}
 	return code;
 }
