@@ -1393,6 +1393,10 @@ int cli_main(int argc, char **argv)
 	rc = parse_args(&cli, &ps, argc, argv, cli.cmd ? cli.cmd->opts : NULL,
 			true);
 	if (rc) {
+		/* --json after the bad word still asks for a JSON error. */
+		for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+			if (strcmp(argv[i], "--json") == 0)
+				cli.json = true;
 		code = usage_error(&cli, rc);
 		goto done;
 	}
