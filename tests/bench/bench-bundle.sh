@@ -90,8 +90,8 @@ for i, size in enumerate(sizes):
     with open(os.path.join(d, "f%05d.%s" % (i, "txt" if i % 2 == 0 else "bin")), "wb") as f:
         f.write(data)
 PY
-TREE_BYTES=$(du -sb "$SRC/workspace" | cut -f1)
-echo "   tree: $(find "$SRC/workspace" -type f | wc -l) files, $TREE_BYTES bytes"
+TREE_BYTES=$(find "$SRC/workspace/bench" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+echo "   tree: $(find "$SRC/workspace/bench" -type f | wc -l) files, $TREE_BYTES bytes of file data"
 sync
 # warm the page cache for both sides
 tar -C "$SRC" -cf - workspace >/dev/null
