@@ -1281,12 +1281,13 @@ static const char *find_command_word(int argc, char **argv)
 /* Interrupts */
 
 /*
- * While a command runs, the first SIGINT/SIGTERM/SIGHUP is deferred: the
- * operation finishes its current work and cleans up (private plaintext temp
- * files, the lock it holds), then the tool exits. The core has no
- * cancellation points, and neither the lock release nor the temp cleanup is
- * async-signal-safe, so they cannot run inside a handler. A second signal
- * takes the default action at once.
+ * While a command with defer_signals runs, the first SIGINT/SIGTERM/SIGHUP
+ * is deferred: the operation finishes and cleans up (private plaintext temp
+ * files, the lock it holds). The core has no cancellation points, and
+ * neither the lock release nor the temp cleanup is async-signal-safe, so
+ * they cannot run inside a handler. The exit status tells the truth: 0 if
+ * the operation landed, else death by the signal. A second signal takes
+ * the default action at once.
  */
 static volatile sig_atomic_t interrupted;
 static const int defer_signals[] = {SIGINT, SIGTERM, SIGHUP};
@@ -1473,22 +1474,26 @@ int cli_main(int argc, char **argv)
 	secrets_wipe_defaults();
 	if (!rc) {
 		cfs_error_clear();
-		defer_install();
+		if (cli.cmd->defer_signals)
+			defer_install();
 		rc = cli.cmd->run(&cli);
 	}
 	code = cli_finish(&cli, rc);
-	if (interrupted) {
-		if (!rc && !cli.json)
+	if (interrupted && !rc) {
+		/* The work landed: say so truthfully, exit 0. */
+		if (!cli.json && !cli.quiet)
 			fprintf(stderr,
 				"contextfs: interrupted; %s completed "
 				"before stopping\n",
 				cli.cmd->name);
+		interrupted = 0;
 	}
 done:
 	secrets_wipe_defaults();
 	cli_free(&cli);
 	if (interrupted) {
-		/* Die of the signal so a calling shell stops too. */
+		/* Failed after an interrupt: die of the signal, so a calling
+		 * shell stops too. */
 		fflush(stdout);
 		signal(interrupted, SIG_DFL);
 		raise(interrupted);

@@ -66,6 +66,15 @@ struct cli_command {
 	int min_args;
 	int max_args;
 	int (*run)(struct cli *cli);
+	/*
+	 * Defer SIGINT/SIGTERM/SIGHUP while run() works (commands that hold
+	 * the lock or plaintext temp files): the operation completes and
+	 * cleans up; an operation that then succeeded exits 0, a failed one
+	 * dies of the signal. A second signal acts at once. Commands that
+	 * install their own handlers (a FUSE daemon) leave this false:
+	 * libfuse only takes over signals whose disposition is SIG_DFL.
+	 */
+	bool defer_signals;
 };
 
 struct cli {

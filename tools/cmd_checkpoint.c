@@ -105,4 +105,5 @@ const struct cli_command cli_cmd_checkpoint = {
 	.min_args = 1,
 	.max_args = 1,
 	.run = run,
+	.defer_signals = true,
 };

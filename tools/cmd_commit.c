@@ -119,4 +119,5 @@ const struct cli_command cli_cmd_commit = {
 	.min_args = 1,
 	.max_args = 1,
 	.run = run,
+	.defer_signals = true,
 };

@@ -211,4 +211,5 @@ const struct cli_command cli_cmd_export = {
 	.min_args = 2,
 	.max_args = 2,
 	.run = run,
+	.defer_signals = true,
 };

@@ -138,4 +138,5 @@ const struct cli_command cli_cmd_gc = {
 	.min_args = 1,
 	.max_args = 1,
 	.run = run,
+	.defer_signals = true,
 };

@@ -121,4 +121,5 @@ const struct cli_command cli_cmd_verify = {
 	.min_args = 1,
 	.max_args = 1,
 	.run = run,
+	.defer_signals = true,
 };
