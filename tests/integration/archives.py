@@ -5,7 +5,6 @@ zstd CLI (plus a hand-made RLE frame for the bomb) for compression, AES-256-GCM
 with a raw key for encryption, and a hand-written manifest (REFERENCE.md §6).
 """
 
-import io
 import json
 import os
 import secrets

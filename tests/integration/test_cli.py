@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from conftest import (EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, Cli, assert_one_error_line,
-                      write_file)
+from conftest import EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, assert_one_error_line, write_file
 
 COMMANDS = ["init", "status", "verify", "log", "export", "commit", "checkpoint", "unlock", "restore", "gc",
             "list", "doctor"]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import refreader
-from conftest import EXIT_LOCKED, entries_by_path, sha256_file, write_file
+from conftest import EXIT_LOCKED, entries_by_path, write_file
 
 CTX = "crashy"
 

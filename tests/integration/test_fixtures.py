@@ -2,7 +2,6 @@
 
 Each test works on a private copy of a fixture store (never on /work/shared)."""
 
-import copy
 import json
 import os
 import shutil

@@ -5,13 +5,12 @@ reference's format, with a §6 manifest."""
 import copy
 import json
 import os
-import shutil
 import stat
 
 import pytest
 
 import refreader
-from conftest import (DEFAULT_ROOTS, TEST_SCRYPT_COST, assert_manifest_shape, assert_tree_equals_view,
+from conftest import (TEST_SCRYPT_COST, assert_manifest_shape, assert_tree_equals_view,
                       entries_by_path, packed_view, sha256_file, snapshot_dir, write_file)
 
 SEED_FILES = {"contextsdk.json", "workspace/README.md", "memory/session.md"}
@@ -147,7 +146,7 @@ def test_commit_roundtrip_through_independent_reader(cli, cli_raw, tmp_path, key
 def test_scrypt_parameters_recorded_and_reused(cli, tmp_path):
     ctx = "scrypt-env"
     work = str(tmp_path / "w")
-    r = cli.json("init", ctx, env={"CONTEXTFS_SCRYPT_COST": "2048"})
+    cli.json("init", ctx, env={"CONTEXTFS_SCRYPT_COST": "2048"})
     assert_manifest_shape(cli.store, ctx, "scrypt", 2048)
     cli.ok("export", ctx, work)
     write_file(work, "workspace/x.txt", "x\n")
@@ -248,7 +247,7 @@ def test_restore_commits_old_state_as_new_generation(cli_raw, tmp_path):
     view2 = packed_view(work)
     write_file(work, "workspace/v.txt", "v3\n")
     c.json("commit", ctx, "--from", work)
-    r = c.json("restore", "%s@2" % ctx, "-m", "back to 2")
+    c.json("restore", "%s@2" % ctx, "-m", "back to 2")
     m = c.manifest(ctx)
     assert m["generation"] == 4
     assert m["versions"][-1]["message"] == "back to 2"
@@ -266,7 +265,7 @@ def test_gc_keeps_last_n_generations(cli_raw, tmp_path):
     tree_dir = os.path.join(c.store, "contexts", ctx, "tree")
     objs = sorted(f for f in os.listdir(tree_dir) if f.endswith(".enc"))
     assert len(objs) == 5, objs  # default retention: the last 5 generations
-    r = c.json("gc", ctx, "--keep", "2", "--dry-run")
+    c.json("gc", ctx, "--keep", "2", "--dry-run")
     assert sorted(f for f in os.listdir(tree_dir) if f.endswith(".enc")) == objs
     c.json("gc", ctx, "--keep", "2")
     left = sorted(f for f in os.listdir(tree_dir) if f.endswith(".enc"))
@@ -341,3 +340,37 @@ def test_changed_paths_of_consecutive_commits(cli_raw, tmp_path, fresh_checkout)
     # nothing changed: an empty diff
     r = c.json("commit", ctx, "--from", work)
     assert r.json["changedPaths"] == []
+
+
+def test_store_files_follow_fsstorage_conventions(cli_raw, tmp_path):
+    """REFERENCE.md §3.3: key K is the file <store>/K; `<file>.etagid` holds a
+    UUID v4 (no newline, mode 0600); objects are private (0600); no temp files
+    or per-key lock dirs remain after a command."""
+    import re
+    c = cli_raw
+    ctx = "fsconv"
+    work = str(tmp_path / "w")
+    init_and_checkout(c, ctx, work)
+    write_file(work, "workspace/a.txt", "a\n")
+    c.json("commit", ctx, "--from", work)
+    c.json("checkpoint", ctx, "--from", work)
+    uuid4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    m = c.manifest(ctx)
+    objects = [os.path.join("contexts", ctx, "manifest.json"), m["treeKey"]]
+    objects += [v["treeKey"] for v in m["versions"] if v.get("treeKey")]
+    for key in objects:
+        p = os.path.join(c.store, key)
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, key
+        with open(p + ".etagid") as f:
+            tok = f.read()
+        assert uuid4.match(tok), (key, tok)
+        assert stat.S_IMODE(os.stat(p + ".etagid").st_mode) == 0o600, key
+    for dirpath, dirnames, filenames in os.walk(c.store):
+        for n in dirnames + filenames:
+            assert ".tmp-" not in n and not n.endswith(".lock"), os.path.join(dirpath, n)
+    # an object without a sidecar (written by another tool) is still readable and
+    # committable: its ETag is the body's sha256
+    os.unlink(os.path.join(c.store, "contexts", ctx, "manifest.json.etagid"))
+    write_file(work, "workspace/b.txt", "b\n")
+    c.json("commit", ctx, "--from", work)
+    assert c.manifest(ctx)["generation"] == 3
