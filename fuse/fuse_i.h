@@ -27,6 +27,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include "core/ids.h"
 #include "fuse/mount.h"
@@ -88,6 +89,7 @@ struct cfs_fs {
 	bool fsync_local;
 	bool debug;
 	unsigned commit_interval_s;
+	unsigned checkpoint_interval_s;
 	struct fuse_session *se;
 	uid_t uid;
 
@@ -129,6 +131,13 @@ struct cfs_fs {
 	int64_t last_commit_ms;
 	pthread_t commit_thread;
 	bool commit_thread_started;
+	/* periodic checkpoints, protected by commit_mu */
+	bool ckpt_want; /* the commit thread runs one when idle */
+	uint64_t ckpt_changes; /* value of changes in the last checkpoint */
+	uint64_t checkpoint_generation; /* the context's checkpoint counter */
+	uint64_t checkpoints_ok;
+	int64_t last_checkpoint_ms;
+	char *ckpt_error; /* message of the last failed checkpoint */
 
 	/* heartbeat */
 	pthread_t hb_thread;
@@ -163,6 +172,25 @@ void cfs_heartbeat_stop(struct cfs_fs *fs);
 int cfs_state_write(struct cfs_fs *fs, bool clean);
 /* Status document of the mount (caller frees). */
 cJSON *cfs_fs_status_json(struct cfs_fs *fs);
+
+/* mount.c */
+bool cfs_pid_alive(pid_t pid);
+typedef bool (*cfs_mountinfo_fn)(const char *mountpoint, const char *fstype,
+				 const char *source, void *arg);
+/* Calls fn for each line of /proc/self/mountinfo until it returns true. */
+int cfs_mountinfo_each(cfs_mountinfo_fn fn, void *arg);
+
+/* recover.c */
+/*
+ * Acquires the context lock for a mount or recover. A lock held by a
+ * contextfs mount of this machine (runtime id fuse:<host>:..., owner
+ * <host>:<pid>:<uuid>) whose process is gone is taken over; *dead_owner
+ * (heap) then names it. The takeover is a compare-and-swap on the lock we
+ * read, so a live writer that got in between wins.
+ */
+int cfs_mount_lock_acquire(struct cfs_store *st, const char *id,
+			   const char *runtime_id, const char *owner,
+			   int64_t ttl_ms, char **dead_owner);
 
 /* control.c */
 int cfs_control_start(struct cfs_fs *fs);

@@ -8,7 +8,7 @@
  *   tree/          the served tree (kept when changes could not be
  *                  committed; reused by the next mount when its base is
  *                  still the current generation, else moved to
- *                  orphaned-<ms>/)
+ *                  recovered-<ms>/; see also `contextfs recover`)
  *   snap/          the snapshot of a commit in flight
  *   state.json     base generation, owner, clean flag
  *   control.sock   control socket
@@ -145,13 +145,17 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 		} else if (v && strcmp(tok, "commit_interval") == 0) {
 			rc = parse_num(&n, tok, v, 86400 * 7);
 			o->commit_interval_s = (unsigned)n;
+		} else if (v && strcmp(tok, "checkpoint_interval") == 0) {
+			rc = parse_num(&n, tok, v, 86400 * 7);
+			o->checkpoint_interval_s = (unsigned)n;
 		} else {
 			rc = cfs_error_set(
 				CFS_EINVAL,
 				"unknown mount option: %s (known: ro, "
 				"rw, cache=DIR, fsync=commit|local, "
 				"lock_ttl=S, attr_timeout=S, "
-				"commit_interval=S, author=A, "
+				"commit_interval=S, "
+				"checkpoint_interval=S, author=A, "
 				"log_file=F, allow_other, debug)",
 				tok);
 		}
@@ -179,47 +183,140 @@ static void unescape(char *s)
 	*w = '\0';
 }
 
-bool cfs_mount_is_mountpoint(const char *path)
+int cfs_mountinfo_each(cfs_mountinfo_fn fn, void *arg)
 {
-	char real[PATH_MAX];
 	char *line = NULL;
 	size_t cap = 0;
-	bool found = false;
+	bool stop = false;
 	FILE *f;
 
-	if (!realpath(path, real))
-		return false;
 	f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
-		return false;
-	while (!found && getline(&line, &cap, f) > 0) {
-		char *save = NULL, *mp = NULL, *fstype = NULL, *tok;
-		int i = 0;
+		return cfs_error_errno(errno, "read /proc/self/mountinfo");
+	while (!stop && getline(&line, &cap, f) > 0) {
+		char *save = NULL, *mp = NULL, *fstype = NULL, *src = NULL;
+		char *tok;
+		int i = 0, after = 0;
 		bool dash = false;
 		for (tok = strtok_r(line, " \n", &save); tok;
 		     tok = strtok_r(NULL, " \n", &save), i++) {
 			if (i == 4)
 				mp = tok;
 			if (dash) {
-				fstype = tok;
-				break;
-			}
-			if (i > 5 && strcmp(tok, "-") == 0)
+				if (after++ == 0) {
+					fstype = tok;
+				} else {
+					src = tok;
+					break;
+				}
+			} else if (i > 5 && strcmp(tok, "-") == 0) {
 				dash = true;
+			}
 		}
-		if (!mp || !fstype || strcmp(fstype, "fuse.contextfs") != 0)
+		if (!mp || !fstype)
 			continue;
 		unescape(mp);
-		found = strcmp(mp, real) == 0;
+		if (src)
+			unescape(src);
+		stop = fn(mp, fstype, src ? src : "", arg);
 	}
 	free(line);
 	fclose(f);
-	return found;
+	return 0;
+}
+
+struct find_mp {
+	const char *path;
+	char *id; /* from the source "contextfs:<id>" */
+	bool found;
+};
+
+static bool find_mp_cb(const char *mp, const char *fstype, const char *src,
+		       void *arg)
+{
+	struct find_mp *fm = arg;
+	if (strcmp(fstype, "fuse.contextfs") != 0 || strcmp(mp, fm->path) != 0)
+		return false;
+	/* The last entry wins (a mount stacked over an older one). */
+	fm->found = true;
+	free(fm->id);
+	fm->id = strncmp(src, "contextfs:", 10) == 0 ? strdup(src + 10) : NULL;
+	return false;
+}
+
+bool cfs_mount_is_mountpoint(const char *path)
+{
+	char real[PATH_MAX];
+	struct find_mp fm = {real, NULL, false};
+
+	if (!realpath(path, real))
+		return false;
+	(void)cfs_mountinfo_each(find_mp_cb, &fm);
+	free(fm.id);
+	return fm.found;
+}
+
+/*
+ * Like realpath(), without entering the last component (which may be a
+ * FUSE mount whose daemon is gone: every stat of it fails ENOTCONN).
+ */
+static int resolve_no_follow_last(char out[PATH_MAX], const char *path)
+{
+	char buf[PATH_MAX], dir[PATH_MAX];
+	size_t n = strlen(path);
+	const char *base;
+
+	if (n == 0 || n >= sizeof(buf))
+		return cfs_error_set(CFS_EINVAL, "bad path '%s'", path);
+	memcpy(buf, path, n + 1);
+	while (n > 1 && buf[n - 1] == '/')
+		buf[--n] = '\0';
+	char *slash = strrchr(buf, '/');
+	if (!slash) {
+		base = buf;
+		if (!realpath(".", dir))
+			return cfs_error_errno(errno, "resolve .");
+	} else {
+		base = slash + 1;
+		*slash = '\0';
+		if (!realpath(buf[0] ? buf : "/", dir))
+			return cfs_error_errno(errno, "resolve %s", path);
+	}
+	if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0 || !*base) {
+		if (!realpath(path, out))
+			return cfs_error_errno(errno, "resolve %s", path);
+		return 0;
+	}
+	if (snprintf(out, PATH_MAX, "%s/%s", strcmp(dir, "/") ? dir : "",
+		     base) >= PATH_MAX)
+		return cfs_error_set(CFS_EINVAL, "path too long: %s", path);
+	return 0;
+}
+
+bool cfs_mount_is_stale(const char *path, char **id_out)
+{
+	char real[PATH_MAX];
+	struct stat sb;
+	struct find_mp fm = {real, NULL, false};
+
+	if (id_out)
+		*id_out = NULL;
+	if (stat(path, &sb) == 0 ||
+	    (errno != ENOTCONN && errno != ECONNABORTED))
+		return false;
+	if (resolve_no_follow_last(real, path) != 0)
+		return false;
+	(void)cfs_mountinfo_each(find_mp_cb, &fm);
+	if (fm.found && id_out)
+		*id_out = fm.id;
+	else
+		free(fm.id);
+	return fm.found;
 }
 
 /* ---- staging ------------------------------------------------------------ */
 
-static char *default_cache_dir(void)
+char *cfs_mount_default_cache(void)
 {
 	const char *x = getenv("XDG_CACHE_HOME");
 	if (x && x[0] == '/')
@@ -281,7 +378,7 @@ static int staging_prepare(struct cfs_fs *fs, bool *recovered)
 				 (unsigned long long)cur, fs->tree_path);
 			return 0;
 		}
-		char *aside = cfs_asprintf("%s/orphaned-%lld", fs->base_dir,
+		char *aside = cfs_asprintf("%s/recovered-%lld", fs->base_dir,
 					   (long long)cfs_now_ms());
 		if (!aside)
 			return CFS_ENOMEM;
@@ -291,6 +388,10 @@ static int staging_prepare(struct cfs_fs *fs, bool *recovered)
 			free(aside);
 			return rc;
 		}
+		char *aside_state = cfs_asprintf("%s.json", aside);
+		if (aside_state)
+			(void)rename(fs->state_path, aside_state);
+		free(aside_state);
 		cfs_warn("%s: a leftover staged tree of %s (base generation "
 			 "%lld, current %llu) was moved to %s; nothing was "
 			 "deleted",
@@ -407,6 +508,7 @@ static void fs_free(struct cfs_fs *fs)
 	free(fs->author);
 	free(fs->snap_inos);
 	free(fs->last_error);
+	free(fs->ckpt_error);
 	free(fs->pending_msg);
 	free(fs);
 }
@@ -416,7 +518,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	struct cfs_fs *fs = calloc(1, sizeof(*fs));
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_loop_config *lcfg = NULL;
-	char *cache = NULL, *fuse_o = NULL;
+	char *cache = NULL, *fuse_o = NULL, *dead_owner = NULL;
 	char real[PATH_MAX];
 	bool locked = false, mounted = false, handlers = false, recovered;
 	int lockfd = -1, rc = 0, final_rc = 0;
@@ -434,6 +536,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	fs->fsync_local = o->fsync_local;
 	fs->debug = o->debug;
 	fs->commit_interval_s = o->commit_interval_s;
+	fs->checkpoint_interval_s = o->checkpoint_interval_s;
 	fs->ttl_ms =
 		o->lock_ttl_ms > 0 ? o->lock_ttl_ms : CFS_LOCK_DEFAULT_TTL_MS;
 	rc = cfs_ref_parse(&fs->ref, o->ref);
@@ -447,7 +550,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	}
 	fs->refstr = strdup(o->ref);
 	fs->mountpoint = strdup(real);
-	cache = o->cache_dir ? strdup(o->cache_dir) : default_cache_dir();
+	cache = o->cache_dir ? strdup(o->cache_dir) : cfs_mount_default_cache();
 	if (!fs->refstr || !fs->mountpoint || !cache) {
 		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
 		goto out;
@@ -501,7 +604,6 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	}
 
 	if (!fs->ro) {
-		bool adopted = false;
 		rc = cfs_lock_owner_new(&fs->owner);
 		if (rc)
 			goto out;
@@ -512,16 +614,28 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 			rc = CFS_ENOMEM;
 			goto out;
 		}
-		rc = cfs_lock_acquire(NULL, &adopted, fs->st, fs->ref.id,
-				      fs->runtime_id, fs->owner, fs->ttl_ms,
-				      false);
+		rc = cfs_mount_lock_acquire(fs->st, fs->ref.id, fs->runtime_id,
+					    fs->owner, fs->ttl_ms, &dead_owner);
 		if (rc)
 			goto out;
 		locked = true;
+		if (dead_owner)
+			cfs_warn("%s: took over the lock of %s from %s, a "
+				 "mount on this machine whose process is gone",
+				 fs->mountpoint, fs->ref.id, dead_owner);
 	}
 	rc = staging_prepare(fs, &recovered);
 	if (rc)
 		goto out;
+	{
+		struct cfs_manifest *m = NULL;
+		if (cfs_context_read_manifest(&m, NULL, fs->st, fs->ref.id) ==
+		    0)
+			fs->checkpoint_generation =
+				cfs_manifest_checkpoint_generation(m);
+		cfs_manifest_free(m);
+		cfs_error_clear();
+	}
 	fs->root_fd = open(fs->tree_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fs->root_fd < 0) {
 		rc = cfs_error_errno(errno, "open %s", fs->tree_path);
@@ -554,6 +668,11 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		rc = cfs_error_set(CFS_ERROR, "cannot create the FUSE session");
 		goto out;
 	}
+	/* libfuse installs its handlers only over SIG_DFL: whatever the
+	 * caller set, unmount, SIGTERM and SIGINT must end the loop. */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (fuse_set_signal_handlers(fs->se) != 0) {
 		rc = cfs_error_set(CFS_ERROR, "cannot set signal handlers");
 		goto out;
@@ -644,6 +763,7 @@ out:
 	fuse_opt_free_args(&args);
 	free(fuse_o);
 	free(cache);
+	free(dead_owner);
 	if (fs)
 		fs_free(fs);
 	return rc ? rc : final_rc;
@@ -659,6 +779,12 @@ int cfs_mount_run(const struct cfs_mount_opts *o)
 
 	if (!o->ref || !o->mountpoint || !o->store || !o->keys)
 		return cfs_error_set(CFS_EINVAL, "mount: missing arguments");
+	/* A previous daemon died here: clean its mount up first. */
+	if (cfs_mount_is_stale(o->mountpoint, NULL)) {
+		int rc = cfs_mount_clean_stale(o->mountpoint);
+		if (rc)
+			return rc;
+	}
 	/* The daemon runs in "/": resolve relative paths now. */
 	if (!realpath(o->mountpoint, mp))
 		return cfs_error_errno(errno, "mountpoint %s", o->mountpoint);
@@ -736,7 +862,7 @@ static int run_fusermount(const char *mountpoint, bool lazy)
 }
 
 /* True while pid runs (a zombie nobody reaps counts as gone). */
-static bool pid_alive(pid_t pid)
+bool cfs_pid_alive(pid_t pid)
 {
 	char path[64], buf[256];
 	int fd;
@@ -755,11 +881,38 @@ static bool pid_alive(pid_t pid)
 	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
 }
 
+int cfs_mount_clean_stale(const char *mountpoint)
+{
+	char real[PATH_MAX];
+	char *id = NULL;
+	int rc;
+
+	if (!cfs_mount_is_stale(mountpoint, &id))
+		return cfs_error_set(CFS_EINVAL,
+				     "%s is not a dead contextfs mount",
+				     mountpoint);
+	rc = resolve_no_follow_last(real, mountpoint);
+	if (rc == 0)
+		rc = run_fusermount(real, true);
+	if (rc == 0)
+		cfs_warn("%s was a contextfs mount of %s whose daemon is gone "
+			 "(transport endpoint is not connected); unmounted it. "
+			 "Its unsaved changes, if any, stay staged: `contextfs "
+			 "recover %s` commits or sets them aside",
+			 real, id ? id : "?", id ? id : "ID");
+	free(id);
+	return rc;
+}
+
 int cfs_mount_unmount(const char *mountpoint, bool force, int timeout_ms)
 {
 	cJSON *req = NULL, *rep = NULL;
 	pid_t pid = 0;
 	int rc;
+
+	/* A dead daemon: nothing to commit or wait for, just unmount. */
+	if (cfs_mount_is_stale(mountpoint, NULL))
+		return cfs_mount_clean_stale(mountpoint);
 
 	req = cJSON_CreateObject();
 	if (!req)
@@ -801,11 +954,11 @@ int cfs_mount_unmount(const char *mountpoint, bool force, int timeout_ms)
 		return rc;
 	/* The daemon commits anything left, releases the lock and exits. */
 	for (int waited = 0; pid > 0 && waited < timeout_ms; waited += 20) {
-		if (!pid_alive(pid))
+		if (!cfs_pid_alive(pid))
 			return 0;
 		usleep(20000);
 	}
-	if (pid > 0 && pid_alive(pid))
+	if (pid > 0 && cfs_pid_alive(pid))
 		return cfs_error_set(CFS_ETIMEDOUT,
 				     "unmounted %s, but the daemon (pid %d) is "
 				     "still finishing",

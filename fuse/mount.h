@@ -38,6 +38,9 @@ struct cfs_mount_opts {
 	int64_t lock_ttl_ms; /* lock_ttl=SECONDS; <= 0 = lock default */
 	double attr_timeout; /* attr_timeout=SECONDS (default 1.0) */
 	unsigned commit_interval_s; /* commit_interval=SECONDS; 0 = off */
+	/* checkpoint_interval=SECONDS; 0 = off. Checkpoints (REFERENCE.md
+	 * §8.4) of changes not yet committed as a generation. */
+	unsigned checkpoint_interval_s;
 };
 
 /* Defaults (everything off, attr_timeout 1 s). */
@@ -75,11 +78,77 @@ bool cfs_mount_is_mountpoint(const char *path);
 int cfs_mount_request(cJSON **reply, const char *mountpoint, const cJSON *req);
 
 /*
+ * True when path is a contextfs mount whose daemon is gone (every access
+ * fails ENOTCONN, "Transport endpoint is not connected"); *id_out (may be
+ * NULL) receives the context id from the mount's source (heap, may be
+ * NULL).
+ */
+bool cfs_mount_is_stale(const char *path, char **id_out);
+
+/* Lazily unmounts (fusermount3 -u -z) such a dead mount, with a warning. */
+int cfs_mount_clean_stale(const char *mountpoint);
+
+/* $XDG_CACHE_HOME, else $HOME/.cache (heap string, NULL on ENOMEM). */
+char *cfs_mount_default_cache(void);
+
+/*
  * `contextfs umount`: asks the daemon to commit (unless force), then
  * unmounts with fusermount3 -u and waits (up to timeout_ms) for the daemon
  * to release the lock and exit. A failed commit refuses to unmount
  * (the error is returned) unless force.
  */
 int cfs_mount_unmount(const char *mountpoint, bool force, int timeout_ms);
+
+/*
+ * `contextfs recover ID`: what a mount that died (kill -9, crash, power
+ * loss) left in its staging area <cache>/contextfs/mounts/<id>/tree.
+ * Refuses while a mount of id from this cache runs. When the leftover's
+ * base generation is still the current one, commits it as the next
+ * generation (taking the lock; a lock still held by the dead mount, on
+ * this machine with its process gone, is taken over); otherwise, or when
+ * that commit loses to a concurrent writer, moves it to into (must not
+ * exist, or be an empty directory) or <cache>/contextfs/mounts/<id>/
+ * recovered-<ms>. A dead mountpoint the leftover names is unmounted.
+ */
+enum cfs_recover_action {
+	CFS_RECOVER_NONE = 0, /* nothing left over */
+	CFS_RECOVER_COMMITTED, /* landed as generation res->generation */
+	CFS_RECOVER_MOVED, /* moved to res->path */
+};
+
+struct cfs_recover_opts {
+	const char *id;
+	const char *cache_dir; /* NULL = cfs_mount_default_cache() */
+	const char *into; /* NULL = <staging>/recovered-<ms> */
+	const char *author; /* NULL = the lock owner */
+	const char *message; /* NULL = a message naming the dead mount */
+	struct cfs_store *store;
+	struct cfs_keys *keys;
+};
+
+struct cfs_recover_result {
+	enum cfs_recover_action action;
+	int64_t base_generation; /* of the leftover; -1 when unknown */
+	uint64_t current_generation; /* of the context before recovering */
+	uint64_t generation; /* COMMITTED: the new generation */
+	char *staging; /* the staging area looked at */
+	char *path; /* MOVED: where the tree is now */
+	char *dead_owner; /* a taken-over lock's owner, or NULL */
+	char *unmounted; /* a dead mountpoint cleaned up, or NULL */
+	char *mountpoint; /* the mountpoint the leftover was served on */
+};
+
+int cfs_mount_recover(struct cfs_recover_result *res,
+		      const struct cfs_recover_opts *opts);
+void cfs_recover_result_clear(struct cfs_recover_result *res);
+
+/*
+ * For `contextfs doctor`: {"mounts": [{mountpoint, id, alive, ...status
+ * of the daemon}], "cacheDir", "leftovers": [{id, kind: "staged" |
+ * "recovered", path, baseGeneration, mountpoint}]}. Leftovers are staged
+ * trees no running mount serves (under cache_dir, NULL = default) and
+ * trees set aside by mounts or recover. Caller frees.
+ */
+cJSON *cfs_mount_doctor_json(const char *cache_dir);
 
 #endif

@@ -333,6 +333,7 @@ int cfs_commit_now(struct cfs_fs *fs, const char *msg)
 	pthread_mutex_lock(&fs->commit_mu);
 	fs->landed_changes = snap_changes;
 	fs->generation = res.generation;
+	fs->checkpoint_generation = res.checkpoint_generation;
 	fs->commits_ok++;
 	fs->last_commit_ms = cfs_now_ms();
 	free(fs->last_error);
@@ -362,6 +363,74 @@ out:
 	return rc;
 }
 
+/*
+ * One checkpoint (REFERENCE.md §8.4) of the staged tree: the same snapshot
+ * as a commit, stored as the next checkpoint; the generation, the version
+ * history and the dirty state do not change (the next fsync, commit or
+ * unmount still lands a generation). Skipped when nothing changed since
+ * the last landed commit or checkpoint.
+ */
+static int checkpoint_now(struct cfs_fs *fs)
+{
+	struct cfs_commit_opts co;
+	struct cfs_commit_result res;
+	uint64_t snap_changes = 0, cur;
+	int sfd = -1, rc;
+	bool need;
+
+	memset(&res, 0, sizeof(res));
+	if (fs->ro || atomic_load(&fs->lock_lost))
+		return 0;
+	pthread_mutex_lock(&fs->commit_mu);
+	cur = atomic_load(&fs->changes);
+	need = cur != fs->landed_changes && cur != fs->ckpt_changes;
+	pthread_mutex_unlock(&fs->commit_mu);
+	if (!need)
+		return 0;
+	rc = snap_take(fs, &snap_changes, &sfd);
+	if (rc)
+		goto out;
+	cfs_commit_opts_init(&co);
+	co.kind = CFS_COMMIT_CHECKPOINT;
+	co.owner = fs->owner;
+	co.reason = "periodic checkpoint (contextfs mount)";
+	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
+	close(sfd);
+	snap_drop(fs);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&fs->commit_mu);
+	fs->ckpt_changes = snap_changes;
+	fs->checkpoint_generation = res.checkpoint_generation;
+	fs->checkpoints_ok++;
+	fs->last_checkpoint_ms = cfs_now_ms();
+	free(fs->ckpt_error);
+	fs->ckpt_error = NULL;
+	pthread_mutex_unlock(&fs->commit_mu);
+	cfs_info("%s: checkpoint %llu of %s (%llu bytes)", fs->mountpoint,
+		 (unsigned long long)res.checkpoint_generation, fs->ref.id,
+		 (unsigned long long)res.size_bytes);
+out:
+	if (rc) {
+		if (rc == CFS_ELOCKED) {
+			atomic_store(&fs->lock_lost, true);
+			cfs_error_prefix(
+				"lock lost, the mount is now read-only "
+				"and changes stay in %s",
+				fs->tree_path);
+			set_error(fs, cfs_error_last());
+		}
+		pthread_mutex_lock(&fs->commit_mu);
+		free(fs->ckpt_error);
+		fs->ckpt_error = strdup(cfs_error_last());
+		pthread_mutex_unlock(&fs->commit_mu);
+		cfs_error_log("%s: checkpoint failed (changes stay staged): %s",
+			      fs->mountpoint, cfs_error_last());
+	}
+	cfs_commit_result_clear(&res);
+	return rc;
+}
+
 /* ---- commit thread ------------------------------------------------------ */
 
 static void *commit_main(void *arg)
@@ -370,10 +439,20 @@ static void *commit_main(void *arg)
 
 	pthread_mutex_lock(&fs->commit_mu);
 	for (;;) {
-		while (fs->want <= fs->started && !fs->stop)
+		while (fs->want <= fs->started && !fs->stop && !fs->ckpt_want)
 			pthread_cond_wait(&fs->commit_cv, &fs->commit_mu);
-		if (fs->want <= fs->started)
+		if (fs->want <= fs->started && fs->stop)
 			break; /* stopping, nothing pending */
+		if (fs->want <= fs->started) {
+			/* idle: a periodic checkpoint */
+			fs->ckpt_want = false;
+			fs->running = true;
+			pthread_mutex_unlock(&fs->commit_mu);
+			(void)checkpoint_now(fs);
+			pthread_mutex_lock(&fs->commit_mu);
+			fs->running = false;
+			continue;
+		}
 		uint64_t n = ++fs->started;
 		char *msg = fs->pending_msg;
 		fs->pending_msg = NULL;
@@ -472,6 +551,30 @@ int cfs_commit_request(struct cfs_fs *fs, fuse_req_t req, const char *msg)
 	return rc;
 }
 
+/* Queues a commit without waiting for it (periodic commits). */
+static void commit_kick(struct cfs_fs *fs, const char *msg)
+{
+	pthread_mutex_lock(&fs->commit_mu);
+	if (!fs->stop && fs->want <= fs->started) {
+		fs->want = fs->started + 1;
+		if (msg && !fs->pending_msg)
+			fs->pending_msg = strdup(msg);
+		pthread_cond_signal(&fs->commit_cv);
+	}
+	pthread_mutex_unlock(&fs->commit_mu);
+}
+
+/* Asks the commit thread for a checkpoint when it is idle. */
+static void checkpoint_kick(struct cfs_fs *fs)
+{
+	pthread_mutex_lock(&fs->commit_mu);
+	if (!fs->stop) {
+		fs->ckpt_want = true;
+		pthread_cond_signal(&fs->commit_cv);
+	}
+	pthread_mutex_unlock(&fs->commit_mu);
+}
+
 int cfs_commit_start(struct cfs_fs *fs)
 {
 	pthread_mutex_init(&fs->commit_mu, NULL);
@@ -506,16 +609,24 @@ static void *hb_main(void *arg)
 	struct cfs_fs *fs = arg;
 	int64_t period = fs->ttl_ms / 3;
 	int64_t last_commit = cfs_monotonic_ms();
+	int64_t last_ckpt = last_commit, last_renew = last_commit;
+	int64_t ci = (int64_t)fs->commit_interval_s * 1000;
+	int64_t ki = (int64_t)fs->checkpoint_interval_s * 1000;
 
 	if (period < 200)
 		period = 200;
 	pthread_mutex_lock(&fs->hb_mu);
 	while (!fs->hb_stop) {
 		struct timespec ts;
-		int64_t wait = period;
-		if (fs->commit_interval_s &&
-		    (int64_t)fs->commit_interval_s * 1000 < wait)
-			wait = (int64_t)fs->commit_interval_s * 1000;
+		int64_t now = cfs_monotonic_ms();
+		/* sleep until the next renewal, commit or checkpoint is due */
+		int64_t wait = last_renew + period - now;
+		if (ci && last_commit + ci - now < wait)
+			wait = last_commit + ci - now;
+		if (ki && last_ckpt + ki - now < wait)
+			wait = last_ckpt + ki - now;
+		if (wait < 1)
+			wait = 1;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += wait / 1000;
 		ts.tv_nsec += (wait % 1000) * 1000000;
@@ -527,7 +638,10 @@ static void *hb_main(void *arg)
 		if (fs->hb_stop)
 			break;
 		pthread_mutex_unlock(&fs->hb_mu);
-		if (!atomic_load(&fs->lock_lost)) {
+		bool renew = cfs_monotonic_ms() - last_renew >= period;
+		if (renew)
+			last_renew = cfs_monotonic_ms();
+		if (renew && !atomic_load(&fs->lock_lost)) {
 			int rc = cfs_lock_renew(NULL, fs->st, fs->ref.id,
 						fs->owner, fs->ttl_ms);
 			if (rc == CFS_ELOCKED || rc == CFS_ENOTFOUND) {
@@ -547,13 +661,15 @@ static void *hb_main(void *arg)
 					 fs->mountpoint, cfs_error_last());
 			}
 		}
-		if (fs->commit_interval_s &&
-		    cfs_monotonic_ms() - last_commit >=
-			    (int64_t)fs->commit_interval_s * 1000) {
+		if (ci && cfs_monotonic_ms() - last_commit >= ci) {
 			last_commit = cfs_monotonic_ms();
-			if (cfs_fs_dirty(fs))
-				(void)cfs_commit_request(fs, NULL,
-							 "periodic commit");
+			if (cfs_fs_dirty(fs) && !atomic_load(&fs->lock_lost))
+				commit_kick(fs, "periodic commit");
+		}
+		if (ki && cfs_monotonic_ms() - last_ckpt >= ki) {
+			last_ckpt = cfs_monotonic_ms();
+			if (cfs_fs_dirty(fs) && !atomic_load(&fs->lock_lost))
+				checkpoint_kick(fs);
 		}
 		pthread_mutex_lock(&fs->hb_mu);
 	}
@@ -626,6 +742,23 @@ cJSON *cfs_fs_status_json(struct cfs_fs *fs)
 		cJSON_AddStringToObject(o, "pendingError", fs->last_error);
 	else
 		cJSON_AddNullToObject(o, "pendingError");
+	cJSON_AddNumberToObject(o, "checkpointGeneration",
+				(double)fs->checkpoint_generation);
+	cJSON_AddNumberToObject(o, "checkpoints", (double)fs->checkpoints_ok);
+	if (fs->last_checkpoint_ms) {
+		cfs_iso8601_ms(ts, sizeof(ts), fs->last_checkpoint_ms);
+		cJSON_AddStringToObject(o, "lastCheckpointAt", ts);
+	} else {
+		cJSON_AddNullToObject(o, "lastCheckpointAt");
+	}
+	if (fs->ckpt_error)
+		cJSON_AddStringToObject(o, "checkpointError", fs->ckpt_error);
+	else
+		cJSON_AddNullToObject(o, "checkpointError");
+	cJSON_AddNumberToObject(o, "commitInterval",
+				(double)fs->commit_interval_s);
+	cJSON_AddNumberToObject(o, "checkpointInterval",
+				(double)fs->checkpoint_interval_s);
 	cJSON_AddBoolToObject(o, "lockLost", atomic_load(&fs->lock_lost));
 	if (fs->owner)
 		cJSON_AddStringToObject(o, "owner", fs->owner);

@@ -2,6 +2,9 @@
  * contextfs commit: takes the context's lock, commits the managed roots of
  * a local directory as the next generation, releases the lock. The
  * directory is only read.
+ *
+ * `contextfs commit MOUNTPOINT [-m MSG]` asks the mount serving
+ * MOUNTPOINT to commit (tools/mount_cli.h), like `contextfs sync`.
  */
 #include <stdlib.h>
 #include <unistd.h>
@@ -11,6 +14,7 @@
 #include "core/error.h"
 #include "core/ids.h"
 #include "tools/cli.h"
+#include "tools/mount_cli.h"
 
 enum { OPT_FROM, OPT_MESSAGE, OPT_AUTHOR, OPT_EXPECT };
 
@@ -36,6 +40,15 @@ static int run(struct cli *cli)
 	int dirfd = -1, rc, n;
 
 	cfs_commit_opts_init(&co);
+	if (cli_is_mountpoint(id)) {
+		if (from || cli_opt(cli, OPT_AUTHOR) ||
+		    cli_opt(cli, OPT_EXPECT))
+			return cfs_error_set(CFS_EINVAL,
+					     "commit MOUNTPOINT takes only -m "
+					     "MSG (the mount commits its own "
+					     "tree)");
+		return cli_mount_commit(cli, id, cli_opt(cli, OPT_MESSAGE));
+	}
 	rc = cfs_id_check(id);
 	if (rc)
 		goto out;
@@ -102,7 +115,8 @@ out:
 
 const struct cli_command cli_cmd_commit = {
 	.name = "commit",
-	.args = "ID --from DIR [-m MSG] [--author A] [--expect-generation N]",
+	.args = "ID --from DIR [-m MSG] [--author A] [--expect-generation N] | "
+		"MOUNTPOINT [-m MSG]",
 	.summary = "Commit a directory as the next generation",
 	.help = "  --from DIR               directory with the context roots "
 		"(workspace/, memory/,\n"
@@ -114,7 +128,9 @@ const struct cli_command cli_cmd_commit = {
 		"  --expect-generation N    fail (exit 4) unless the current "
 		"generation is N\n"
 		"\nTakes the context lock for the duration; a lock held by "
-		"another writer exits 4.\n",
+		"another writer exits 4.\n"
+		"With a contextfs MOUNTPOINT: the mount commits its tree now "
+		"and the command\nreturns once the new manifest landed.\n",
 	.opts = opts,
 	.min_args = 1,
 	.max_args = 1,

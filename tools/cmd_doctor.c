@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/util.h"
 #include "tools/cli.h"
+#include "tools/mount_cli.h"
 
 #ifndef CFS_VERSION
 #define CFS_VERSION "0.0.0"
@@ -361,6 +362,7 @@ static int run(struct cli *cli)
 	check_keys(&d, res);
 	check_misc(&d);
 	add_tools(res);
+	cli_mount_doctor(cli, res); /* mounts, leftover staging areas */
 	cJSON_AddItemToObject(res, "checks", d.checks);
 	if (!cli->json) {
 		const cJSON *t = cJSON_GetObjectItemCaseSensitive(res, "tools");

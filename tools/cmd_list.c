@@ -69,7 +69,8 @@ static int run(struct cli *cli)
 		rc = 0;
 	if (rc)
 		goto out;
-	qsort(ids.v, ids.n, sizeof(*ids.v), cmp_str);
+	if (ids.n > 1)
+		qsort(ids.v, ids.n, sizeof(*ids.v), cmp_str);
 
 	res = cli_result(cli);
 	cJSON_AddStringToObject(res, "store", cfs_store_describe(st));

@@ -86,12 +86,13 @@ const struct cli_command cli_cmd_mount = {
 		"fsync=commit|local,\n"
 		"                  lock_ttl=SECONDS, attr_timeout=SECONDS, "
 		"commit_interval=SECONDS,\n"
-		"                  author=NAME, log_file=FILE, allow_other, "
-		"debug\n"
+		"                  checkpoint_interval=SECONDS, author=NAME, "
+		"log_file=FILE,\n"
+		"                  allow_other, debug\n"
 		"  -f, --foreground  stay in the foreground (log to stderr)\n"
 		"  --log-file FILE   daemon log (default: syslog)\n"
 		"  -d, --debug       log every request\n"
-		"fsync, fsyncdir, `contextfs sync MOUNTPOINT` and unmount "
+		"fsync, fsyncdir, `contextfs commit MOUNTPOINT` and unmount "
 		"commit the\ntree as the next generation and return once it "
 		"has landed.\n",
 	.opts = opts,

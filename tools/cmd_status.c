@@ -1,5 +1,7 @@
 /*
  * contextfs status: the manifest summary and the lock of one context.
+ * `contextfs status MOUNTPOINT` shows the state of a mount instead
+ * (tools/mount_cli.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include "core/manifest.h"
 #include "core/util.h"
 #include "tools/cli.h"
+#include "tools/mount_cli.h"
 
 static const struct cli_opt opts[] = {
 	{NULL, 0, false, 0},
@@ -29,6 +32,8 @@ static int run(struct cli *cli)
 	char size[32];
 	int rc;
 
+	if (cli_is_mountpoint(id))
+		return cli_mount_status(cli, id);
 	rc = cli_store_open(cli, &st);
 	if (rc)
 		goto out;
@@ -126,9 +131,11 @@ out:
 
 const struct cli_command cli_cmd_status = {
 	.name = "status",
-	.args = "ID",
+	.args = "ID | MOUNTPOINT",
 	.summary = "Show the manifest summary and the lock of a context",
-	.help = "Reads only plaintext metadata; needs no key.\n",
+	.help = "Reads only plaintext metadata; needs no key.\n"
+		"With a contextfs MOUNTPOINT: clean/dirty, last landed "
+		"generation,\ncheckpoint and pending error of that mount.\n",
 	.opts = opts,
 	.min_args = 1,
 	.max_args = 1,

@@ -12,6 +12,7 @@ extern const struct cli_command cli_cmd_mount;
 extern const struct cli_command cli_cmd_umount;
 extern const struct cli_command cli_cmd_sync;
 extern const struct cli_command cli_cmd_mount_status;
+extern const struct cli_command cli_cmd_recover;
 
 const struct cli_command *const cli_commands[] = {
 	&cli_cmd_init,
@@ -30,6 +31,7 @@ const struct cli_command *const cli_commands[] = {
 	&cli_cmd_umount,
 	&cli_cmd_sync,
 	&cli_cmd_mount_status,
+	&cli_cmd_recover, /* tools/cmd_recover.c */
 	NULL,
 };
 

