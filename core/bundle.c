@@ -1431,6 +1431,36 @@ static int up_drain(struct unpacker *u)
 	}
 }
 
+/* Reads the current member (size bytes) into a heap string. */
+static int up_capture(struct unpacker *u, char **out, size_t size,
+		      const char *entry)
+{
+	char *buf = cfs_malloc(size + 1);
+	size_t got = 0;
+
+	if (!buf)
+		return CFS_ENOMEM;
+	while (got < size) {
+		la_ssize_t n = archive_read_data(u->a, buf + got, size - got);
+
+		if (n < 0) {
+			free(buf);
+			return up_archive_error(u, entry);
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	if (got != size) {
+		free(buf);
+		return cfs_error_set(CFS_ECORRUPT,
+				     "corrupt archive: %s is truncated", entry);
+	}
+	buf[size] = '\0';
+	*out = buf;
+	return 0;
+}
+
 int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 		      const struct cfs_unpack_opts *opts,
 		      struct cfs_bundle_stats *stats)
@@ -1559,6 +1589,17 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 		if (u->validate_only) {
 			if (type == AE_IFREG && !link)
 				u->st.files++;
+			if (type == AE_IFREG && !link && opts &&
+			    opts->capture_path && opts->capture_out &&
+			    !*opts->capture_out &&
+			    strcmp(entry, opts->capture_path) == 0 &&
+			    (uint64_t)size <= opts->capture_max) {
+				rc = up_capture(u, opts->capture_out,
+						(size_t)size, entry);
+				if (rc)
+					goto out;
+				continue;
+			}
 			if (archive_read_data_skip(u->a) < ARCHIVE_WARN) {
 				rc = up_archive_error(u, entry);
 				goto out;

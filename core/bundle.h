@@ -82,6 +82,15 @@ struct cfs_unpack_opts {
 	uint64_t max_entries; /* 0 = CFS_BUNDLE_MAX_ENTRIES */
 	uint64_t max_bytes; /* 0 = CFS_BUNDLE_MAX_BYTES */
 	bool validate_only; /* read and check everything, write nothing */
+	/*
+	 * validate_only: the contents of the regular-file member named
+	 * capture_path (e.g. ".contextsdk/index.json") are returned in
+	 * *capture_out (heap, NUL-terminated; NULL if absent or larger than
+	 * capture_max), so a caller can read one member while it checks.
+	 */
+	const char *capture_path;
+	char **capture_out;
+	size_t capture_max;
 };
 
 /*

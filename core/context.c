@@ -537,24 +537,62 @@ out:
 	return rc;
 }
 
+/* Feeds unpack with plaintext decrypted from a ciphertext fd. */
+struct decrypt_source {
+	struct cfs_cipher *cipher;
+	int fd;
+	bool done;
+	int final_rc; /* cfs_cipher_final's result once the fd is drained */
+};
+
+static ssize_t decrypt_read(void *buf, size_t len, void *payload)
+{
+	struct decrypt_source *d = payload;
+	ssize_t n;
+	int rc;
+
+	if (d->done)
+		return 0;
+	if (len > CFS_CRYPTO_CHUNK)
+		len = CFS_CRYPTO_CHUNK;
+	do {
+		n = read(d->fd, buf, len);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return cfs_error_errno(errno, "read the downloaded object");
+	if (n == 0) {
+		d->done = true;
+		d->final_rc = cfs_cipher_final(d->cipher);
+		return d->final_rc ? d->final_rc : 0;
+	}
+	rc = cfs_cipher_update(d->cipher, buf, (size_t)n, buf);
+	return rc ? rc : n;
+}
+
 /*
  * Authenticates the current tree object of m with keys without keeping any
- * plaintext: a commit with a wrong passphrase or key must fail before it
- * writes anything. On success the keys adopt the object's salt, so the
- * commit's encryption reuses the key derived for this check. A current
+ * plaintext on disk: a commit with a wrong passphrase or key must fail
+ * before it writes anything. While it decrypts, it validates the archive
+ * and captures the previous generation's .contextsdk/index.json into
+ * *prev_index (the base of the new version record's changedPaths; NULL if
+ * the bundle has none). On success the keys adopt the object's salt, so
+ * the commit's encryption reuses the key derived for this check. A current
  * object that is missing cannot be checked; that is only a warning, so a
  * context whose data was lost can still be committed over.
  */
-static int check_key(struct cfs_store *st, struct cfs_keys *keys,
-		     const struct cfs_manifest *m, struct tmpdir *t)
+static int check_key(char **prev_index, struct cfs_store *st,
+		     struct cfs_keys *keys, const struct cfs_manifest *m,
+		     struct tmpdir *t)
 {
 	const char *key = cfs_manifest_tree_key(m);
 	const cJSON *enc = cfs_manifest_tree_encryption(m);
-	struct cfs_cipher *c = NULL;
+	struct decrypt_source d = {NULL, -1, false, 0};
+	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
-	uint8_t *buf = NULL;
-	int cfd = -1, rc;
+	char *junk;
+	int rc, urc;
 
+	*prev_index = NULL;
 	if (!key || !enc)
 		return 0;
 	rc = cfs_encmeta_from_json(&meta, enc);
@@ -562,10 +600,10 @@ static int check_key(struct cfs_store *st, struct cfs_keys *keys,
 		cfs_error_prefix("%s", key);
 		return rc;
 	}
-	rc = tmpdir_file(&cfd, t, "keycheck.enc");
+	rc = tmpdir_file(&d.fd, t, "keycheck.enc");
 	if (rc)
 		return rc;
-	rc = cfs_store_get_fd(st, key, cfd, NULL);
+	rc = cfs_store_get_fd(st, key, d.fd, NULL);
 	if (rc == CFS_ENOTFOUND) {
 		cfs_warn("cannot check the key against %s: the object is "
 			 "missing",
@@ -576,52 +614,70 @@ static int check_key(struct cfs_store *st, struct cfs_keys *keys,
 	}
 	if (rc)
 		goto out;
-	rc = rewind_fd(cfd);
+	rc = rewind_fd(d.fd);
 	if (rc)
 		goto out;
-	rc = cfs_cipher_decrypt_new(&c, keys, &meta);
+	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
 	if (rc)
 		goto out;
-	buf = cfs_malloc(CFS_CRYPTO_CHUNK);
-	if (!buf) {
-		rc = CFS_ENOMEM;
-		goto out;
-	}
-	for (;;) {
-		ssize_t n = read(cfd, buf, CFS_CRYPTO_CHUNK);
+	memset(&uo, 0, sizeof(uo));
+	uo.validate_only = true;
+	uo.capture_path = CFS_META_DIR "/index.json";
+	uo.capture_out = prev_index;
+	uo.capture_max = CFS_SMALL_OBJECT_MAX;
+	urc = cfs_bundle_unpack(-1, decrypt_read, &d, &uo, NULL);
+	if (!d.done) {
+		/* the archive stopped early: authenticate the rest anyway */
+		struct saved_error se;
+		ssize_t n;
 
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			rc = cfs_error_errno(errno, "read %s", key);
+		error_save(&se, urc);
+		junk = cfs_malloc(CFS_CRYPTO_CHUNK);
+		if (!junk) {
+			rc = CFS_ENOMEM;
 			goto out;
 		}
-		if (n == 0)
-			break;
-		rc = cfs_cipher_update(c, buf, (size_t)n, buf);
-		if (rc)
+		do {
+			n = decrypt_read(junk, CFS_CRYPTO_CHUNK, &d);
+		} while (n > 0);
+		sodium_memzero(junk, CFS_CRYPTO_CHUNK);
+		free(junk);
+		if (n < 0 && !d.done) {
+			rc = (int)n;
 			goto out;
+		}
+		error_restore(&se);
 	}
-	rc = cfs_cipher_final(c);
-	if (rc == CFS_EAUTH) {
-		cfs_error_set(CFS_EAUTH,
-			      "the key does not decrypt the current data of "
-			      "%s (the passphrase or key is not this "
-			      "context's, or %s was modified); nothing was "
-			      "committed",
-			      cfs_manifest_id(m), key);
+	if (d.final_rc == CFS_EAUTH) {
+		rc = cfs_error_set(CFS_EAUTH,
+				   "the key does not decrypt the current data "
+				   "of %s (the passphrase or key is not this "
+				   "context's, or %s was modified); nothing "
+				   "was committed",
+				   cfs_manifest_id(m), key);
 		goto out;
 	}
-	if (rc)
+	if (d.final_rc) {
+		rc = d.final_rc;
 		goto out;
+	}
+	if (urc) {
+		/* right key, damaged previous bundle: commit over it */
+		cfs_warn("the current data of %s does not unpack (%s); "
+			 "committing over it",
+			 cfs_manifest_id(m), cfs_error_last());
+		cfs_error_clear();
+		free(*prev_index);
+		*prev_index = NULL;
+	}
 	rc = cfs_keys_adopt_salt(keys, &meta);
 out:
-	if (buf) {
-		sodium_memzero(buf, CFS_CRYPTO_CHUNK);
-		free(buf);
+	if (rc) {
+		free(*prev_index);
+		*prev_index = NULL;
 	}
-	cfs_cipher_free(c);
-	close_fd(&cfd);
+	cfs_cipher_free(d.cipher);
+	close_fd(&d.fd);
 	unlinkat(t->fd, "keycheck.enc", 0);
 	return rc;
 }
@@ -1588,6 +1644,7 @@ void cfs_commit_result_clear(struct cfs_commit_result *res)
 	if (!res)
 		return;
 	cJSON_Delete(res->changed_paths);
+	free(res->index_json);
 	memset(res, 0, sizeof(*res));
 }
 
@@ -1872,7 +1929,8 @@ static void read_prev_index(char **buf, size_t *len, int srcdirfd)
 static int build_record(cJSON **out, int srcdirfd,
 			const struct cfs_policy *policy, uint64_t gen,
 			uint64_t parent, const char *author,
-			const char *message, int64_t now_ms)
+			const char *message, int64_t now_ms,
+			const char *prev_index)
 {
 	struct cfs_file_entry *cur = NULL, *prev = NULL;
 	struct cfs_version_change *changes = NULL;
@@ -1887,11 +1945,23 @@ static int build_record(cJSON **out, int srcdirfd,
 		cfs_error_prefix("index the files to save");
 		goto out;
 	}
-	read_prev_index(&buf, &len, srcdirfd);
-	if (buf) {
-		rc = cfs_index_from_json(&prev, &nprev, buf, len);
+	/*
+	 * The base of changedPaths is the previous generation's index: from
+	 * its bundle (prev_index), else the one srcdir carries from its
+	 * export (which is stale if srcdir was committed since).
+	 */
+	if (prev_index) {
+		rc = cfs_index_from_json(&prev, &nprev, prev_index,
+					 strlen(prev_index));
 		if (rc)
 			goto out;
+	} else {
+		read_prev_index(&buf, &len, srcdirfd);
+		if (buf) {
+			rc = cfs_index_from_json(&prev, &nprev, buf, len);
+			if (rc)
+				goto out;
+		}
 	}
 	rc = cfs_version_diff(&changes, &nch, prev, nprev, cur, ncur);
 	if (rc)
@@ -1926,7 +1996,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	char attempt[CFS_ATTEMPT_LEN + 1];
 	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
 	cJSON *cprec = NULL;
-	char *recjson = NULL;
+	char *recjson = NULL, *prev_index = NULL;
 	const char *what;
 	bool save;
 	uint64_t gen, next = 0, cpn = 0, size = 0, keep;
@@ -2003,6 +2073,16 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (rc)
 		goto out;
 
+	rc = tmpdir_open(&t,
+			 save ? "contextfs-save-" : "contextfs-checkpoint-");
+	if (rc)
+		goto out;
+	if (!opts->key_verified) {
+		rc = check_key(&prev_index, st, keys, old, &t);
+		if (rc)
+			goto out;
+	}
+
 	/* the version record travels inside the bundle, not in srcdir */
 	if (save) {
 		rc = build_record(&record, srcdirfd, &policy, next, gen,
@@ -2011,7 +2091,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 						: DEFAULT_AUTHOR,
 				  opts->message ? opts->message
 						: DEFAULT_SAVE_MESSAGE,
-				  now);
+				  now,
+				  prev_index ? prev_index : opts->prev_index);
 		if (rc)
 			goto out;
 		recjson = cfs_version_record_print(record);
@@ -2030,15 +2111,6 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	}
 
 	/* 4. pack -> encrypt -> private temp file */
-	rc = tmpdir_open(&t,
-			 save ? "contextfs-save-" : "contextfs-checkpoint-");
-	if (rc)
-		goto out;
-	if (!opts->key_verified) {
-		rc = check_key(st, keys, old, &t);
-		if (rc)
-			goto out;
-	}
 	rc = apply_scrypt(keys, &opts->scrypt,
 			  cfs_manifest_tree_encryption(old));
 	if (rc)
@@ -2162,6 +2234,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 				record, "changedPaths");
 
 			res->changed_paths = cJSON_Duplicate(cp, true);
+			res->index_json = recjson;
+			recjson = NULL;
 		}
 	}
 out:
@@ -2183,6 +2257,7 @@ out:
 	cJSON_Delete(dropped);
 	cJSON_Delete(cprec);
 	free(recjson);
+	free(prev_index);
 	cfs_manifest_free(nm);
 	cfs_manifest_free(old);
 	return rc;

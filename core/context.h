@@ -106,6 +106,12 @@ struct cfs_commit_opts {
 	 * current tree with these keys (a mount that exported it).
 	 */
 	bool key_verified;
+	/*
+	 * With key_verified, the previous generation's version record JSON
+	 * (e.g. the index_json of the caller's last commit result): the base
+	 * of changedPaths. NULL = srcdir's .contextsdk/index.json.
+	 */
+	const char *prev_index;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };
@@ -120,6 +126,9 @@ struct cfs_commit_result {
 	uint64_t size_bytes; /* compressed bundle bytes */
 	cJSON *changed_paths; /* save: [{path, type}] (owned); else NULL */
 	size_t gc_deleted; /* superseded objects deleted afterwards */
+	/* save: the version record written as .contextsdk/index.json (heap,
+	 * owned); pass it as prev_index to the next key_verified commit */
+	char *index_json;
 };
 
 /* Frees what a result owns and zeroes it (NULL-safe). */
