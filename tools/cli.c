@@ -1032,10 +1032,10 @@ static void usage_top(FILE *f)
 		   "Encrypted, versioned agent contexts in a local object "
 		   "store.\n\nCommands:\n");
 	for (i = 0; cli_commands[i]; i++)
-		fprintf(f, "  %-11s %s\n", cli_commands[i]->name,
+		fprintf(f, "  %-13s %s\n", cli_commands[i]->name,
 			cli_commands[i]->summary);
 	fprintf(f,
-		"  help CMD    Show the help of a command\n"
+		"  help CMD      Show the help of a command\n"
 		"\nGlobal options (also accepted after the command):\n"
 		"  --store DIR             local store directory\n"
 		"  --passphrase-file FILE  read the passphrase from FILE "
