@@ -727,9 +727,11 @@ static void prompt_handlers(bool install)
 static int prompt_secret(const char *prompt, char **out)
 {
 	char *buf;
+	char c = 0;
 	size_t len = 0;
 	bool too_long = false;
-	int rc = 0;
+	int rc = 0, tty;
+	ssize_t w;
 
 	*out = NULL;
 	if (tcgetattr(STDIN_FILENO, &prompt_saved) != 0)
@@ -737,15 +739,15 @@ static int prompt_secret(const char *prompt, char **out)
 	buf = sodium_malloc(CLI_SECRET_MAX);
 	if (!buf)
 		return cfs_error_set(CFS_ENOMEM, "out of secure memory");
+	/* The prompt goes to the terminal even when stderr is redirected. */
+	tty = open("/dev/tty", O_WRONLY | O_CLOEXEC | O_NOCTTY);
 
 	/* Echo goes off BEFORE the prompt appears. */
 	prompt_handlers(true);
 	prompt_active = 1;
 	prompt_echo_off();
-	fputs(prompt, stderr);
-	fflush(stderr);
+	w = write(tty >= 0 ? tty : STDERR_FILENO, prompt, strlen(prompt));
 	for (;;) {
-		char c;
 		ssize_t n = read(STDIN_FILENO, &c, 1);
 
 		if (n < 0 && errno == EINTR)
@@ -761,12 +763,15 @@ static int prompt_secret(const char *prompt, char **out)
 			continue;
 		}
 		buf[len++] = c;
-		c = 0;
 	}
+	sodium_memzero(&c, sizeof(c));
 	tcsetattr(STDIN_FILENO, TCSAFLUSH, &prompt_saved);
 	prompt_active = 0;
 	prompt_handlers(false);
-	fputc('\n', stderr);
+	w = write(tty >= 0 ? tty : STDERR_FILENO, "\n", 1);
+	(void)w;
+	if (tty >= 0)
+		close(tty);
 	buf[len] = '\0';
 	if (!rc && len && buf[len - 1] == '\r')
 		buf[--len] = '\0';

@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/context.h"
 #include "core/crypto.h"
@@ -50,6 +51,9 @@ static int on_item(const struct cfs_verify_item *it, void *payload)
 	cli_format_bytes(size, sizeof(size), it->bytes);
 	if (it->ok)
 		printf("ok      %-14s %s (%s)\n", it->role, it->key, size);
+	else if (it->message && it->key &&
+		 strncmp(it->message, it->key, strlen(it->key)) == 0)
+		printf("FAILED  %-14s %s\n", it->role, it->message);
 	else
 		printf("FAILED  %-14s %s: %s\n", it->role, it->key,
 		       it->message ? it->message : cfs_error_name(it->error));
