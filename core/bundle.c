@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <zstd.h>
 #include <zstd_errors.h>
+#include <sodium.h>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -953,6 +954,22 @@ struct unpacker {
 	int destfd;
 	struct frame stack[CFS_BUNDLE_MAX_DEPTH + 1];
 	int depth; /* frames above dest; stack[0] is dest */
+	/*
+	 * validate_only: what extraction would have made of each path so far
+	 * (keyed by a keyed 64-bit hash of the normalised path; 9 bytes a
+	 * member, so a million members cost ~20 MiB), so that verify refuses
+	 * exactly what export refuses.
+	 */
+	struct vslot *vt;
+	size_t vt_cap, vt_used;
+	unsigned char vt_key[crypto_shorthash_KEYBYTES];
+};
+
+enum vkind { VK_NONE = 0, VK_FILE, VK_DIR, VK_LINK };
+
+struct vslot {
+	uint64_t h;
+	unsigned char kind; /* enum vkind; VK_NONE = empty slot */
 };
 
 static ssize_t up_produce(struct unpacker *u)
@@ -1431,6 +1448,160 @@ static int up_drain(struct unpacker *u)
 	}
 }
 
+/* Hash of comps[0..n-1] joined with '/'. */
+static uint64_t vt_hash(struct unpacker *u, char **comps, size_t n)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	unsigned char out[crypto_shorthash_BYTES];
+	uint64_t h = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if ((i && cfs_buf_put(&b, "/", 1)) ||
+		    cfs_buf_puts(&b, comps[i]))
+			break;
+	}
+	crypto_shorthash(out, (const unsigned char *)(b.ptr ? b.ptr : ""),
+			 b.len, u->vt_key);
+	memcpy(&h, out, sizeof(h));
+	cfs_buf_free(&b);
+	return h | 1; /* never 0 */
+}
+
+static struct vslot *vt_find(struct unpacker *u, uint64_t h)
+{
+	size_t i;
+
+	if (!u->vt_cap)
+		return NULL;
+	for (i = h & (u->vt_cap - 1);; i = (i + 1) & (u->vt_cap - 1)) {
+		if (u->vt[i].kind == VK_NONE || u->vt[i].h == h)
+			return &u->vt[i];
+	}
+}
+
+static int vt_set(struct unpacker *u, uint64_t h, enum vkind kind)
+{
+	struct vslot *sl;
+
+	if ((u->vt_used + 1) * 2 > u->vt_cap) {
+		size_t cap = u->vt_cap ? u->vt_cap * 2 : 1024, i;
+		struct vslot *old = u->vt;
+		size_t oldcap = u->vt_cap;
+
+		u->vt = cfs_calloc(cap, sizeof(*u->vt));
+		if (!u->vt) {
+			u->vt = old;
+			return CFS_ENOMEM;
+		}
+		u->vt_cap = cap;
+		for (i = 0; i < oldcap; i++) {
+			if (old[i].kind != VK_NONE)
+				*vt_find(u, old[i].h) = old[i];
+		}
+		free(old);
+	}
+	sl = vt_find(u, h);
+	if (sl->kind == VK_NONE)
+		u->vt_used++;
+	sl->h = h;
+	sl->kind = (unsigned char)kind;
+	return 0;
+}
+
+static enum vkind vt_get(struct unpacker *u, char **comps, size_t n)
+{
+	struct vslot *sl = vt_find(u, vt_hash(u, comps, n));
+
+	return sl ? (enum vkind)sl->kind : VK_NONE;
+}
+
+/*
+ * validate_only: the checks extraction makes that depend on earlier
+ * members, with extraction's codes and messages: parents that are files
+ * or symlinks, hard links to anything but an extracted file, a member
+ * naming the destination itself.
+ */
+static int up_validate(struct unpacker *u, const char *name, const char *entry,
+		       mode_t type, const char *link, bool hardlink)
+{
+	char *copy = cfs_strdup(name), *tcopy = NULL;
+	char **comps = NULL, **tcomps = NULL;
+	size_t n = 0, tn = 0, k;
+	int rc;
+
+	if (!copy)
+		return CFS_ENOMEM;
+	rc = split_components(&comps, &n, copy);
+	if (rc)
+		goto out;
+	if (n == 0) {
+		if (type != AE_IFDIR)
+			rc = cfs_error_set(CFS_EUNSAFE,
+					   "unsafe archive entry: %s", entry);
+		goto out;
+	}
+	if (n > CFS_BUNDLE_MAX_DEPTH) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "archive entry %s nests deeper than %d "
+				   "directories",
+				   entry, CFS_BUNDLE_MAX_DEPTH);
+		goto out;
+	}
+	for (k = 1; k < n; k++) {
+		enum vkind vk = vt_get(u, comps, k);
+
+		if (vk == VK_LINK) {
+			rc = cfs_error_set(CFS_EUNSAFE,
+					   "archive entry resolves outside the "
+					   "mount: %s",
+					   entry);
+			goto out;
+		}
+		if (vk == VK_FILE) {
+			rc = cfs_error_set(CFS_ECORRUPT,
+					   "archive entry %s needs %s to be a "
+					   "directory",
+					   entry, comps[k - 1]);
+			goto out;
+		}
+		if (vk == VK_NONE) {
+			rc = vt_set(u, vt_hash(u, comps, k), VK_DIR);
+			if (rc)
+				goto out;
+		}
+	}
+	if (hardlink) {
+		tcopy = cfs_strdup(link);
+		if (!tcopy) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		rc = split_components(&tcomps, &tn, tcopy);
+		if (rc)
+			goto out;
+		if (tn == 0 || vt_get(u, tcomps, tn) != VK_FILE) {
+			rc = cfs_error_set(CFS_EUNSAFE,
+					   "archive hard link target is not an "
+					   "extracted file: %s -> %s",
+					   entry, link);
+			goto out;
+		}
+		rc = vt_set(u, vt_hash(u, comps, n), VK_FILE);
+	} else {
+		rc = vt_set(u, vt_hash(u, comps, n),
+			    type == AE_IFDIR   ? VK_DIR
+			    : type == AE_IFLNK ? VK_LINK
+					       : VK_FILE);
+	}
+out:
+	free(comps);
+	free(tcomps);
+	free(copy);
+	free(tcopy);
+	return rc;
+}
+
 /* Reads the current member (size bytes) into a heap string. */
 static int up_capture(struct unpacker *u, char **out, size_t size,
 		      const char *entry)
@@ -1482,6 +1653,7 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 	u->max_bytes = opts && opts->max_bytes ? opts->max_bytes
 					       : CFS_BUNDLE_MAX_BYTES;
 	u->validate_only = opts && opts->validate_only;
+	crypto_shorthash_keygen(u->vt_key);
 	u->stack[0].fd = destfd;
 	u->in_cap = ZSTD_DStreamInSize();
 	u->out_cap = ZSTD_DStreamOutSize();
@@ -1587,6 +1759,10 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			goto out;
 		}
 		if (u->validate_only) {
+			rc = up_validate(u, name, entry, type, link,
+					 archive_entry_hardlink(e) != NULL);
+			if (rc)
+				goto out;
 			if (type == AE_IFREG && !link)
 				u->st.files++;
 			if (type == AE_IFREG && !link && opts &&
@@ -1631,6 +1807,7 @@ out:
 	ZSTD_freeDCtx(u->zd);
 	free(u->in);
 	free(u->out);
+	free(u->vt);
 	free(u);
 	free(entry);
 	utf8_leave(&loc);

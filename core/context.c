@@ -2085,14 +2085,13 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 
 	/* the version record travels inside the bundle, not in srcdir */
 	if (save) {
-		rc = build_record(&record, srcdirfd, &policy, next, gen,
-				  opts->author	? opts->author
-				  : opts->owner ? opts->owner
-						: DEFAULT_AUTHOR,
-				  opts->message ? opts->message
-						: DEFAULT_SAVE_MESSAGE,
-				  now,
-				  prev_index ? prev_index : opts->prev_index);
+		rc = build_record(
+			&record, srcdirfd, &policy, next, gen,
+			opts->author  ? opts->author
+			: opts->owner ? opts->owner
+				      : DEFAULT_AUTHOR,
+			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
+			now, prev_index ? prev_index : opts->prev_index);
 		if (rc)
 			goto out;
 		recjson = cfs_version_record_print(record);
