@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "tools/cli.h"
+#include "tools/mount_cli.h"
 
 /* The mount commands (tools/cmd_mount.c, tools/cmd_umount.c). */
 extern const struct cli_command cli_cmd_mount;
@@ -37,5 +38,8 @@ const struct cli_command *const cli_commands[] = {
 
 int main(int argc, char **argv)
 {
+	/* Installed as mount.contextfs / mount.fuse.contextfs too. */
+	if (argc > 0 && cli_mount_helper_name(argv[0]))
+		return cli_mount_helper_main(argc, argv);
 	return cli_main(argc, argv);
 }

@@ -32,4 +32,12 @@ int cli_mount_status(struct cli *cli, const char *mountpoint);
  */
 void cli_mount_doctor(struct cli *cli, cJSON *res);
 
+/*
+ * The mount(8) helper (tools/mount_helper.c): true when argv0's base name
+ * is mount.contextfs or mount.fuse.contextfs; then main() runs
+ * cli_mount_helper_main instead of cli_main.
+ */
+bool cli_mount_helper_name(const char *argv0);
+int cli_mount_helper_main(int argc, char **argv);
+
 #endif

@@ -309,3 +309,137 @@ def test_recover_default_aside_dir_and_refusals(env):
     aside = [l for l in doc["fuse"]["leftovers"] if l["id"] == "ctx"]
     assert aside and aside[0]["kind"] == "set-aside" and aside[0]["path"] == r["path"]
     assert aside[0]["baseGeneration"] == 1
+
+
+# ---- mount(8) helper -------------------------------------------------------------
+
+HELPERS = ["/sbin/mount.fuse.contextfs", "/sbin/mount.contextfs"]
+
+
+@pytest.fixture
+def helpers():
+    """Temporary /sbin/mount.fuse.contextfs and /sbin/mount.contextfs symlinks to
+    the binary under test (removed in teardown; an existing installation is
+    never touched)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to install a mount helper in /sbin")
+    made = []
+    for h in HELPERS:
+        if os.path.lexists(h):
+            pytest.skip(f"{h} already exists; not replacing it")
+    try:
+        for h in HELPERS:
+            os.symlink(os.path.abspath(BIN), h)
+            made.append(h)
+        yield made
+    finally:
+        for h in made:
+            os.unlink(h)
+
+
+def run_mount(args, env_vars, timeout=60):
+    return subprocess.run(args, env=env_vars, capture_output=True, text=True, timeout=timeout)
+
+
+def plain_env(env):
+    """The test environment without any key material or store variables."""
+    e = {k: v for k, v in env.env.items() if not k.startswith("CONTEXTSDK_")}
+    return e
+
+
+def secret_file(path, text, mode=0o600):
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def wait_unmounted_and_idle(env, mp, pid):
+    assert wait_for(lambda: not is_mounted(mp))
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+
+
+def test_mount_t_fuse_contextfs(env, helpers):
+    mp = os.path.join(env.tmp, "mt")
+    os.makedirs(mp)
+    pf = secret_file(os.path.join(env.tmp, "pass"), env.env["CONTEXTSDK_PASSPHRASE"] + "\n")
+    log = os.path.join(env.tmp, "mt.log")
+    env.logs.append(log)
+    env.mounts.append(mp)
+    opts = (f"store={env.store},passphrase_file={pf},cache={env.cache},lock_ttl=30,"
+            f"log_file={log},noatime,nosuid,nodev,x-systemd.automount,_netdev")
+    p = run_mount(["mount", "-t", "fuse.contextfs", "ctx", mp, "-o", opts], plain_env(env))
+    assert p.returncode == 0, p.stderr
+    assert is_mounted(mp)
+    st = env.status(mp)
+    assert st["id"] == "ctx" and not st["readOnly"]
+    # key material never reaches any command line
+    with open(f"/proc/{st['pid']}/cmdline", "rb") as fh:
+        assert env.env["CONTEXTSDK_PASSPHRASE"].encode() not in fh.read()
+    with open(os.path.join(mp, "workspace/via-mount8.txt"), "w") as fh:
+        fh.write("mount(8)")
+    # plain umount(8) ends the daemon, which commits and releases the lock
+    p = run_mount(["umount", mp], plain_env(env))
+    assert p.returncode == 0, p.stderr
+    wait_unmounted_and_idle(env, mp, st["pid"])
+    _, s = env.json("status", "ctx")
+    assert s["generation"] == 2 and s["lock"] is None
+    assert ref_files(env)["workspace/via-mount8.txt"]["sha256"] == sha(b"mount(8)")
+    # -t contextfs goes through /sbin/mount.contextfs; read-only this time
+    p = run_mount(["mount", "-t", "contextfs", "ctx", mp, "-o",
+                   f"ro,store={env.store},passphrase_file={pf},cache={env.cache},log_file={log}"],
+                  plain_env(env))
+    assert p.returncode == 0, p.stderr
+    assert open(os.path.join(mp, "workspace/via-mount8.txt")).read() == "mount(8)"
+    expect_errno(errno.EROFS, open, os.path.join(mp, "workspace/no"), "w")
+    env.umount(mp)
+    assert env.log_errors() == []
+
+
+def test_fstab_with_keyfile(env, helpers, tmp_path):
+    key = os.urandom(32).hex()
+    e = plain_env(env)
+    e["CONTEXTSDK_KEY_HEX"] = key
+    subprocess.run([BIN, "--store", env.store, "init", "rawctx"], env=e, check=True, capture_output=True)
+    kf = secret_file(os.path.join(env.tmp, "key.hex"), key + "\n")
+    mp = os.path.join(env.tmp, "fst")
+    os.makedirs(mp)
+    log = os.path.join(env.tmp, "fst.log")
+    env.logs.append(log)
+    env.mounts.append(mp)
+    fstab = os.path.join(env.tmp, "fstab")
+    with open(fstab, "w") as fh:
+        fh.write("# test fstab\n")
+        fh.write(f"rawctx {mp} fuse.contextfs noauto,nofail,store={env.store},keyfile={kf},"
+                 f"cache={env.cache},lock_ttl=30,log_file={log},fsync=local 0 0\n")
+    p = run_mount(["mount", "-T", fstab, mp], plain_env(env))
+    assert p.returncode == 0, p.stderr
+    st = env.status(mp)
+    assert st["id"] == "rawctx" and st["fsync"] == "local"
+    with open(os.path.join(mp, "memory/fstab.md"), "w") as fh:
+        fh.write("from fstab")
+    env.run("commit", mp, "-m", "fstab")
+    files = refreader.read_tree_files(env.store, "rawctx", raw_key_hex=key)
+    assert files["memory/fstab.md"]["sha256"] == sha(b"from fstab")
+    env.umount(mp)
+    # a keyfile others can read is refused, and nothing is mounted
+    os.chmod(kf, 0o644)
+    p = run_mount(["mount", "-T", fstab, mp], plain_env(env))
+    assert p.returncode != 0 and "chmod 600" in p.stderr, p.stderr
+    assert not is_mounted(mp)
+
+
+def test_mount_helper_without_key_fails_cleanly(env, helpers):
+    mp = os.path.join(env.tmp, "nokey")
+    os.makedirs(mp)
+    p = run_mount(["mount", "-t", "fuse.contextfs", "ctx", mp, "-o",
+                   f"store={env.store},cache={env.cache}"], plain_env(env))
+    assert p.returncode != 0
+    assert "CONTEXTSDK_PASSPHRASE or CONTEXTSDK_KEY_HEX is required" in p.stderr
+    assert not is_mounted(mp)
+    # unknown options are named
+    pf = secret_file(os.path.join(env.tmp, "pass"), env.env["CONTEXTSDK_PASSPHRASE"])
+    p = run_mount(["mount", "-t", "fuse.contextfs", "ctx", mp, "-o",
+                   f"store={env.store},passphrase_file={pf},bogus=1"], plain_env(env))
+    assert p.returncode != 0 and "unknown mount option: bogus" in p.stderr
+    assert not is_mounted(mp)
