@@ -2,8 +2,9 @@
  * Parsers of the S3 XML responses (ListObjectsV2, errors, multipart
  * initiate/complete) over libxml2's tree API. The input is untrusted: it is
  * parsed with XML_PARSE_NONET and without XML_PARSE_NOENT / DTDLOAD (no
- * external entities, no network), libxml2's default entity-expansion
- * limits stay on (no XML_PARSE_HUGE), and sizes and counts are capped.
+ * external entities, no network), a document with a DTD is refused (S3
+ * never sends one), text is gathered from text nodes only (entity
+ * references are never expanded), and sizes and counts are capped.
  * Elements are matched by local name, so the S3 namespace is optional.
  */
 #include "storage/s3_i.h"
@@ -41,6 +42,34 @@ static int parse(xmlDocPtr *out, const char *xml, size_t len)
 		return cfs_error_set(CFS_ECORRUPT,
 				     "S3 response is not well-formed XML");
 	}
+	if ((*out)->intSubset || (*out)->extSubset) {
+		/* S3 never sends a DTD; entities are an attack surface. */
+		xmlFreeDoc(*out);
+		*out = NULL;
+		return cfs_error_set(CFS_ECORRUPT,
+				     "S3 response carries a DTD; refused");
+	}
+	return 0;
+}
+
+/*
+ * The text of an element: its text and CDATA children only (character
+ * and predefined entity references are already text), capped at max bytes
+ * (0 on overflow). Never expands entity references.
+ */
+static int gather(struct cfs_buf *b, xmlNodePtr n, size_t max)
+{
+	for (xmlNodePtr c = n->children; c; c = c->next) {
+		if (c->type != XML_TEXT_NODE &&
+		    c->type != XML_CDATA_SECTION_NODE)
+			continue;
+		if (!c->content)
+			continue;
+		if (b->len + strlen((const char *)c->content) > max)
+			return CFS_ECORRUPT;
+		if (cfs_buf_puts(b, (const char *)c->content))
+			return CFS_ENOMEM;
+	}
 	return 0;
 }
 
@@ -61,20 +90,18 @@ static xmlNodePtr child(xmlNodePtr parent, const char *name)
 /* The element's text as a heap string capped at max bytes (NULL = error). */
 static char *text_of(xmlNodePtr n, size_t max, const char *what)
 {
-	xmlChar *t = xmlNodeGetContent(n);
-	char *s = NULL;
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = cfs_buf_puts(&b, "");
 
-	if (!t) {
-		cfs_error_set(CFS_ENOMEM, "out of memory");
+	rc = rc ? rc : gather(&b, n, max);
+	if (rc) {
+		cfs_buf_free(&b);
+		if (rc == CFS_ECORRUPT)
+			cfs_error_set(CFS_ECORRUPT,
+				      "S3 response: %s is too long", what);
 		return NULL;
 	}
-	if (strlen((const char *)t) > max)
-		cfs_error_set(CFS_ECORRUPT, "S3 response: %s is too long",
-			      what);
-	else
-		s = cfs_strdup((const char *)t);
-	xmlFree(t);
-	return s;
+	return cfs_buf_detach(&b);
 }
 
 /* Copies the text of parent/<name> into out (truncated), "" if absent. */
@@ -82,18 +109,20 @@ static void copy_text(char *out, size_t outlen, xmlNodePtr parent,
 		      const char *name)
 {
 	xmlNodePtr c = child(parent, name);
-	xmlChar *t;
+	char *t;
 
 	if (!outlen)
 		return;
 	out[0] = '\0';
 	if (!c)
 		return;
-	t = xmlNodeGetContent(c);
-	if (!t)
+	t = text_of(c, 1u << 16, name);
+	if (!t) {
+		cfs_error_clear();
 		return;
-	strncat(out, (const char *)t, outlen - 1);
-	xmlFree(t);
+	}
+	snprintf(out, outlen, "%s", t);
+	free(t);
 }
 
 void cfs_s3_list_page_clear(struct cfs_s3_list_page *page)
