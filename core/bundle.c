@@ -290,7 +290,30 @@ static int pk_extra(struct packer *p, const struct cfs_bundle_member *m)
 	if (rc)
 		return rc;
 	p->st.files++;
-	return m->len ? pk_data(p, m->data, m->len) : 0;
+	if (!m->len)
+		return 0;
+	if (m->data)
+		return pk_data(p, m->data, m->len);
+	for (off_t off = 0; (size_t)off < m->len;) {
+		size_t want = m->len - (size_t)off;
+		ssize_t n;
+
+		if (want > IO_CHUNK)
+			want = IO_CHUNK;
+		n = pread(m->fd, p->iobuf, want, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return cfs_error_errno(errno, "read %s", m->path);
+		if (n == 0)
+			return cfs_error_set(CFS_EIO, "%s shrank while packing",
+					     m->path);
+		rc = pk_data(p, p->iobuf, (size_t)n);
+		if (rc)
+			return rc;
+		off += n;
+	}
+	return 0;
 }
 
 /* Extra member whose path equals arc, or NULL. */
@@ -759,7 +782,7 @@ static int pk_check_extras(const struct cfs_bundle_member *extra, size_t nextra,
 					     "invalid in-memory bundle member "
 					     "path: %s",
 					     path ? path : "(null)");
-		if (!extra[i].data && extra[i].len)
+		if (!extra[i].data && extra[i].len && extra[i].fd < 0)
 			return cfs_error_set(CFS_EINVAL,
 					     "bundle member %s has no data",
 					     path);

@@ -40,10 +40,11 @@ typedef ssize_t (*cfs_read_fn)(void *buf, size_t len, void *payload);
  */
 struct cfs_bundle_member {
 	const char *path;
-	const void *data;
+	const void *data; /* NULL with len > 0: read len bytes of fd */
 	size_t len;
 	mode_t mode; /* permission bits */
 	int64_t mtime; /* seconds since the epoch */
+	int fd; /* with data NULL: the contents, read from offset 0 */
 };
 
 struct cfs_bundle_stats {

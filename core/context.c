@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <malloc.h>
 #include <sodium.h>
 
 #include "core/bundle.h"
@@ -1926,7 +1927,15 @@ static void read_prev_index(char **buf, size_t *len, int srcdirfd)
 }
 
 /* The save's version record (§13.1) for the tree under srcdirfd. */
-static int build_record(cJSON **out, int srcdirfd,
+/*
+ * Builds the version record of the next generation: *out gets it without
+ * its file list (for the manifest's summary and changedPaths), *fd_out a
+ * private temp file of t holding the full record as the bundle carries it
+ * (*len_out bytes), written entry by entry so memory does not grow with
+ * the number of files.
+ */
+static int build_record(cJSON **out, int *fd_out, size_t *len_out,
+			struct tmpdir *t, int srcdirfd,
 			const struct cfs_policy *policy, uint64_t gen,
 			uint64_t parent, const char *author,
 			const char *message, int64_t now_ms,
@@ -1968,9 +1977,15 @@ static int build_record(cJSON **out, int srcdirfd,
 		goto out;
 	cfs_version_timestamp(ts, now_ms / 1000);
 	*out = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
-				      message, changes, nch, cur, ncur);
-	if (!*out)
+				      message, changes, nch, NULL, 0);
+	if (!*out) {
 		rc = CFS_ENOMEM;
+		goto out;
+	}
+	rc = tmpdir_file(fd_out, t, "record.json");
+	if (rc)
+		goto out;
+	rc = cfs_version_record_write(len_out, *fd_out, *out, cur, ncur);
 out:
 	free(buf);
 	free(changes);
@@ -1997,6 +2012,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
 	cJSON *cprec = NULL;
 	char *recjson = NULL, *prev_index = NULL;
+	int recfd = -1;
+	size_t reclen = 0;
 	const char *what;
 	bool save;
 	uint64_t gen, next = 0, cpn = 0, size = 0, keep;
@@ -2086,7 +2103,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	/* the version record travels inside the bundle, not in srcdir */
 	if (save) {
 		rc = build_record(
-			&record, srcdirfd, &policy, next, gen,
+			&record, &recfd, &reclen, &t, srcdirfd, &policy, next,
+			gen,
 			opts->author  ? opts->author
 			: opts->owner ? opts->owner
 				      : DEFAULT_AUTHOR,
@@ -2094,18 +2112,25 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			now, prev_index ? prev_index : opts->prev_index);
 		if (rc)
 			goto out;
-		recjson = cfs_version_record_print(record);
-		if (!recjson) {
-			rc = CFS_ENOMEM;
-			goto out;
-		}
+		/*
+		 * The file lists were many small allocations; give their
+		 * pages back before the compressor threads allocate theirs,
+		 * so peak RSS does not grow with the number of files.
+		 */
+		free(prev_index);
+		prev_index = NULL;
+		malloc_trim(0);
 		snprintf(vpath, sizeof(vpath),
 			 CFS_META_DIR "/versions/%" PRIu64 ".json", next);
-		extra[0] = (struct cfs_bundle_member){
-			CFS_META_DIR "/index.json", recjson, strlen(recjson),
-			0644, now / 1000};
-		extra[1] = (struct cfs_bundle_member){
-			vpath, recjson, strlen(recjson), 0644, now / 1000};
+		extra[0] =
+			(struct cfs_bundle_member){CFS_META_DIR "/index.json",
+						   NULL,
+						   reclen,
+						   0644,
+						   now / 1000,
+						   recfd};
+		extra[1] = (struct cfs_bundle_member){vpath, NULL,	 reclen,
+						      0644,  now / 1000, recfd};
 		nextra = 2;
 	}
 
@@ -2233,8 +2258,21 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 				record, "changedPaths");
 
 			res->changed_paths = cJSON_Duplicate(cp, true);
-			res->index_json = recjson;
-			recjson = NULL;
+			if (opts->want_index_json && recfd >= 0) {
+				char *ij = cfs_malloc(reclen + 1);
+				size_t got = 0;
+
+				if (ij && lseek(recfd, 0, SEEK_SET) == 0 &&
+				    cfs_read_all(recfd, ij, reclen, &got) ==
+					    0 &&
+				    got == reclen) {
+					ij[reclen] = '\0';
+					res->index_json = ij;
+				} else {
+					free(ij);
+				}
+				cfs_error_clear();
+			}
 		}
 	}
 out:
@@ -2257,6 +2295,7 @@ out:
 	cJSON_Delete(cprec);
 	free(recjson);
 	free(prev_index);
+	close_fd(&recfd);
 	cfs_manifest_free(nm);
 	cfs_manifest_free(old);
 	return rc;

@@ -112,6 +112,9 @@ struct cfs_commit_opts {
 	 * of changedPaths. NULL = srcdir's .contextsdk/index.json.
 	 */
 	const char *prev_index;
+	/* fill cfs_commit_result.index_json (a mount keeps it for the next
+	 * commit's prev_index) */
+	bool want_index_json;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

@@ -324,74 +324,177 @@ int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 	return 0;
 }
 
+/* Fills e from one index entry; false (e untouched) if it has no path. */
+static bool entry_from_json(struct cfs_file_entry *e, const cJSON *it, int *rc)
+{
+	const char *path = cfs_json_str(it, "path");
+	const char *sha = cfs_json_str(it, "sha256");
+	const char *mode = cfs_json_str(it, "mode");
+	const char *mtime = cfs_json_str(it, "mtime");
+	int64_t size;
+
+	if (!path)
+		return false;
+	memset(e, 0, sizeof(*e));
+	e->path = cfs_strdup(path);
+	if (!e->path) {
+		*rc = CFS_ENOMEM;
+		return false;
+	}
+	if (sha && strlen(sha) < sizeof(e->sha256))
+		memcpy(e->sha256, sha, strlen(sha) + 1);
+	if (cfs_json_int(it, "size", &size) && size >= 0)
+		e->size = (uint64_t)size;
+	if (mode && strncmp(mode, "0o", 2) == 0)
+		e->mode = (unsigned)strtoul(mode + 2, NULL, 8) & 07777;
+	if (mtime) {
+		int64_t ms = cfs_iso8601_parse_ms(mtime);
+		e->mtime = ms >= 0 ? ms / 1000 : 0;
+	}
+	return true;
+}
+
+static const char *js_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* Past the JSON value at p (syntax only loosely checked), or NULL. */
+static const char *js_skip(const char *p, const char *end)
+{
+	size_t depth = 0;
+
+	p = js_ws(p, end);
+	do {
+		if (p >= end)
+			return NULL;
+		if (*p == '"') {
+			for (p++; p < end && *p != '"'; p++) {
+				if (*p == '\\')
+					p++;
+			}
+			if (p >= end)
+				return NULL;
+			p++;
+		} else if (*p == '{' || *p == '[') {
+			if (++depth > 512)
+				return NULL;
+			p++;
+		} else if (*p == '}' || *p == ']') {
+			if (depth == 0)
+				return NULL;
+			depth--;
+			p++;
+		} else if (depth > 0 &&
+			   (*p == ',' || *p == ':' || *p == ' ' || *p == '\t' ||
+			    *p == '\n' || *p == '\r')) {
+			p++;
+		} else {
+			const char *q = p;
+
+			while (p < end && !strchr(",:]} \t\n\r\"{[", *p))
+				p++;
+			if (p == q)
+				return NULL;
+		}
+	} while (depth > 0);
+	return p;
+}
+
+/*
+ * Reads the "files" list of an index.json / version record. The document
+ * is walked, not parsed whole: each file entry is parsed on its own, so
+ * memory stays proportional to the result, not to a cJSON tree of the
+ * whole list (which costs ~10x the text).
+ */
 int cfs_index_from_json(struct cfs_file_entry **out, size_t *nout,
 			const char *buf, size_t len)
 {
-	cJSON *doc = NULL;
-	const cJSON *files, *it;
+	const char *p, *end = buf + len;
 	struct cfs_file_entry *v = NULL;
-	size_t n = 0, cap;
+	size_t n = 0, cap = 0;
 	int rc = 0;
 
 	*out = NULL;
 	*nout = 0;
 	if (!buf || len == 0 || len > CFS_INDEX_JSON_MAX)
 		return 0;
-	doc = cfs_json_parse(buf, len, "index.json");
-	if (!doc) {
-		if (cfs_error_last_code() == CFS_ENOMEM)
-			return CFS_ENOMEM;
-		cfs_error_clear();
+	p = js_ws(buf, end);
+	if (p >= end || *p != '{')
 		return 0;
-	}
-	files = cJSON_IsObject(doc)
-			? cJSON_GetObjectItemCaseSensitive(doc, "files")
-			: NULL;
-	if (!cJSON_IsArray(files))
-		goto out;
-	cap = (size_t)cJSON_GetArraySize(files);
-	if (cap == 0)
-		goto out;
-	v = cfs_calloc(cap, sizeof(*v));
-	if (!v) {
-		rc = CFS_ENOMEM;
-		goto out;
-	}
-	cJSON_ArrayForEach(it, files)
-	{
-		const char *path = cfs_json_str(it, "path");
-		const char *sha = cfs_json_str(it, "sha256");
-		const char *mode = cfs_json_str(it, "mode");
-		const char *mtime = cfs_json_str(it, "mtime");
-		int64_t size;
+	p = js_ws(p + 1, end);
+	while (p < end && *p != '}') {
+		const char *key = p, *kend;
+		bool files;
 
-		if (!path)
-			continue;
-		v[n].path = cfs_strdup(path);
-		if (!v[n].path) {
-			rc = CFS_ENOMEM;
-			goto out;
+		if (*p != '"')
+			goto malformed;
+		kend = js_skip(p, end);
+		if (!kend)
+			goto malformed;
+		files = kend - key == 7 && memcmp(key, "\"files\"", 7) == 0;
+		p = js_ws(kend, end);
+		if (p >= end || *p != ':')
+			goto malformed;
+		p = js_ws(p + 1, end);
+		if (files && p < end && *p == '[') {
+			p = js_ws(p + 1, end);
+			while (p < end && *p != ']') {
+				const char *e = js_skip(p, end);
+				cJSON *it;
+
+				if (!e)
+					goto malformed;
+				it = cJSON_ParseWithLength(p, (size_t)(e - p));
+				if (it && cJSON_IsObject(it)) {
+					if (n == cap) {
+						size_t nc = cap ? cap * 2 : 256;
+						struct cfs_file_entry *nv =
+							realloc(v,
+								nc * sizeof(*v));
+						if (!nv) {
+							cJSON_Delete(it);
+							rc = cfs_error_set(
+								CFS_ENOMEM,
+								"out of memory");
+							goto fail;
+						}
+						v = nv;
+						cap = nc;
+					}
+					if (entry_from_json(&v[n], it, &rc))
+						n++;
+				}
+				cJSON_Delete(it);
+				if (rc)
+					goto fail;
+				p = js_ws(e, end);
+				if (p < end && *p == ',')
+					p = js_ws(p + 1, end);
+			}
+			if (p >= end)
+				goto malformed;
+			p++;
+		} else {
+			p = js_skip(p, end);
+			if (!p)
+				goto malformed;
 		}
-		if (sha && strlen(sha) < sizeof(v[n].sha256))
-			memcpy(v[n].sha256, sha, strlen(sha) + 1);
-		if (cfs_json_int(it, "size", &size) && size >= 0)
-			v[n].size = (uint64_t)size;
-		if (mode && strncmp(mode, "0o", 2) == 0)
-			v[n].mode =
-				(unsigned)strtoul(mode + 2, NULL, 8) & 07777;
-		if (mtime) {
-			int64_t ms = cfs_iso8601_parse_ms(mtime);
-			v[n].mtime = ms >= 0 ? ms / 1000 : 0;
-		}
-		n++;
+		p = js_ws(p, end);
+		if (p < end && *p == ',')
+			p = js_ws(p + 1, end);
 	}
 	*out = v;
 	*nout = n;
-	v = NULL;
-out:
-	if (v)
-		cfs_index_free(v, n);
-	cJSON_Delete(doc);
+	return 0;
+malformed:
+	/* as the reference: an unreadable previous index means "none" */
+	cfs_index_free(v, n);
+	return 0;
+fail:
+	cfs_index_free(v, n);
 	return rc;
 }
 
@@ -635,4 +738,93 @@ char *cfs_version_record_print(const cJSON *record)
 	return cfs_json_print(record, CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS |
 					      CFS_JSON_NEWLINE |
 					      CFS_JSON_ASCII);
+}
+
+/* Writes s to fd, each line after a newline prefixed with four spaces. */
+static int write_indented(int fd, const char *s, size_t *total)
+{
+	const char *p = s;
+	int rc;
+
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p + 1) : strlen(p);
+
+		rc = cfs_write_all(fd, p, n);
+		if (rc)
+			return rc;
+		*total += n;
+		p += n;
+		if (nl && *p) {
+			rc = cfs_write_all(fd, "    ", 4);
+			if (rc)
+				return rc;
+			*total += 4;
+		}
+	}
+	return 0;
+}
+
+int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
+			     const struct cfs_file_entry *files, size_t nfiles)
+{
+	static const char marker[] = "\"files\": []";
+	char *all = cfs_version_record_print(record), *at;
+	size_t total = 0, head;
+	int rc = 0;
+
+	if (!all)
+		return CFS_ENOMEM;
+	at = strstr(all, marker);
+	if (!at || nfiles == 0) {
+		if (!at && nfiles) {
+			rc = cfs_error_set(CFS_EINVAL, "version record has no "
+						       "empty files member");
+			goto out;
+		}
+		rc = cfs_write_all(fd, all, strlen(all));
+		total = strlen(all);
+		goto out;
+	}
+	head = (size_t)(at - all) + sizeof(marker) - 2; /* up to "[" */
+	rc = cfs_write_all(fd, all, head);
+	if (rc)
+		goto out;
+	total += head;
+	for (size_t i = 0; i < nfiles; i++) {
+		cJSON *arr = cfs_version_files_to_json(&files[i], 1);
+		char *one;
+
+		if (!arr) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		one = cfs_json_print(cJSON_GetArrayItem(arr, 0),
+				     CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS |
+					     CFS_JSON_ASCII);
+		cJSON_Delete(arr);
+		if (!one) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		rc = cfs_write_all(fd, i ? ",\n    " : "\n    ", i ? 6 : 5);
+		total += i ? 6 : 5;
+		if (!rc)
+			rc = write_indented(fd, one, &total);
+		free(one);
+		if (rc)
+			goto out;
+	}
+	rc = cfs_write_all(fd, "\n  ]", 4);
+	if (rc)
+		goto out;
+	total += 4;
+	at += sizeof(marker) - 1; /* after "]" */
+	rc = cfs_write_all(fd, at, strlen(at));
+	total += strlen(at);
+out:
+	free(all);
+	if (!rc && len_out)
+		*len_out = total;
+	return rc;
 }

@@ -821,9 +821,9 @@ static void test_round_trip(void)
 	static const char v2[] = "{\"generation\": 2}\n";
 	const struct cfs_bundle_member extra[] = {
 		{".contextsdk/index.json", idx, sizeof(idx) - 1, 0644,
-		 1700000100},
+		 1700000100, -1},
 		{".contextsdk/versions/2.json", v2, sizeof(v2) - 1, 0644,
-		 1700000200},
+		 1700000200, -1},
 	};
 	char *tar, *listing, *data;
 	size_t tarlen;
@@ -964,7 +964,7 @@ static void test_round_trip(void)
 	/* extra member outside the packed items is refused */
 	{
 		const struct cfs_bundle_member bad[] = {
-			{"cache/x", "x", 1, 0644, 0}};
+			{"cache/x", "x", 1, 0644, 0, -1}};
 		uint64_t n = 0;
 		rc = cfs_bundle_pack(src, &pol, bad, 1, discard_sink, &n, NULL);
 		TAP_EQ_INT(rc, CFS_EINVAL, "extra member outside the roots");

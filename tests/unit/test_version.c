@@ -258,6 +258,58 @@ static void test_record(void)
 	cJSON_Delete(rec);
 }
 
+/* The streamed record is byte-identical to the one printed whole. */
+static void test_record_write(void)
+{
+	struct cfs_file_entry files[3];
+	char *dir = tap_tmpdir("version");
+	char *path = cfs_asprintf("%s/rec.json", dir);
+	char *whole, *streamed = NULL;
+	size_t len = 0, got = 0;
+	cJSON *full, *bare;
+	int fd;
+
+	for (int i = 0; i < 3; i++) {
+		files[i] =
+			fe(i == 0   ? "workspace/\xc3\xa9t\xc3\xa9"
+			   : i == 1 ? "workspace/b"
+				    : "memory/c",
+			   "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7"
+			   "3043362938b9824");
+		files[i].size = (uint64_t)i * 1000;
+		files[i].mode = 0600 + (unsigned)i;
+		files[i].mtime = 1767323045 + i;
+	}
+	full = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, files, 3);
+	bare = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, NULL, 0);
+	whole = cfs_version_record_print(full);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, 3), 0,
+		   "record written entry by entry");
+	streamed = cfs_malloc(len + 1);
+	lseek(fd, 0, SEEK_SET);
+	cfs_read_all(fd, streamed, len, &got);
+	streamed[got] = '\0';
+	TAP_EQ_INT(got, strlen(whole), "streamed length");
+	TAP_EQ_STR(streamed, whole, "streamed bytes equal the whole print");
+	lseek(fd, 0, SEEK_SET);
+	TAP_OK(ftruncate(fd, 0) == 0, "truncate");
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, NULL, 0), 0,
+		   "empty file list");
+	free(whole);
+	whole = cfs_version_record_print(bare);
+	TAP_EQ_INT(len, strlen(whole), "empty list streams as []");
+	close(fd);
+	free(whole);
+	free(streamed);
+	cJSON_Delete(full);
+	cJSON_Delete(bare);
+	unlink(path);
+	rmdir(dir);
+	free(path);
+	free(dir);
+}
+
 int main(void);
 int main(void)
 {
@@ -266,5 +318,6 @@ int main(void)
 	test_index();
 	test_from_json();
 	test_record();
+	test_record_write();
 	return tap_done();
 }
