@@ -9,6 +9,7 @@
  */
 #include "core/context.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -461,83 +462,6 @@ static void progress_pop(struct progress_scope *s)
 	s->st->progress_payload = s->payload;
 }
 
-/*
- * Downloads key into a private temp file of t, authenticates and decrypts
- * it into a second one ("<name>.plain"), which *plain_fd receives rewound.
- * The ciphertext file is removed as soon as it is no longer needed.
- */
-static int fetch_decrypt(int *plain_fd, uint64_t *bytes, struct tmpdir *t,
-			 struct cfs_store *st, struct cfs_keys *keys,
-			 const char *key, const cJSON *enc, const char *name,
-			 cfs_progress_fn progress, void *payload)
-{
-	char cname[64], pname[64];
-	struct cfs_encmeta meta;
-	struct cfs_objinfo info;
-	struct progress_scope ps;
-	int cfd = -1, pfd = -1;
-	int rc;
-
-	*plain_fd = -1;
-	if (bytes)
-		*bytes = 0;
-	snprintf(cname, sizeof(cname), "%s.enc", name);
-	snprintf(pname, sizeof(pname), "%s.plain", name);
-	if (!enc)
-		return cfs_error_set(CFS_ECORRUPT,
-				     "no encryption metadata recorded for %s",
-				     key);
-	rc = cfs_encmeta_from_json(&meta, enc);
-	if (rc) {
-		cfs_error_prefix("%s", key);
-		return rc;
-	}
-	rc = tmpdir_file(&cfd, t, cname);
-	if (rc)
-		goto out;
-	memset(&info, 0, sizeof(info));
-	progress_push(&ps, st, progress, payload);
-	rc = cfs_store_get_fd(st, key, cfd, &info);
-	progress_pop(&ps);
-	if (rc)
-		goto out;
-	if (bytes) {
-		struct stat sb;
-
-		if (fstat(cfd, &sb) == 0)
-			*bytes = (uint64_t)sb.st_size;
-	}
-	rc = rewind_fd(cfd);
-	if (rc)
-		goto out;
-	rc = tmpdir_file(&pfd, t, pname);
-	if (rc)
-		goto out;
-	rc = cfs_decrypt_fd(keys, &meta, cfd, pfd);
-	if (rc) {
-		if (rc == CFS_EAUTH)
-			cfs_error_set(CFS_EAUTH,
-				      "%s: authentication failed (wrong key, "
-				      "or the object or its metadata was "
-				      "modified)",
-				      key);
-		goto out;
-	}
-	rc = rewind_fd(pfd);
-	if (rc)
-		goto out;
-	*plain_fd = pfd;
-	pfd = -1;
-out:
-	close_fd(&cfd);
-	unlinkat(t->fd, cname, 0);
-	if (pfd >= 0) {
-		close_fd(&pfd);
-		unlinkat(t->fd, pname, 0);
-	}
-	return rc;
-}
-
 /* Feeds unpack with plaintext decrypted from a ciphertext fd. */
 struct decrypt_source {
 	struct cfs_cipher *cipher;
@@ -568,6 +492,103 @@ static ssize_t decrypt_read(void *buf, size_t len, void *payload)
 	}
 	rc = cfs_cipher_update(d->cipher, buf, (size_t)n, buf);
 	return rc ? rc : n;
+}
+
+/*
+ * Downloads key (ciphertext) into a private temp file of t and streams it
+ * through AES-GCM into the unpacker: extraction into destdirfd, or
+ * validation only (destdirfd < 0). No plaintext bundle ever reaches the
+ * disk. GCM authenticates only at the end, so a caller that extracts must
+ * extract into a private staging directory and publish it only when this
+ * returns 0; an authentication failure wins over any unpack error (a wrong
+ * key yields garbage that fails to decompress first).
+ */
+static int fetch_unpack(uint64_t *bytes, struct tmpdir *t, struct cfs_store *st,
+			struct cfs_keys *keys, const char *key,
+			const cJSON *enc, const char *name, int destdirfd,
+			cfs_progress_fn progress, void *payload)
+{
+	struct decrypt_source d = {NULL, -1, false, 0};
+	struct cfs_unpack_opts uo;
+	struct progress_scope ps;
+	struct cfs_encmeta meta;
+	struct cfs_objinfo info;
+	char cname[64];
+	int rc, urc;
+
+	if (bytes)
+		*bytes = 0;
+	snprintf(cname, sizeof(cname), "%s.enc", name);
+	if (!enc)
+		return cfs_error_set(CFS_ECORRUPT,
+				     "no encryption metadata recorded for %s",
+				     key);
+	rc = cfs_encmeta_from_json(&meta, enc);
+	if (rc) {
+		cfs_error_prefix("%s", key);
+		return rc;
+	}
+	rc = tmpdir_file(&d.fd, t, cname);
+	if (rc)
+		goto out;
+	memset(&info, 0, sizeof(info));
+	progress_push(&ps, st, progress, payload);
+	rc = cfs_store_get_fd(st, key, d.fd, &info);
+	progress_pop(&ps);
+	if (rc)
+		goto out;
+	if (bytes) {
+		struct stat sb;
+
+		if (fstat(d.fd, &sb) == 0)
+			*bytes = (uint64_t)sb.st_size;
+	}
+	rc = rewind_fd(d.fd);
+	if (rc)
+		goto out;
+	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
+	if (rc)
+		goto out;
+	memset(&uo, 0, sizeof(uo));
+	uo.validate_only = destdirfd < 0;
+	urc = cfs_bundle_unpack(destdirfd, decrypt_read, &d, &uo, NULL);
+	if (!d.done) {
+		/* the archive stopped early: authenticate the rest anyway */
+		struct saved_error se;
+		uint8_t *junk = cfs_malloc(CFS_CRYPTO_CHUNK);
+		ssize_t n;
+
+		if (!junk) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		error_save(&se, urc);
+		do {
+			n = decrypt_read(junk, CFS_CRYPTO_CHUNK, &d);
+		} while (n > 0);
+		sodium_memzero(junk, CFS_CRYPTO_CHUNK);
+		free(junk);
+		if (n < 0 && !d.done) {
+			rc = (int)n;
+			goto out;
+		}
+		error_restore(&se);
+	}
+	if (d.final_rc == CFS_EAUTH) {
+		rc = cfs_error_set(CFS_EAUTH,
+				   "%s: authentication failed (wrong key, or "
+				   "the object or its metadata was modified)",
+				   key);
+		goto out;
+	}
+	rc = d.final_rc ? d.final_rc : urc;
+	if (rc)
+		cfs_error_prefix("%s", key);
+out:
+	cfs_cipher_free(d.cipher);
+	close_fd(&d.fd);
+	unlinkat(t->fd, cname, 0);
+	return rc;
 }
 
 /*
@@ -866,15 +887,40 @@ static int resolve_ref(const char **key, const cJSON **enc,
 /* Export                                                              */
 /* ------------------------------------------------------------------ */
 
-static int unpack_fd(int destdirfd, int plain_fd, bool validate_only)
+/*
+ * Moves every entry of the staging directory sfd (named stage inside
+ * destdirfd) up into destdirfd, then removes the staging directory. The
+ * export target was empty, so a name that exists there now is a race with
+ * another writer: refused rather than overwritten.
+ */
+static int publish_stage(int destdirfd, int sfd, const char *stage)
 {
-	struct cfs_unpack_opts uo;
-	int fd = plain_fd;
+	DIR *d;
+	struct dirent *de;
+	int dfd = dup(sfd), rc = 0;
 
-	memset(&uo, 0, sizeof(uo));
-	uo.validate_only = validate_only;
-	return cfs_bundle_unpack(destdirfd, cfs_bundle_fd_source, &fd, &uo,
-				 NULL);
+	if (dfd < 0)
+		return cfs_error_errno(errno, "dup");
+	d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return cfs_error_errno(errno, "read %s", stage);
+	}
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (renameat2(sfd, de->d_name, destdirfd, de->d_name,
+			      RENAME_NOREPLACE) < 0) {
+			rc = cfs_error_errno(errno,
+					     "move %s into the export target",
+					     de->d_name);
+			break;
+		}
+	}
+	closedir(d);
+	if (!rc && unlinkat(destdirfd, stage, AT_REMOVEDIR) < 0)
+		rc = cfs_error_errno(errno, "remove %s", stage);
+	return rc;
 }
 
 int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
@@ -887,7 +933,9 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 	const char *key;
 	const cJSON *enc;
 	uint64_t bytes = 0;
-	int pfd = -1;
+	char hex[17], stage[64];
+	bool staged = false;
+	int sfd = -1;
 	int rc;
 
 	tmpdir_init(&t);
@@ -905,19 +953,42 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 	rc = tmpdir_open(&t, "contextfs-export-");
 	if (rc)
 		goto out;
-	rc = fetch_decrypt(&pfd, &bytes, &t, st, keys, key, enc, "tree",
-			   progress, progress_payload);
-	if (rc)
+	/* extract privately; publish only once GCM has authenticated */
+	cfs_random_hex(hex, 8);
+	snprintf(stage, sizeof(stage), ".contextfs-export-%s", hex);
+	if (mkdirat(destdirfd, stage, 0700) < 0) {
+		rc = cfs_error_errno(errno, "create %s in the export target",
+				     stage);
 		goto out;
-	rc = unpack_fd(destdirfd, pfd, false);
+	}
+	staged = true;
+	sfd = openat(destdirfd, stage,
+		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (sfd < 0) {
+		rc = cfs_error_errno(errno, "open %s", stage);
+		goto out;
+	}
+	rc = fetch_unpack(&bytes, &t, st, keys, key, enc, "tree", sfd, progress,
+			  progress_payload);
 	if (rc) {
 		cfs_error_prefix("export %s", refstr);
 		goto out;
 	}
+	rc = publish_stage(destdirfd, sfd, stage);
+	if (rc)
+		goto out;
+	staged = false;
 	if (info)
 		info->size_bytes = bytes;
 out:
-	close_fd(&pfd);
+	close_fd(&sfd);
+	if (staged) {
+		struct saved_error se;
+
+		error_save(&se, rc);
+		cfs_rmtree_at(destdirfd, stage);
+		error_restore(&se);
+	}
 	tmpdir_close(&t);
 	cfs_manifest_free(m);
 	return rc;
@@ -946,7 +1017,6 @@ static int verify_one(struct verify_state *vs, const char *key,
 	struct cfs_verify_item item;
 	char name[32];
 	uint64_t bytes = 0;
-	int pfd = -1;
 	int rc, stop = 0;
 
 	if (keylist_has(&vs->seen, key))
@@ -955,20 +1025,8 @@ static int verify_one(struct verify_state *vs, const char *key,
 	if (rc)
 		return rc;
 	snprintf(name, sizeof(name), "v%u", vs->n++);
-	rc = fetch_decrypt(&pfd, &bytes, vs->t, vs->st, vs->keys, key, enc,
-			   name, NULL, NULL);
-	if (rc == 0) {
-		rc = unpack_fd(-1, pfd, true);
-		if (rc)
-			cfs_error_prefix("%s", key);
-	}
-	close_fd(&pfd);
-	{
-		char pname[64];
-
-		snprintf(pname, sizeof(pname), "%s.plain", name);
-		unlinkat(vs->t->fd, pname, 0);
-	}
+	rc = fetch_unpack(&bytes, vs->t, vs->st, vs->keys, key, enc, name, -1,
+			  NULL, NULL);
 	memset(&item, 0, sizeof(item));
 	item.key = key;
 	item.role = role;
