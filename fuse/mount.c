@@ -508,6 +508,7 @@ static void fs_free(struct cfs_fs *fs)
 	free(fs->author);
 	free(fs->snap_inos);
 	free(fs->last_error);
+	free(fs->prev_index);
 	free(fs->ckpt_error);
 	free(fs->pending_msg);
 	free(fs);
@@ -630,9 +631,15 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	{
 		struct cfs_manifest *m = NULL;
 		if (cfs_context_read_manifest(&m, NULL, fs->st, fs->ref.id) ==
-		    0)
+		    0) {
 			fs->checkpoint_generation =
 				cfs_manifest_checkpoint_generation(m);
+			/* The current tree is a checkpoint (pointer flip):
+			 * the context's generation is still the base. */
+			if (fs->ref.kind == CFS_REF_LATEST &&
+			    fs->generation == 0)
+				fs->generation = cfs_manifest_generation(m);
+		}
 		cfs_manifest_free(m);
 		cfs_error_clear();
 	}

@@ -443,3 +443,134 @@ def test_mount_helper_without_key_fails_cleanly(env, helpers):
                    f"store={env.store},passphrase_file={pf},bogus=1"], plain_env(env))
     assert p.returncode != 0 and "unknown mount option: bogus" in p.stderr
     assert not is_mounted(mp)
+
+
+# ---- reference fixtures through the mount -------------------------------------------
+
+FIXTURE_CTX = {"fresh": "interop-fresh", "passphrase": "interop-pass"}
+FIXTURE_TREES = [("fresh", "latest"), ("passphrase", "latest"), ("passphrase", "checkpoint")]
+
+
+@pytest.fixture
+def fxenv(tmp_path):
+    e = Env(str(tmp_path))
+    e.env["CONTEXTSDK_PASSPHRASE"] = FIXTURE_PASSPHRASE
+    e.env.pop("CONTEXTFS_SCRYPT_COST", None)
+    yield e
+    e.cleanup()
+
+
+def fixture_store(env, fx, tree):
+    copy_fixture_store(fx, env.store)
+    if tree == "checkpoint":
+        # the checkpoint is decryptable only with the manifest of that moment
+        src = os.path.join(require_fixtures(), "passphrase", "manifest-at-checkpoint.json")
+        dst = os.path.join(env.store, "contexts", FIXTURE_CTX[fx], "manifest.json")
+        shutil.copyfile(src, dst)
+        if os.path.exists(dst + ".etagid"):
+            os.unlink(dst + ".etagid")
+
+
+def assert_mount_shows(mp, tree):
+    """The mount shows exactly the bundle's entries (type, permission bits,
+    size, sha256, link target, hard links), plus only local things the
+    reference's mount shows too (presentInMountButNotInBundle; cache/ here)."""
+    got = snapshot_dir(mp)
+    want = {e["path"]: e for e in tree["entriesInTarOrder"]}
+    extra = set(got) - set(want)
+    missing = set(want) - set(got)
+    assert not missing, sorted(missing)
+    # cache/ is a layout root of every mount (local by design), even where
+    # the reference's runtime had not created it yet (fresh)
+    assert "cache" in extra
+    assert extra <= set(tree["presentInMountButNotInBundle"]) | {"cache"}, sorted(extra)
+    for path, e in want.items():
+        kind, mode, size, info = got[path]
+        if e["type"] == "hardlink":
+            a, b = os.lstat(os.path.join(mp, path)), os.lstat(os.path.join(mp, e["linkname"]))
+            assert kind == "file" and a.st_ino == b.st_ino, path
+            continue
+        assert kind == e["type"], (path, kind, e["type"])
+        if kind == "symlink":
+            assert info == e["linkname"], path
+            continue
+        assert oct(mode) == e["mode"], (path, oct(mode), e["mode"])
+        if kind == "file":
+            assert size == e["size"] and info == e["sha256"], path
+
+
+@pytest.mark.parametrize("fx,tree", FIXTURE_TREES)
+def test_fixture_mounts_read_only(fxenv, fx, tree):
+    fixture_store(fxenv, fx, tree)
+    exp = load_expected(fx)["trees"][tree]
+    ctx = FIXTURE_CTX[fx]
+    mp = fxenv.mount(ctx, name="ro", opts="ro")
+    assert_mount_shows(mp, exp)
+    st = fxenv.status(mp)
+    assert st["readOnly"] and st["checkpointGeneration"] == exp["manifestCheckpointGeneration"]
+    assert st["generation"] == exp["manifestGeneration"]
+    expect_errno(errno.EROFS, open, os.path.join(mp, "workspace/new"), "w")
+    fxenv.umount(mp)
+    if tree == "checkpoint":
+        # also as a historical mount of the checkpoint by number
+        mp = fxenv.mount(f"{ctx}@checkpoint:1", name="hist")
+        assert_mount_shows(mp, exp)
+        fxenv.umount(mp)
+    assert fxenv.log_errors() == []
+
+
+@pytest.mark.parametrize("fx,tree", FIXTURE_TREES)
+def test_fixture_mounts_read_write_and_commits_for_the_reference_reader(fxenv, fx, tree):
+    fixture_store(fxenv, fx, tree)
+    exp = load_expected(fx)["trees"][tree]
+    ctx = FIXTURE_CTX[fx]
+    mp = fxenv.mount(ctx)
+    assert_mount_shows(mp, exp)
+    # change a little: a new file, a new directory, one rewritten file
+    with open(os.path.join(mp, "workspace/from-mount.txt"), "wb") as fh:
+        fh.write(b"written through contextfs mount\n")
+    os.makedirs(os.path.join(mp, "artifacts/mnt/deep"))
+    with open(os.path.join(mp, "artifacts/mnt/deep/t.txt"), "w") as fh:
+        fh.write("t")
+    os.symlink("t.txt", os.path.join(mp, "artifacts/mnt/deep/ln"))
+    # as in the reference, links with a ".." segment or an absolute target
+    # stay local (never packed)
+    os.symlink("../deep/t.txt", os.path.join(mp, "artifacts/mnt/dotdot"))
+    os.symlink("/etc/hostname", os.path.join(mp, "artifacts/mnt/abs"))
+    with open(os.path.join(mp, "memory/session.md"), "ab") as fh:
+        fh.write(b"\nappended by the mount\n")
+    os.chmod(os.path.join(mp, "workspace/from-mount.txt"), 0o640)
+    want = snapshot_dir(mp)
+    fxenv.umount(mp)
+    m = refreader.load_manifest(fxenv.store, ctx)
+    assert m["generation"] == exp["manifestGeneration"] + 1
+    # the independent reader (python, no contextfs code) decrypts and walks it
+    entries = refreader.read_tree_files(fxenv.store, ctx, passphrase=FIXTURE_PASSPHRASE)
+    local = {"artifacts/mnt/dotdot", "artifacts/mnt/abs"}
+    persisted = {p: v for p, v in want.items()
+                 if p != "cache" and not p.startswith("cache/") and p not in local}
+    assert not local & set(entries)
+    for path, (kind, mode, size, info) in persisted.items():
+        if path.startswith(".contextsdk"):
+            continue  # version records are rewritten by every commit
+        e = entries.get(path)
+        assert e is not None, f"{path} missing from the committed bundle"
+        assert e["type"] == kind, path
+        if kind == "symlink":
+            assert e["linkname"] == info, path
+        else:
+            assert e["mode"] == oct(mode), path
+        if kind == "file":
+            assert e["size"] == size and e["sha256"] == info, path
+    assert entries["workspace/from-mount.txt"]["mode"] == "0o640"
+    assert entries["artifacts/mnt/deep/ln"]["linkname"] == "t.txt"
+    gen = exp["manifestGeneration"] + 1
+    assert f".contextsdk/versions/{gen}.json" in entries
+    assert not [p for p in entries if p == "cache" or p.startswith("cache/")]
+    # and a fresh mount shows the same tree (without the local-only links)
+    mp = fxenv.mount(ctx, name="again")
+    again = snapshot_dir(mp)
+    assert {p: v for p, v in again.items() if not p.startswith(".contextsdk")} == \
+        {p: v for p, v in want.items() if not p.startswith(".contextsdk") and p not in local}
+    fxenv.umount(mp)
+    assert fxenv.log_errors() == []
