@@ -12,9 +12,12 @@
  * secret / bucket / endpoint, a download resumed after the connection is
  * cut mid-body and a conditional put whose first attempt landed before
  * its connection broke (both through a small in-process TCP proxy), lock
- * acquire/refuse/release, and the engine (create, commit, export) on S3.
+ * acquire/refuse/release, the engine (create, commit, export) on S3, and
+ * commits through the proxy failing 10% of requests at random.
  *
- * S3_RACE_ROUNDS (default 20) sets the number of race rounds.
+ * S3_RACE_ROUNDS (default 20) sets the number of race rounds and
+ * S3_FLAKY_COMMITS (default 30) the commits through a proxy failing
+ * S3_FLAKY_PCT (default 10) % of requests.
  */
 #include "core/context.h"
 #include "core/crypto.h"
@@ -25,6 +28,8 @@
 #include "core/util.h"
 #include "storage/storage.h"
 #include "tests/unit/tap.h"
+
+#include <sodium.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -150,14 +155,26 @@ static long maxrss_kib(void)
 	return ru.ru_maxrss;
 }
 
-/* ---- a cutting TCP proxy ------------------------------------------------ */
+/* ---- a faulty TCP proxy ------------------------------------------------- */
 
 /*
  * Relays 127.0.0.1:<port> to the S3 endpoint. While armed, the next
- * request is cut after cut_after response bytes (a broken download),
- * or, with cut_request, right after the whole request was forwarded and
- * before any response byte (a put that landed but whose answer was lost).
+ * request is cut after cut_after response bytes (a broken download), or,
+ * with cut_request, right after the whole request was forwarded and before
+ * any response byte (a put that landed but whose answer was lost). With
+ * flaky_pct, that share of requests meets a random fault: a reset before
+ * forwarding, a 503, a delay, a response cut short, or a lost answer.
  */
+enum fault {
+	F_NONE,
+	F_RESET,
+	F_503,
+	F_DELAY,
+	F_CUT_RESPONSE,
+	F_LOSE_ANSWER,
+	F_KINDS
+};
+
 struct proxy {
 	int lfd;
 	int port;
@@ -166,6 +183,9 @@ struct proxy {
 	size_t cut_after;
 	bool cut_request;
 	atomic_int cuts;
+	unsigned flaky_pct;
+	atomic_int faults[F_KINDS];
+	atomic_int requests;
 	pthread_t tid;
 	atomic_bool stop;
 };
@@ -173,18 +193,27 @@ struct proxy {
 struct conn {
 	struct proxy *p;
 	int cfd;
-	bool cut;
 };
+
+static void conn_reset(int fd)
+{
+	struct linger l = {1, 0};
+
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
 
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
+	struct proxy *p = c->p;
 	int ufd = socket(AF_INET, SOCK_STREAM, 0);
-	size_t down = 0;
+	size_t down = 0, cut_at = 0;
+	bool in_request = false;
+	enum fault f = F_NONE;
 	char buf[16384];
 
-	if (connect(ufd, (struct sockaddr *)&c->p->upstream,
-		    sizeof(c->p->upstream)) < 0)
+	if (connect(ufd, (struct sockaddr *)&p->upstream, sizeof(p->upstream)) <
+	    0)
 		goto out;
 	for (;;) {
 		struct pollfd pf[2] = {{c->cfd, POLLIN, 0}, {ufd, POLLIN, 0}};
@@ -193,31 +222,66 @@ static void *conn_main(void *arg)
 		if (poll(pf, 2, 30000) <= 0)
 			break;
 		if (pf[0].revents) {
-			/* A request (or more of one): arm on its first bytes
-			 * (connections are reused, requests are sequential). */
-			if (!c->cut && atomic_exchange(&c->p->armed, 0)) {
-				c->cut = true;
+			if (!in_request) {
+				/* A new request (requests on a connection
+				 * are sequential). */
+				in_request = true;
 				down = 0;
+				f = F_NONE;
+				atomic_fetch_add(&p->requests, 1);
+				if (atomic_exchange(&p->armed, 0)) {
+					f = p->cut_request ? F_LOSE_ANSWER
+							   : F_CUT_RESPONSE;
+					cut_at = p->cut_after;
+					atomic_fetch_add(&p->cuts, 1);
+				} else if (p->flaky_pct &&
+					   randombytes_uniform(100) <
+						   p->flaky_pct) {
+					f = (enum fault)(1 +
+							 randombytes_uniform(
+								 F_KINDS - 1));
+					cut_at = 1 + randombytes_uniform(65536);
+					atomic_fetch_add(&p->faults[f], 1);
+				}
+				if (f == F_RESET) {
+					conn_reset(c->cfd);
+					break;
+				}
+				if (f == F_503) {
+					static const char r503[] =
+						"HTTP/1.1 503 Service "
+						"Unavailable\r\nContent-Length:"
+						" 0\r\nConnection: close\r\n"
+						"\r\n";
+
+					if (read(c->cfd, buf, sizeof(buf)) <
+						    0 ||
+					    write(c->cfd, r503,
+						  sizeof(r503) - 1) < 0)
+						break;
+					break;
+				}
+				if (f == F_DELAY) {
+					usleep(300000);
+					f = F_NONE;
+				}
 			}
 			n = read(c->cfd, buf, sizeof(buf));
 			if (n <= 0 || write(ufd, buf, (size_t)n) != n)
 				break;
 		}
 		if (pf[1].revents) {
+			in_request = false;
 			n = read(ufd, buf, sizeof(buf));
 			if (n <= 0)
 				break;
-			if (c->cut && c->p->cut_request) {
-				atomic_fetch_add(&c->p->cuts, 1);
-				break; /* the server did it; the client never
-					  hears */
-			}
-			if (c->cut && down + (size_t)n > c->p->cut_after) {
-				size_t keep = c->p->cut_after - down;
+			if (f == F_LOSE_ANSWER)
+				break; /* the server did it; nobody hears */
+			if (f == F_CUT_RESPONSE && down + (size_t)n > cut_at) {
+				size_t keep = cut_at - down;
 
 				if (keep && write(c->cfd, buf, keep) < 0)
 					break;
-				atomic_fetch_add(&c->p->cuts, 1);
 				break;
 			}
 			if (write(c->cfd, buf, (size_t)n) != n)
@@ -1003,6 +1067,136 @@ static void test_engine(struct cfs_store *st)
 	cfs_keys_free(keys);
 }
 
+/*
+ * Commits through a proxy that fails flaky_pct % of requests (resets,
+ * 503s, delays, cut responses, lost answers): every commit either lands or
+ * fails cleanly, the context exports (decrypts) after every attempt, the
+ * generation counts exactly the commits that reported success, and the
+ * staging tree is never touched.
+ */
+static void test_flaky_commits(int commits, unsigned pct)
+{
+	struct proxy p;
+	struct cfs_s3_config c = base_cfg;
+	struct cfs_store *flaky = NULL, *clean = NULL;
+	struct cfs_keys *keys = NULL;
+	char *ep = NULL, *stage = tap_tmpdir("s3-flaky");
+	int sfd = open_dir(stage), landed = 0, failed = 0, bad_export = 0;
+	int bad_gen = 0, bad_files = 0, rc;
+	char *msg = NULL;
+
+	if (proxy_start(&p, base_cfg.endpoint)) {
+		tap_skip("endpoint is not http://127.0.0.1:PORT; no proxy");
+		free(stage);
+		close(sfd);
+		return;
+	}
+	p.flaky_pct = pct;
+	ep = cfs_asprintf("http://127.0.0.1:%d", p.port);
+	c.endpoint = ep;
+	c.retry_base_ms = 20;
+	c.retry_max_ms = 400;
+	flaky = open_store(&c);
+	clean = open_store(&base_cfg);
+	cfs_keys_new(&keys, NULL, RAW_HEX);
+	rc = cfs_context_create(NULL, clean, keys, "flaky", NULL);
+	rc = rc ? rc
+		: cfs_context_export(NULL, clean, keys, "flaky", sfd, NULL,
+				     NULL);
+	TAP_EQ_INT(rc, 0, "flaky: create and export the context");
+	for (int i = 1; i <= commits && !rc; i++) {
+		struct cfs_commit_opts o;
+		struct cfs_commit_result res;
+		struct cfs_ref_info ri;
+		char name[64], body[64];
+		char *edir = tap_tmpdir("s3-flaky-x");
+		int efd = open_dir(edir), r2;
+
+		snprintf(name, sizeof(name), "workspace/f%03d.txt", i);
+		snprintf(body, sizeof(body), "commit %d\n", i);
+		cfs_write_file_at(sfd, name, body, strlen(body), 0644, false);
+		cfs_commit_opts_init(&o);
+		memset(&res, 0, sizeof(res));
+		r2 = cfs_context_commit(&res, flaky, keys, "flaky", sfd, &o);
+		if (r2 == 0) {
+			landed++;
+		} else {
+			failed++;
+			if (!msg)
+				msg = cfs_strdup(cfs_error_last());
+		}
+		cfs_commit_result_clear(&res);
+		memset(&ri, 0, sizeof(ri));
+		if (cfs_context_export(&ri, clean, keys, "flaky", efd, NULL,
+				       NULL)) {
+			bad_export++;
+			tap_diag("export after commit %d: %s", i,
+				 cfs_error_last());
+		} else if (ri.generation != (uint64_t)(1 + landed)) {
+			bad_gen++;
+			tap_diag(
+				"commit %d (rc %d): generation %llu, %d landed",
+				i, r2, (unsigned long long)ri.generation,
+				landed);
+		}
+		if (r2 == 0) {
+			char *got = NULL;
+			size_t len = 0;
+
+			cfs_read_file_at(&got, &len, efd, name, 1024);
+			if (!got || strcmp(got, body))
+				bad_files++;
+			free(got);
+		}
+		close(efd);
+		cfs_rmtree_at(AT_FDCWD, edir);
+		free(edir);
+	}
+	tap_diag("flaky proxy: %d requests; faults: %d resets, %d 503s, %d "
+		 "delays, %d cut responses, %d lost answers",
+		 atomic_load(&p.requests), atomic_load(&p.faults[F_RESET]),
+		 atomic_load(&p.faults[F_503]), atomic_load(&p.faults[F_DELAY]),
+		 atomic_load(&p.faults[F_CUT_RESPONSE]),
+		 atomic_load(&p.faults[F_LOSE_ANSWER]));
+	tap_ok(landed + failed == commits,
+	       "flaky (%u%% faults): %d commits, %d landed, %d failed cleanly%s%s",
+	       pct, commits, landed, failed, msg ? ": " : "", msg ? msg : "");
+	TAP_EQ_INT(bad_export, 0,
+		   "flaky: the context exports after every "
+		   "attempt");
+	TAP_EQ_INT(bad_gen, 0,
+		   "flaky: the generation counts exactly the "
+		   "commits reported as landed");
+	TAP_EQ_INT(bad_files, 0, "flaky: every landed commit's file is there");
+	{
+		int present = 0;
+
+		for (int i = 1; i <= commits; i++) {
+			char name[64];
+
+			snprintf(name, sizeof(name), "workspace/f%03d.txt", i);
+			if (faccessat(sfd, name, F_OK, 0) == 0)
+				present++;
+		}
+		TAP_EQ_INT(present, commits,
+			   "flaky: the staging tree is intact");
+	}
+	rc = cfs_context_verify(clean, keys, "flaky", NULL, NULL);
+	TAP_EQ_INT(rc, 0, "flaky: verify passes at the end");
+	TAP_OK(landed >= commits * 9 / 10,
+	       "flaky: retries carry most commits through (%d/%d)", landed,
+	       commits);
+	free(msg);
+	cfs_keys_free(keys);
+	cfs_store_free(flaky);
+	cfs_store_free(clean);
+	proxy_stop(&p);
+	close(sfd);
+	cfs_rmtree_at(AT_FDCWD, stage);
+	free(stage);
+	free(ep);
+}
+
 /* ---- cleanup and main --------------------------------------------------- */
 
 static int del_key(const char *key, void *payload)
@@ -1031,6 +1225,10 @@ int main(void)
 	const char *ep = getenv("S3_ENDPOINT"), *bucket = getenv("S3_BUCKET");
 	const char *ak = getenv("S3_ACCESS_KEY"), *sk = getenv("S3_SECRET_KEY");
 	const char *rr = getenv("S3_RACE_ROUNDS");
+	const char *fc = getenv("S3_FLAKY_COMMITS");
+	int flaky = fc ? (int)strtol(fc, NULL, 10) : 30;
+	const char *fpct = getenv("S3_FLAKY_PCT");
+	int fp = fpct ? (int)strtol(fpct, NULL, 10) : 10;
 	struct cfs_store *st;
 	char rnd[9];
 	int rounds = rr ? (int)strtol(rr, NULL, 10) : 20;
@@ -1066,6 +1264,8 @@ int main(void)
 	test_faults();
 	test_lock(st);
 	test_engine(st);
+	test_flaky_commits(flaky > 0 && flaky <= 1000 ? flaky : 30,
+			   fp > 0 && fp <= 90 ? (unsigned)fp : 10);
 	cleanup(st);
 	cfs_store_free(st);
 	return tap_done();
