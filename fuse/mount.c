@@ -584,6 +584,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	if (rc)
 		goto out;
 	(void)chmod(fs->base_dir, 0700);
+	cfs_staging_sweep_ro(cache, fs->ref.id);
 
 	/* One mount per staging area on this machine. */
 	char *lockpath = cfs_asprintf("%s/mount.lock", fs->base_dir);
@@ -597,8 +598,9 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		rc = errno == EWOULDBLOCK
 			     ? cfs_error_set(
 				       CFS_ELOCKED,
-				       "context %s is already mounted from "
-				       "this machine (staging area %s)",
+				       "context %s is already mounted (or "
+				       "being recovered) from this machine "
+				       "(staging area %s)",
 				       fs->ref.id, fs->base_dir)
 			     : cfs_error_errno(errno, "lock %s", fs->base_dir);
 		goto out;

@@ -414,6 +414,38 @@ out:
 	return rc;
 }
 
+void cfs_staging_sweep_ro(const char *cache, const char *id)
+{
+	char *dir = cfs_asprintf("%s/contextfs/mounts/%s", cache, id);
+	DIR *d = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	int n = 0;
+
+	while (d && (de = readdir(d)) && n < DOCTOR_MAX_ENTRIES) {
+		char *end;
+		long pid;
+
+		if (strncmp(de->d_name, "ro-", 3) != 0)
+			continue;
+		n++;
+		errno = 0;
+		pid = strtol(de->d_name + 3, &end, 10);
+		if (errno || *end || pid <= 1 || pid == (long)getpid() ||
+		    cfs_pid_alive((pid_t)pid))
+			continue;
+		char *p = cfs_asprintf("%s/%s", dir, de->d_name);
+		if (p && cfs_rmtree_at(AT_FDCWD, p) == 0)
+			cfs_info("removed %s, the staging area of a read-only "
+				 "mount that died",
+				 p);
+		free(p);
+	}
+	if (d)
+		closedir(d);
+	free(dir);
+	cfs_error_clear();
+}
+
 /* ---- doctor ------------------------------------------------------------- */
 
 struct doctor_mounts {

@@ -574,3 +574,14 @@ def test_fixture_mounts_read_write_and_commits_for_the_reference_reader(fxenv, f
         {p: v for p, v in want.items() if not p.startswith(".contextsdk") and p not in local}
     fxenv.umount(mp)
     assert fxenv.log_errors() == []
+
+
+def test_dead_read_only_mount_staging_is_swept(env):
+    ro = env.mount("ctx", name="ro", opts="ro")
+    pid = kill9(env, ro)
+    area = os.path.join(env.cache, "contextfs/mounts/ctx", f"ro-{pid}")
+    assert os.path.isdir(area)  # a read-only mount that died leaves its copy
+    env.run("umount", ro)
+    mp = env.mount("ctx")  # the next mount of ctx removes it
+    assert not os.path.exists(area)
+    env.umount(mp)
