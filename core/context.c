@@ -1812,7 +1812,7 @@ int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
 	if (rc)
 		goto out;
 	progress_push(&ps, st, opts->progress, opts->progress_payload);
-	rc = cfs_store_put_fd(st, tkey, bfd, NULL, NULL);
+	rc = cfs_store_put_tmpfile(st, tkey, bfd, NULL, NULL);
 	progress_pop(&ps);
 	if (rc)
 		goto out;
@@ -2261,7 +2261,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	{
 		struct cfs_cond cond = {NULL, !save};
 
-		rc = cfs_store_put_fd(st, key, bfd, &cond, NULL);
+		rc = cfs_store_put_tmpfile(st, key, bfd, &cond, NULL);
 	}
 	progress_pop(&ps);
 	if (rc == CFS_EEXISTS && !save) {

@@ -73,7 +73,19 @@ static int put(struct cfs_store *st, const char *key,
 int cfs_store_put_fd(struct cfs_store *st, const char *key, int fd,
 		     const struct cfs_cond *cond, char etag_out[CFS_ETAG_MAX])
 {
-	struct cfs_source src = {NULL, 0, fd};
+	struct cfs_source src = {NULL, 0, fd, false};
+
+	if (fd < 0)
+		return cfs_error_set(CFS_EINVAL, "put %s: invalid input fd",
+				     key ? key : "");
+	return put(st, key, &src, cond, etag_out);
+}
+
+int cfs_store_put_tmpfile(struct cfs_store *st, const char *key, int fd,
+			  const struct cfs_cond *cond,
+			  char etag_out[CFS_ETAG_MAX])
+{
+	struct cfs_source src = {NULL, 0, fd, true};
 
 	if (fd < 0)
 		return cfs_error_set(CFS_EINVAL, "put %s: invalid input fd",
@@ -85,7 +97,7 @@ int cfs_store_put_buf(struct cfs_store *st, const char *key, const void *buf,
 		      size_t len, const struct cfs_cond *cond,
 		      char etag_out[CFS_ETAG_MAX])
 {
-	struct cfs_source src = {buf ? buf : "", buf ? len : 0, -1};
+	struct cfs_source src = {buf ? buf : "", buf ? len : 0, -1, false};
 
 	return put(st, key, &src, cond, etag_out);
 }

@@ -30,8 +30,8 @@
 
 struct cfs_objinfo {
 	uint64_t size;
-	int64_t mtime_ms;         /* 0 if unknown */
-	char etag[CFS_ETAG_MAX];  /* "" if the backend has none */
+	int64_t mtime_ms; /* 0 if unknown */
+	char etag[CFS_ETAG_MAX]; /* "" if the backend has none */
 };
 
 /* A put's body: either buf/len (fd == -1) or the whole of fd from offset 0. */
@@ -39,12 +39,18 @@ struct cfs_source {
 	const void *buf;
 	size_t len;
 	int fd;
+	/*
+	 * fd is a private temporary file the caller will neither write nor
+	 * reuse after the put: a backend on the same filesystem may link it
+	 * into place instead of copying it.
+	 */
+	bool may_link;
 };
 
 /* Compare-and-swap conditions of a put; both unset = unconditional. */
 struct cfs_cond {
-	const char *if_match;   /* ETag the current object must have */
-	bool if_none_match;     /* create-only ("If-None-Match: *") */
+	const char *if_match; /* ETag the current object must have */
+	bool if_none_match; /* create-only ("If-None-Match: *") */
 };
 
 /* Progress of long transfers: bytes done of total (0 if unknown). */
@@ -55,8 +61,8 @@ struct cfs_store;
 typedef int (*cfs_list_fn)(const char *key, void *payload);
 
 struct cfs_store_ops {
-	int version;        /* CFS_STORE_OPS_VERSION */
-	const char *name;   /* "fs", "mem", "s3" */
+	int version; /* CFS_STORE_OPS_VERSION */
+	const char *name; /* "fs", "mem", "s3" */
 	/*
 	 * Writes the object's body to fd (from fd's current offset) or, when
 	 * fd < 0, into buf (at most max bytes, else CFS_ECORRUPT). Fills info
@@ -84,7 +90,7 @@ struct cfs_store_ops {
 /* Every backend embeds this as its first member. */
 struct cfs_store {
 	const struct cfs_store_ops *ops;
-	cfs_progress_fn progress;   /* optional, for big gets/puts */
+	cfs_progress_fn progress; /* optional, for big gets/puts */
 	void *progress_payload;
 };
 
@@ -96,6 +102,10 @@ int cfs_store_get_buf(struct cfs_store *st, const char *key, char **out,
 		      size_t *len, struct cfs_objinfo *info);
 int cfs_store_put_fd(struct cfs_store *st, const char *key, int fd,
 		     const struct cfs_cond *cond, char etag_out[CFS_ETAG_MAX]);
+/* cfs_store_put_fd of a private temporary file (see cfs_source.may_link). */
+int cfs_store_put_tmpfile(struct cfs_store *st, const char *key, int fd,
+			  const struct cfs_cond *cond,
+			  char etag_out[CFS_ETAG_MAX]);
 int cfs_store_put_buf(struct cfs_store *st, const char *key, const void *buf,
 		      size_t len, const struct cfs_cond *cond,
 		      char etag_out[CFS_ETAG_MAX]);

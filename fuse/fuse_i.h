@@ -192,6 +192,12 @@ int cfs_mount_lock_acquire(struct cfs_store *st, const char *id,
 			   const char *runtime_id, const char *owner,
 			   int64_t ttl_ms, char **dead_owner);
 
+/*
+ * Removes the ro-<pid> staging areas of read-only mounts of id under cache
+ * whose process is gone (killed before it could clean up). Best effort.
+ */
+void cfs_staging_sweep_ro(const char *cache, const char *id);
+
 /* control.c */
 int cfs_control_start(struct cfs_fs *fs);
 void cfs_control_stop(struct cfs_fs *fs);

@@ -938,6 +938,33 @@ static int write_temp_body(char **tmp_out, struct cfs_store *st,
 		cfs_asprintf("%s.tmp-%d-%s", path, (int)getpid(), uuid);
 	if (!tmp)
 		return CFS_ENOMEM;
+	if (src->fd >= 0 && src->may_link && fstat(src->fd, &sb) == 0 &&
+	    S_ISREG(sb.st_mode) && sb.st_nlink == 1) {
+		/*
+		 * A private temporary on our filesystem: link it into place
+		 * instead of copying it (a bundle is written once, not twice).
+		 */
+		char proc[64];
+
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", src->fd);
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) ==
+		    0) {
+			fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd < 0)
+				return cfs_error_errno(errno, "open %s", tmp);
+			if (fchmod(fd, 0600) < 0)
+				rc = cfs_error_errno(errno, "chmod %s", tmp);
+			if (!rc)
+				progress(st, (uint64_t)sb.st_size,
+					 (uint64_t)sb.st_size);
+			if (!rc && fsync(fd) < 0)
+				rc = cfs_error_errno(errno, "fsync %s", tmp);
+			if (close(fd) < 0 && !rc)
+				rc = cfs_error_errno(errno, "close %s", tmp);
+			return rc;
+		}
+		/* EXDEV, no /proc, ...: copy as usual */
+	}
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		  0600);
 	if (fd < 0)

@@ -1246,6 +1246,62 @@ static void mem_threads(void)
 
 /* ---- main -------------------------------------------------------------- */
 
+/*
+ * A private temporary on the store's filesystem is linked into place
+ * (same inode, no copy); one on another filesystem, or with other names,
+ * is copied. Either way the object holds the bytes, mode 0600.
+ */
+static void fs_put_tmpfile(struct cfs_store *st, const char *dir)
+{
+	char *src = path_in(tmproot, "bundle.tmp");
+	char *obj = path_in(dir, "contexts/t/tree/x.enc");
+	char buf[64] = {0};
+	struct stat a, b;
+	size_t got = 0;
+	int fd, rfd;
+
+	fd = open(src, O_RDWR | O_CREAT | O_EXCL, 0600);
+	TAP_OK(fd >= 0 && write(fd, "ciphertext", 10) == 10, "temp bundle");
+	fstat(fd, &a);
+	TAP_EQ_INT(cfs_store_put_tmpfile(st, "contexts/t/tree/x.enc", fd, NULL,
+					 NULL),
+		   0, "put_tmpfile");
+	TAP_OK(stat(obj, &b) == 0 && b.st_ino == a.st_ino,
+	       "same filesystem: the temp file is linked, not copied");
+	TAP_EQ_INT(b.st_mode & 0777, 0600, "linked object is 0600");
+	close(fd);
+	unlink(src);
+	rfd = open(obj, O_RDONLY);
+	cfs_read_all(rfd, buf, sizeof(buf) - 1, &got);
+	close(rfd);
+	TAP_EQ_STR(buf, "ciphertext",
+		   "object keeps the bytes after the "
+		   "caller removed its temp file");
+
+	/* a file with a second name is not private: copy */
+	fd = open(src, O_RDWR | O_CREAT | O_EXCL, 0600);
+	TAP_OK(fd >= 0 && write(fd, "other", 5) == 5, "second temp");
+	{
+		char *alias = path_in(tmproot, "alias");
+
+		TAP_OK(link(src, alias) == 0, "give it a second name");
+		fstat(fd, &a);
+		TAP_EQ_INT(cfs_store_put_tmpfile(st, "contexts/t/tree/y.enc",
+						 fd, NULL, NULL),
+			   0, "put_tmpfile of a shared file");
+		free(obj);
+		obj = path_in(dir, "contexts/t/tree/y.enc");
+		TAP_OK(stat(obj, &b) == 0 && b.st_ino != a.st_ino,
+		       "a file with other names is copied");
+		unlink(alias);
+		free(alias);
+	}
+	close(fd);
+	unlink(src);
+	free(src);
+	free(obj);
+}
+
 int main(void)
 {
 	struct cfs_store *st = NULL;
@@ -1278,6 +1334,7 @@ int main(void)
 	fs_read_consistency(st, dir, true);
 	fs_errors(st, dir);
 	fs_stream_big(st, dir);
+	fs_put_tmpfile(st, dir);
 	cfs_store_free(st);
 	free(dir);
 
