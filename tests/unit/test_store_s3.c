@@ -1068,6 +1068,94 @@ static void test_engine(struct cfs_store *st)
 }
 
 /*
+ * Engine-level race: writers commit the same context at once with the same
+ * expected generation; exactly one lands per round, and the context
+ * exports (decrypts) after every round.
+ */
+struct committer {
+	struct cfs_store *st;
+	int srcfd;
+	uint64_t expect;
+	pthread_barrier_t *bar;
+	int rc;
+};
+
+static void *commit_main(void *arg)
+{
+	struct committer *c = arg;
+	struct cfs_keys *keys = NULL;
+	struct cfs_commit_opts o;
+
+	cfs_keys_new(&keys, NULL, RAW_HEX);
+	cfs_commit_opts_init(&o);
+	o.expect_generation = (int64_t)c->expect;
+	o.key_verified = true;
+	pthread_barrier_wait(c->bar);
+	c->rc = cfs_context_commit(NULL, c->st, keys, "racing", c->srcfd, &o);
+	cfs_keys_free(keys);
+	return NULL;
+}
+
+static void test_commit_race(struct cfs_store *st, int writers, int rounds)
+{
+	struct committer cs[16];
+	pthread_t t[16];
+	pthread_barrier_t bar;
+	struct cfs_keys *keys = NULL;
+	char *dir = tap_tmpdir("s3-race");
+	int fd = open_dir(dir), bad = 0, bad_export = 0, other = 0, rc;
+
+	cfs_keys_new(&keys, NULL, RAW_HEX);
+	rc = cfs_context_create(NULL, st, keys, "racing", NULL);
+	rc = rc ? rc
+		: cfs_context_export(NULL, st, keys, "racing", fd, NULL, NULL);
+	TAP_EQ_INT(rc, 0, "commit race: context ready");
+	for (int round = 0; round < rounds && !rc; round++) {
+		struct cfs_ref_info ri;
+		int wins = 0;
+		char *edir = tap_tmpdir("s3-race-x");
+		int efd = open_dir(edir);
+
+		pthread_barrier_init(&bar, NULL, (unsigned)writers);
+		for (int i = 0; i < writers; i++) {
+			cs[i] = (struct committer){st, fd, (uint64_t)round + 1,
+						   &bar, 0};
+			pthread_create(&t[i], NULL, commit_main, &cs[i]);
+		}
+		for (int i = 0; i < writers; i++) {
+			pthread_join(t[i], NULL);
+			if (cs[i].rc == 0)
+				wins++;
+			else if (cs[i].rc != CFS_ECONFLICT)
+				other++;
+		}
+		pthread_barrier_destroy(&bar);
+		if (wins != 1)
+			bad++;
+		memset(&ri, 0, sizeof(ri));
+		if (cfs_context_export(&ri, st, keys, "racing", efd, NULL,
+				       NULL) ||
+		    ri.generation != (uint64_t)round + 2)
+			bad_export++;
+		close(efd);
+		cfs_rmtree_at(AT_FDCWD, edir);
+		free(edir);
+	}
+	tap_ok(bad == 0,
+	       "commit race, %d writers x %d rounds: exactly one commit lands "
+	       "per round (%d bad)",
+	       writers, rounds, bad);
+	TAP_EQ_INT(other, 0, "commit race: losers fail with CFS_ECONFLICT");
+	TAP_EQ_INT(bad_export, 0,
+		   "commit race: the context decrypts after "
+		   "every round, at the right generation");
+	cfs_keys_free(keys);
+	close(fd);
+	cfs_rmtree_at(AT_FDCWD, dir);
+	free(dir);
+}
+
+/*
  * Commits through a proxy that fails flaky_pct % of requests (resets,
  * 503s, delays, cut responses, lost answers): every commit either lands or
  * fails cleanly, the context exports (decrypts) after every attempt, the
@@ -1258,12 +1346,16 @@ int main(void)
 	contract(st);
 	test_prefix();
 	test_paging(st);
-	test_races(st, 8, rounds > 0 && rounds <= 1000 ? rounds : 20);
+	if (rounds <= 0 || rounds > 1000)
+		rounds = 20;
+	test_races(st, 8, rounds);
+	test_races(st, 16, rounds);
 	test_multipart(st);
 	test_errors();
 	test_faults();
 	test_lock(st);
 	test_engine(st);
+	test_commit_race(st, 8, rounds / 4 ? rounds / 4 : 1);
 	test_flaky_commits(flaky > 0 && flaky <= 1000 ? flaky : 30,
 			   fp > 0 && fp <= 90 ? (unsigned)fp : 10);
 	cleanup(st);
