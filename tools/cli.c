@@ -1040,7 +1040,7 @@ static void usage_top(FILE *f)
 		fprintf(f, "  %-13s %s\n", cli_commands[i]->name,
 			cli_commands[i]->summary);
 	fprintf(f,
-		"  help CMD      Show the help of a command\n"
+		"  help CMD      show the help of a command\n"
 		"\nGlobal options (also accepted after the command):\n"
 		"  --store DIR             local store directory\n"
 		"  --passphrase-file FILE  read the passphrase from FILE "

@@ -95,7 +95,7 @@ out:
 const struct cli_command cli_cmd_checkpoint = {
 	.name = "checkpoint",
 	.args = "ID --from DIR [--reason R]",
-	.summary = "Commit a directory as the next checkpoint",
+	.summary = "commit a directory as the next checkpoint",
 	.help = "  --from DIR     directory with the context roots\n"
 		"  --reason R     reason recorded with the checkpoint "
 		"(default manual)\n"

@@ -388,7 +388,7 @@ static int run(struct cli *cli)
 const struct cli_command cli_cmd_doctor = {
 	.name = "doctor",
 	.args = "",
-	.summary = "Check the environment, store and key material",
+	.summary = "check the environment, store and key material",
 	.help = "Reports booleans about key material, never secrets. Exits "
 		"0 when contextfs is\nusable here, else with the code of the "
 		"first failed required check.\n",

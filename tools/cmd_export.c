@@ -201,7 +201,7 @@ out:
 const struct cli_command cli_cmd_export = {
 	.name = "export",
 	.args = "ID[@GEN|@checkpoint:N] DIR",
-	.summary = "Write a stored tree into a new or empty directory",
+	.summary = "write a stored tree into a new or empty directory",
 	.help = "DIR is created (mode 0700) if missing and must be empty. "
 		"ID exports the current\ntree, ID@GEN a retained generation, "
 		"ID@checkpoint:N a checkpoint. A generation\nwhose data is "

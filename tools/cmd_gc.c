@@ -127,7 +127,7 @@ out:
 const struct cli_command cli_cmd_gc = {
 	.name = "gc",
 	.args = "ID [--keep N] [--dry-run]",
-	.summary = "Apply retention and delete unreferenced data objects",
+	.summary = "apply retention and delete unreferenced data objects",
 	.help = "  --keep N        keep the data of the last N generations "
 		"(default 5)\n"
 		"  -n, --dry-run   show what would be deleted, change "

@@ -90,7 +90,7 @@ out:
 const struct cli_command cli_cmd_init = {
 	.name = "init",
 	.args = "ID [--force] [--scrypt-cost N]",
-	.summary = "Create a context with the seed tree (generation 1)",
+	.summary = "create a context with the seed tree (generation 1)",
 	.help = "  -f, --force          replace an existing context (its old "
 		"objects are pruned)\n"
 		"  --scrypt-cost N      scrypt cost of the new encryption, a "

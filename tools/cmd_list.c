@@ -134,7 +134,7 @@ out:
 const struct cli_command cli_cmd_list = {
 	.name = "list",
 	.args = "",
-	.summary = "List the contexts in the store",
+	.summary = "list the contexts in the store",
 	.help = "JSON: {ok, store, contexts: [{id, generation, "
 		"checkpointGeneration, sizeBytes,\nupdatedAt}]}; an unreadable "
 		"manifest is listed with an \"error\" member.\n",

@@ -211,7 +211,7 @@ out:
 const struct cli_command cli_cmd_log = {
 	.name = "log",
 	.args = "ID",
-	.summary = "Show the version history and the checkpoints",
+	.summary = "show the version history and the checkpoints",
 	.help = "Versions come from the manifest (the last 50 saves). A "
 		"version or checkpoint\nwhose data is no longer retained "
 		"cannot be exported or restored.\n",

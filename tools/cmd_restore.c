@@ -83,7 +83,7 @@ out:
 const struct cli_command cli_cmd_restore = {
 	.name = "restore",
 	.args = "ID@GEN|ID@checkpoint:N [-m MSG] [--author A]",
-	.summary = "Commit an older generation or checkpoint as the next "
+	.summary = "commit an older generation or checkpoint as the next "
 		   "generation",
 	.help = "  -m, --message MSG   version message (default \"restore "
 		"<ref>\")\n"

@@ -98,7 +98,7 @@ out:
 const struct cli_command cli_cmd_unlock = {
 	.name = "unlock",
 	.args = "ID [--force] [--owner OWNER]",
-	.summary = "Release the lock of a context",
+	.summary = "release the lock of a context",
 	.help = "  --owner OWNER   release only if the lock belongs to OWNER\n"
 		"  -f, --force     release whoever holds it (use only when "
 		"that writer is dead)\n"

@@ -116,7 +116,7 @@ out:
 const struct cli_command cli_cmd_verify = {
 	.name = "verify",
 	.args = "ID",
-	.summary = "Download, authenticate and validate every stored object",
+	.summary = "download, authenticate and validate every stored object",
 	.help = "Checks the current tree, the retained generations and the "
 		"checkpoints whose\ndecryption metadata is known. Exits with "
 		"the code of the first failure\n(5 wrong key or tampered data, "
