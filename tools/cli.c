@@ -446,6 +446,12 @@ static int config_load(struct cli *cli)
 		return cfs_error_set(CFS_ECORRUPT,
 				     "config %s must be a JSON object", path);
 
+	/* Validate the whole shape now, whatever this command reads. */
+	rc = config_str(cli, "storage", "directory", &name);
+	if (!rc)
+		rc = config_str(cli, "storage", "type", &name);
+	if (rc)
+		return rc;
 	rc = config_str(cli, "encryption", "passphraseEnv", &name);
 	if (rc)
 		return rc;
