@@ -634,6 +634,27 @@ static int read_passphrase_file(const char *path, char **out)
 		len += (size_t)n;
 	}
 	buf[len] = '\0';
+	/* One line: the passphrase, then only line endings. */
+	{
+		char *nl = memchr(buf, '\n', len);
+
+		if (nl) {
+			size_t i;
+
+			for (i = (size_t)(nl - buf); i < len; i++) {
+				if (buf[i] != '\n' && buf[i] != '\r') {
+					rc = cfs_error_set(
+						CFS_EKEY,
+						"passphrase file %s has more "
+						"than one line",
+						path);
+					goto out;
+				}
+			}
+			len = (size_t)(nl - buf) + 1;
+			buf[len] = '\0';
+		}
+	}
 	strip_newline(buf, &len);
 	if (memchr(buf, '\0', len)) {
 		rc = cfs_error_set(CFS_EKEY,
