@@ -325,11 +325,17 @@ int cfs_commit_now(struct cfs_fs *fs, const char *msg)
 	co.owner = fs->owner;
 	co.author = fs->author;
 	co.message = msg ? msg : "contextfs mount commit";
+	co.key_verified = fs->prev_index != NULL;
+	co.prev_index = fs->prev_index;
+	co.want_index_json = true;
 	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
 	close(sfd);
 	snap_drop(fs);
 	if (rc)
 		goto out;
+	free(fs->prev_index);
+	fs->prev_index = res.index_json; /* NULL if too big: check again */
+	res.index_json = NULL;
 	pthread_mutex_lock(&fs->commit_mu);
 	fs->landed_changes = snap_changes;
 	fs->generation = res.generation;
