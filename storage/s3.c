@@ -1718,6 +1718,66 @@ static int s3_list(struct cfs_store *st, const char *prefix, cfs_list_fn fn,
 	return rc;
 }
 
+/* ---- conditional-write probe ------------------------------------------- */
+
+int cfs_store_check_conditional(struct cfs_store *st)
+{
+	struct cfs_cond create = {NULL, true}, stale = {NULL, false};
+	char key[64], hex[17], e1[CFS_ETAG_MAX];
+	const char *where = cfs_store_describe(st);
+	int rc, rc2;
+
+	cfs_random_hex(hex, 8);
+	snprintf(key, sizeof(key), ".contextfs-probe/%s", hex);
+	rc = cfs_store_put_buf(st, key, "probe-1", 7, &create, e1);
+	if (rc) {
+		cfs_error_prefix("conditional write check on %s", where);
+		return rc;
+	}
+	rc = cfs_store_put_buf(st, key, "probe-2", 7, &create, NULL);
+	if (rc == 0) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "storage %s ignores If-None-Match (it "
+				   "overwrote an existing object): it cannot "
+				   "hold the single-writer lock, so writing "
+				   "there is refused; fake S3 servers such as "
+				   "s3rver do this, use a real one (AWS, Ceph "
+				   "RGW, MinIO, R2)",
+				   where);
+		goto out;
+	}
+	if (rc != CFS_EEXISTS)
+		goto out;
+	stale.if_match = "\"00000000000000000000000000000000\"";
+	rc = cfs_store_put_buf(st, key, "probe-3", 7, &stale, NULL);
+	if (rc == 0) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "storage %s ignores If-Match (a stale "
+				   "compare-and-swap succeeded): commits would "
+				   "overwrite each other, so writing there is "
+				   "refused",
+				   where);
+		goto out;
+	}
+	if (rc != CFS_ECONFLICT)
+		goto out;
+	stale.if_match = e1;
+	rc = cfs_store_put_buf(st, key, "probe-4", 7, &stale, NULL);
+	if (rc == CFS_ECONFLICT)
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "storage %s refuses If-Match with the "
+				   "current ETag (quoted and unquoted): "
+				   "compare-and-swap cannot work there",
+				   where);
+out:
+	rc2 = cfs_store_delete(st, key);
+	if (!rc && rc2)
+		rc = rc2;
+	if (!rc)
+		cfs_error_clear();
+	return rc;
+}
+
 /* ---- open / free ---------------------------------------------------------- */
 
 static const char *s3_describe(struct cfs_store *st)

@@ -102,4 +102,16 @@ struct cfs_s3_config {
 /* Opens an S3 store; checks the configuration only (no request). */
 int cfs_store_s3_open(struct cfs_store **out, const struct cfs_s3_config *cfg);
 
+/*
+ * Checks that a store really enforces conditional writes (contextfs doctor;
+ * run before writing to an unknown S3 server): under a random probe key
+ * ".contextfs-probe/<hex>" it creates an object with If-None-Match, tries
+ * to create it again (must be refused), to replace it with a stale
+ * If-Match (must be refused) and with the current one (must succeed), then
+ * deletes it. A server that ignores a condition (fake S3 servers such as
+ * s3rver) -> CFS_EUNSUPPORTED with a message saying writes are unsafe
+ * there; transport or permission failures propagate. Works on any store.
+ */
+int cfs_store_check_conditional(struct cfs_store *st);
+
 #endif

@@ -1285,6 +1285,102 @@ static void test_flaky_commits(int commits, unsigned pct)
 	free(ep);
 }
 
+/* ---- the conditional-write probe ----------------------------------------- */
+
+/* A store that forwards to mem but drops the conditions (like s3rver). */
+struct lax_store {
+	struct cfs_store base;
+	struct cfs_store *inner;
+	bool drop_if_match;
+};
+
+static int lax_get(struct cfs_store *st, const char *key, int fd,
+		   struct cfs_buf *buf, size_t max, struct cfs_objinfo *info)
+{
+	struct lax_store *l = (struct lax_store *)st;
+
+	return l->inner->ops->get(l->inner, key, fd, buf, max, info);
+}
+
+static int lax_put(struct cfs_store *st, const char *key,
+		   const struct cfs_source *src, const struct cfs_cond *cond,
+		   char etag_out[CFS_ETAG_MAX])
+{
+	struct lax_store *l = (struct lax_store *)st;
+	struct cfs_cond c = *cond;
+
+	if (l->drop_if_match)
+		c.if_match = NULL;
+	else
+		c.if_none_match = false;
+	return l->inner->ops->put(l->inner, key, src, &c, etag_out);
+}
+
+static int lax_head(struct cfs_store *st, const char *key,
+		    struct cfs_objinfo *info)
+{
+	struct lax_store *l = (struct lax_store *)st;
+
+	return l->inner->ops->head(l->inner, key, info);
+}
+
+static int lax_del(struct cfs_store *st, const char *key)
+{
+	struct lax_store *l = (struct lax_store *)st;
+
+	return l->inner->ops->del(l->inner, key);
+}
+
+static int lax_list(struct cfs_store *st, const char *prefix, cfs_list_fn fn,
+		    void *payload)
+{
+	struct lax_store *l = (struct lax_store *)st;
+
+	return l->inner->ops->list(l->inner, prefix, fn, payload);
+}
+
+static const char *lax_describe(struct cfs_store *st)
+{
+	return "lax://";
+}
+
+static void lax_free(struct cfs_store *st)
+{
+}
+
+static const struct cfs_store_ops lax_ops = {CFS_STORE_OPS_VERSION,
+					     "lax",
+					     lax_get,
+					     lax_put,
+					     lax_head,
+					     lax_del,
+					     lax_list,
+					     lax_describe,
+					     lax_free};
+
+static void test_probe_offline(void)
+{
+	struct lax_store l = {{&lax_ops, NULL, NULL}, NULL, false};
+	int rc;
+
+	cfs_store_mem_new(&l.inner);
+	rc = cfs_store_check_conditional(l.inner);
+	TAP_EQ_INT(rc, 0, "probe: a store that enforces conditions passes");
+	TAP_EQ_INT(cfs_store_mem_count(l.inner), 0, "probe: leaves nothing");
+	rc = cfs_store_check_conditional(&l.base);
+	TAP_EQ_INT(rc, CFS_EUNSUPPORTED,
+		   "probe: ignoring If-None-Match is refused");
+	tap_ok(strstr(cfs_error_last(), "If-None-Match") &&
+		       strstr(cfs_error_last(), "s3rver"),
+	       "probe message: %s", cfs_error_last());
+	l.drop_if_match = true;
+	rc = cfs_store_check_conditional(&l.base);
+	TAP_EQ_INT(rc, CFS_EUNSUPPORTED, "probe: ignoring If-Match is refused");
+	TAP_EQ_INT(cfs_store_mem_count(l.inner), 0,
+		   "probe: cleans up after a refusal");
+	cfs_store_free(l.inner);
+}
+
 /* ---- cleanup and main --------------------------------------------------- */
 
 static int del_key(const char *key, void *payload)
@@ -1323,6 +1419,7 @@ int main(void)
 
 	cfs_init();
 	cfs_log_quiet();
+	test_probe_offline();
 	if (!ep || !bucket || !ak || !sk) {
 		tap_skip("S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY and "
 			 "S3_SECRET_KEY are not set (start a server with "
@@ -1343,6 +1440,8 @@ int main(void)
 		printf("Bail out! cannot open the S3 store\n");
 		return 1;
 	}
+	TAP_EQ_INT(cfs_store_check_conditional(st), 0,
+		   "probe: RGW enforces conditional writes");
 	contract(st);
 	test_prefix();
 	test_paging(st);
