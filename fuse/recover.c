@@ -40,9 +40,10 @@ extern char **environ;
 /* ---- lock takeover ------------------------------------------------------ */
 
 /*
- * True when the lock was written by a contextfs mount of this machine
- * (runtime id "fuse:<host>:...", owner "<host>:<pid>:<uuid>") whose
- * process no longer runs. A live pid (even a reused one) never qualifies.
+ * True when the lock was written by a contextfs mount or recover of this
+ * machine (runtime id "fuse:<host>:..." or "recover:<host>", owner
+ * "<host>:<pid>:<uuid>") whose process no longer runs. A live pid (even a
+ * reused one) never qualifies.
  */
 static bool lock_owner_dead_here(const struct cfs_lock *l)
 {
@@ -53,8 +54,11 @@ static bool lock_owner_dead_here(const struct cfs_lock *l)
 
 	if (!owner || !rt || !host[0])
 		return false;
-	if (strncmp(rt, "fuse:", 5) != 0 || strncmp(rt + 5, host, hl) != 0 ||
-	    rt[5 + hl] != ':')
+	bool mount_rt = strncmp(rt, "fuse:", 5) == 0 &&
+			strncmp(rt + 5, host, hl) == 0 && rt[5 + hl] == ':';
+	bool recover_rt =
+		strncmp(rt, "recover:", 8) == 0 && strcmp(rt + 8, host) == 0;
+	if (!mount_rt && !recover_rt)
 		return false;
 	if (strncmp(owner, host, hl) != 0 || owner[hl] != ':')
 		return false;

@@ -585,3 +585,53 @@ def test_dead_read_only_mount_staging_is_swept(env):
     mp = env.mount("ctx")  # the next mount of ctx removes it
     assert not os.path.exists(area)
     env.umount(mp)
+
+
+def write_lock(env, owner, runtime_id, ttl_s=600):
+    """A lock.json as another writer would have left it (no ETag sidecar: the
+    fs store then uses the body's sha256)."""
+    now = time.time()
+
+    def iso(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000Z"
+
+    doc = {"version": 1, "contextId": "ctx", "owner": owner, "runtimeId": runtime_id,
+           "createdAt": iso(now), "heartbeatAt": iso(now), "expiresAt": iso(now + ttl_s)}
+    with open(os.path.join(env.store, "contexts/ctx/lock.json"), "w") as fh:
+        json.dump(doc, fh, indent=2)
+
+
+@pytest.mark.parametrize("runtime", ["fuse:{host}:/some/mountpoint", "recover:{host}"])
+def test_dead_local_lock_taken_over(env, runtime):
+    import socket
+    host = socket.gethostname()
+    p = subprocess.Popen(["true"])
+    p.wait()  # a pid that no longer runs
+    dead = f"{host}:{p.pid}:00000000-0000-4000-8000-000000000000"
+    write_lock(env, dead, runtime.format(host=host))
+    mp = env.mount("ctx")
+    _, s = env.json("status", "ctx")
+    assert s["lock"]["owner"] == env.status(mp)["owner"] != dead
+    env.umount(mp)
+    assert [l for l in env.log_errors()] == []
+
+
+@pytest.mark.parametrize("case", ["live-pid", "other-host", "not-a-mount"])
+def test_other_locks_not_taken_over(env, case):
+    import socket
+    host = socket.gethostname()
+    owner = f"{host}:{os.getpid()}:00000000-0000-4000-8000-000000000000"  # alive
+    runtime = f"fuse:{host}:/x"
+    if case == "other-host":
+        owner = f"{host}-elsewhere:999999:00000000-0000-4000-8000-000000000000"
+        runtime = f"fuse:{host}-elsewhere:/x"
+    elif case == "not-a-mount":
+        p = subprocess.Popen(["true"])
+        p.wait()
+        owner = f"{host}:{p.pid}:00000000-0000-4000-8000-000000000000"
+        runtime = "some-sandbox-runtime"
+    write_lock(env, owner, runtime)
+    p = env.mount("ctx", check=False)
+    assert p.returncode == 4 and "locked by" in p.stderr
+    _, s = env.json("status", "ctx")
+    assert s["lock"]["owner"] == owner
