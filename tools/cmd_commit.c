@@ -117,7 +117,7 @@ const struct cli_command cli_cmd_commit = {
 	.name = "commit",
 	.args = "ID --from DIR [-m MSG] [--author A] [--expect-generation N] | "
 		"MOUNTPOINT [-m MSG]",
-	.summary = "commit a directory as the next generation",
+	.summary = "commit a directory, or a mount, as the next generation",
 	.help = "  --from DIR               directory with the context roots "
 		"(workspace/, memory/,\n"
 		"                           artifacts/, logs/, config/, "

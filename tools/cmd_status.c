@@ -132,7 +132,7 @@ out:
 const struct cli_command cli_cmd_status = {
 	.name = "status",
 	.args = "ID | MOUNTPOINT",
-	.summary = "show the manifest summary and the lock of a context",
+	.summary = "show a context's manifest and lock, or a mount's state",
 	.help = "Reads only plaintext metadata; needs no key.\n"
 		"With a contextfs MOUNTPOINT: clean/dirty, last landed "
 		"generation,\ncheckpoint and pending error of that mount.\n",
