@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
@@ -859,6 +860,13 @@ int cli_keys(struct cli *cli, bool confirm, struct cfs_keys **out)
 		goto out;
 	}
 	rc = cfs_keys_new(out, use_pass, cli->env_raw_key);
+	/*
+	 * A process holding key material is not dumpable: no core file, and
+	 * other processes of the same user cannot ptrace it or read its
+	 * memory (as ssh-agent does).
+	 */
+	if (!rc)
+		prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 out:
 	if (pass)
 		sodium_free(pass);
