@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,8 +112,91 @@ out:
 	return rc;
 }
 
+/*
+ * Files with several names: the first name met is copied into the
+ * snapshot, every later name is hard-linked to that copy, so that the
+ * commit stores them as one file and hard links as the staging tree has
+ * them (the packer turns repeated inodes into tar hard links).
+ */
+struct farm_link {
+	ino_t ino; /* staging inode; 0 = free slot */
+	char *rel; /* path of the copy, relative to the snapshot root */
+};
+
+struct farm {
+	int snapfd; /* snapshot root */
+	char rel[PATH_MAX]; /* path of the directory being mirrored */
+	size_t len;
+	struct farm_link *links; /* open addressing, size power of two */
+	size_t nlinks, cap;
+};
+
+static size_t link_slot(const struct farm *f, ino_t ino)
+{
+	size_t i = (size_t)((uint64_t)ino * 0x9E3779B97F4A7C15ull >> 17);
+	for (i &= f->cap - 1; f->links[i].ino && f->links[i].ino != ino;
+	     i = (i + 1) & (f->cap - 1))
+		;
+	return i;
+}
+
+static const char *link_find(const struct farm *f, ino_t ino)
+{
+	if (!f->cap)
+		return NULL;
+	size_t i = link_slot(f, ino);
+	return f->links[i].ino ? f->links[i].rel : NULL;
+}
+
+static int link_add(struct farm *f, ino_t ino, const char *rel)
+{
+	if ((f->nlinks + 1) * 2 > f->cap) {
+		size_t ocap = f->cap, ncap = ocap ? ocap * 2 : 64;
+		struct farm_link *old = f->links;
+		f->links = calloc(ncap, sizeof(*f->links));
+		if (!f->links) {
+			f->links = old;
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		}
+		f->cap = ncap;
+		for (size_t i = 0; i < ocap; i++)
+			if (old[i].ino)
+				f->links[link_slot(f, old[i].ino)] = old[i];
+		free(old);
+	}
+	char *r = strdup(rel);
+	if (!r)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	size_t i = link_slot(f, ino);
+	f->links[i].ino = ino;
+	f->links[i].rel = r;
+	f->nlinks++;
+	return 0;
+}
+
+static void farm_free(struct farm *f)
+{
+	for (size_t i = 0; i < f->cap; i++)
+		free(f->links[i].rel);
+	free(f->links);
+	f->links = NULL;
+	f->cap = f->nlinks = 0;
+}
+
+/* Appends "/name" (or "name" at the root) to f->rel; restore with f->len. */
+static int farm_push(struct farm *f, const char *name)
+{
+	int k = snprintf(f->rel + f->len, sizeof(f->rel) - f->len, "%s%s",
+			 f->len ? "/" : "", name);
+	if (k < 0 || (size_t)k >= sizeof(f->rel) - f->len)
+		return cfs_error_set(CFS_EUNSAFE, "snapshot: path too long");
+	f->len += (size_t)k;
+	return 0;
+}
+
 /* Mirrors directory sdir into ddir; caller holds the freeze. */
-static int farm_dir(struct cfs_fs *fs, int sdir, int ddir, int depth, bool top)
+static int farm_dir(struct cfs_fs *fs, struct farm *f, int sdir, int ddir,
+		    int depth, bool top)
 {
 	DIR *dp = NULL;
 	struct dirent *de;
@@ -158,8 +242,15 @@ static int farm_dir(struct cfs_fs *fs, int sdir, int ddir, int depth, bool top)
 			if (s2 < 0 || d2 < 0)
 				rc = cfs_error_errno(errno, "snapshot: open %s",
 						     nm);
-			else
-				rc = farm_dir(fs, s2, d2, depth + 1, false);
+			else {
+				size_t len = f->len;
+				rc = farm_push(f, nm);
+				if (rc == 0)
+					rc = farm_dir(fs, f, s2, d2, depth + 1,
+						      false);
+				f->len = len;
+				f->rel[len] = '\0';
+			}
 			if (rc == 0) {
 				struct timespec ts[2] = {st.st_atim,
 							 st.st_mtim};
@@ -173,9 +264,24 @@ static int farm_dir(struct cfs_fs *fs, int sdir, int ddir, int depth, bool top)
 			if (rc)
 				break;
 		} else if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
-			/* Hard-linked by the user: copying keeps the links
-			 * intact in the staging tree. */
-			rc = copy_regular(dirfd(dp), nm, ddir, st.st_mode);
+			/* Hard-linked by the user: a copy (so that the
+			 * staging links stay intact), linked as often. */
+			const char *first = link_find(f, st.st_ino);
+			size_t len = f->len;
+			if (first) {
+				if (linkat(f->snapfd, first, ddir, nm, 0) != 0)
+					rc = cfs_error_errno(
+						errno, "snapshot: link %s", nm);
+			} else {
+				rc = copy_regular(dirfd(dp), nm, ddir,
+						  st.st_mode);
+				if (rc == 0)
+					rc = farm_push(f, nm);
+				if (rc == 0)
+					rc = link_add(f, st.st_ino, f->rel);
+				f->len = len;
+				f->rel[len] = '\0';
+			}
 			if (rc)
 				break;
 		} else if (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) {
@@ -199,14 +305,22 @@ static int farm_dir(struct cfs_fs *fs, int sdir, int ddir, int depth, bool top)
 	return rc;
 }
 
-/* Removes the snapshot (if any) and clears the shared set. */
+/*
+ * Removes the snapshot (if any), then clears the shared set. snap_seq is odd
+ * while the snapshot's links change (here, and in snap_take from the start
+ * of the farm until the set is published): ops.c stats again rather than
+ * report a link count the snapshot's links may have skewed.
+ */
 static void snap_drop(struct cfs_fs *fs)
 {
+	if (!(atomic_load(&fs->snap_seq) & 1))
+		atomic_fetch_add(&fs->snap_seq, 1);
+	(void)cfs_rmtree_at(AT_FDCWD, fs->snap_path);
 	pthread_mutex_lock(&fs->snap_mu);
 	atomic_store(&fs->snap_active, false);
 	fs->snap_count = 0;
 	pthread_mutex_unlock(&fs->snap_mu);
-	(void)cfs_rmtree_at(AT_FDCWD, fs->snap_path);
+	atomic_fetch_add(&fs->snap_seq, 1);
 }
 
 /*
@@ -230,11 +344,22 @@ static int snap_take(struct cfs_fs *fs, uint64_t *changes_out, int *snapfd_out)
 	*changes_out = atomic_load(&fs->changes);
 	pthread_mutex_lock(&fs->snap_mu);
 	fs->snap_count = 0;
-	rc = farm_dir(fs, fs->root_fd, sfd, 0, true);
+	atomic_fetch_add(&fs->snap_seq, 1); /* odd: links being made */
+	struct farm *farm = calloc(1, sizeof(*farm));
+	if (!farm) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+	} else {
+		farm->snapfd = sfd;
+		rc = farm_dir(fs, farm, fs->root_fd, sfd, 0, true);
+		farm_free(farm);
+		free(farm);
+	}
 	if (rc == 0 && fs->snap_count) {
 		qsort(fs->snap_inos, fs->snap_count, sizeof(ino_t), ino_cmp);
 		atomic_store(&fs->snap_active, true);
 	}
+	if (rc == 0)
+		atomic_fetch_add(&fs->snap_seq, 1); /* even: set published */
 	pthread_mutex_unlock(&fs->snap_mu);
 	t1 = cfs_monotonic_ms();
 	pthread_rwlock_unlock(&fs->freeze);
@@ -400,6 +525,8 @@ static int checkpoint_now(struct cfs_fs *fs)
 	co.kind = CFS_COMMIT_CHECKPOINT;
 	co.owner = fs->owner;
 	co.reason = "periodic checkpoint (contextfs mount)";
+	/* authenticated by our first commit, if there was one */
+	co.key_verified = fs->prev_index != NULL;
 	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
 	close(sfd);
 	snap_drop(fs);
