@@ -235,6 +235,8 @@ $osd_store_conf
 keyring = $D/rgw/keyring
 rgw data = $D/rgw
 rgw frontends = beast endpoint=$HOST:$S3_PORT
+# virtual-hosted style: <bucket>.localhost (curl resolves *.localhost itself)
+rgw dns name = localhost
 rgw thread pool size = 128
 rgw enable usage log = false
 rgw enable ops log = false

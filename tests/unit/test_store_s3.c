@@ -562,6 +562,43 @@ static void test_prefix(void)
 	free(want);
 }
 
+/* Virtual-hosted style: <bucket>.localhost (RGW: rgw dns name = localhost;
+ * curl resolves *.localhost to loopback itself). */
+static void test_vhost(void)
+{
+	struct cfs_s3_config c = base_cfg;
+	struct cfs_store *v, *pst;
+	char *ep = NULL, *body;
+	int port = 0, rc;
+
+	if (sscanf(base_cfg.endpoint, "http://127.0.0.1:%d", &port) != 1) {
+		tap_skip(
+			"endpoint is not http://127.0.0.1:PORT; no vhost test");
+		return;
+	}
+	ep = cfs_asprintf("http://localhost:%d", port);
+	c.endpoint = ep;
+	c.path_style = false;
+	v = open_store(&c);
+	pst = open_store(&base_cfg);
+	rc = put_str(v, "contexts/vh/manifest.json", "vh", NULL, NULL);
+	TAP_EQ_INT(rc, 0, "virtual-hosted style put");
+	if (rc)
+		tap_diag("%s", cfs_error_last());
+	body = get_str(pst, "contexts/vh/manifest.json", NULL);
+	TAP_EQ_STR(body, "vh", "the same object under path style");
+	free(body);
+	TAP_EQ_STR(list_joined(v, "contexts/vh/"), "contexts/vh/manifest.json",
+		   "virtual-hosted style list");
+	cfs_store_delete(v, "contexts/vh/manifest.json");
+	cfs_store_free(v);
+	cfs_store_free(pst);
+	c.bucket = "Not_DNS";
+	TAP_EQ_INT(cfs_store_s3_open(&v, &c), CFS_EINVAL,
+		   "a bucket name that is not a DNS label needs path style");
+	free(ep);
+}
+
 struct filler {
 	struct cfs_store *st;
 	int from, to;
@@ -1444,6 +1481,7 @@ int main(void)
 		   "probe: RGW enforces conditional writes");
 	contract(st);
 	test_prefix();
+	test_vhost();
 	test_paging(st);
 	if (rounds <= 0 || rounds > 1000)
 		rounds = 20;
