@@ -337,7 +337,9 @@ static int loc_open(struct cfs_fs *fs, const struct loc *l, int flags)
 	} else {
 		if (loc_abs(fs, l, p))
 			return -ENAMETOOLONG;
-		fd = open(p, flags);
+		/* the magic link must be followed: a caller's O_NOFOLLOW
+		 * was for its own path, which the kernel already resolved */
+		fd = open(p, flags & ~O_NOFOLLOW);
 	}
 	return fd < 0 ? -errno : fd;
 }
@@ -703,8 +705,9 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 	/* Move every open handle to the new inode. */
 	snprintf(p, sizeof(p), "/proc/self/fd/%d", tmp);
 	for (struct cfs_handle *h = n->handles; h; h = h->next) {
-		int nfd = open(p, (h->flags & ~(O_CREAT | O_EXCL | O_TRUNC)) |
-					  O_CLOEXEC);
+		/* not O_NOFOLLOW (sqlite opens with it): p is a magic link */
+		int fl = h->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW);
+		int nfd = open(p, fl | O_CLOEXEC);
 		if (nfd < 0) {
 			rc = -errno;
 			cfs_error_log("%s: copy-on-write could not reopen a "

@@ -25,6 +25,7 @@ import random
 import shutil
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -416,6 +417,57 @@ def test_sqlite(env, timer, journal, fsync, txns):
     sqlite(db2, "INSERT INTO t(v) VALUES('after remount');\n")
     assert sqlite_check(db2)[0] == txns + 1
     timer.lap("integrity_check + count")
+    env.umount(mp2)
+    assert_no_daemon_errors(env)
+
+
+def test_nofollow_handle_survives_copy_on_write(env, timer):
+    """Regression found by the sqlite WAL run with fsync=commit: sqlite opens
+    every file with O_NOFOLLOW; a write through such a handle while a commit's
+    snapshot shares the file makes the daemon copy the file (copy-on-write)
+    and move the handle to the copy by reopening /proc/self/fd/N with the
+    handle's flags. O_NOFOLLOW made that reopen fail (ELOOP): the write
+    failed, and every later write through the handle went to the orphaned
+    old inode while reporting success (lost at the next commit)."""
+    mp = env.mount("ctx")
+    w = os.path.join(mp, "workspace")
+    blob = os.urandom(1 << 20)
+    for i in range(16):  # makes a commit last long enough to write during it
+        with open(os.path.join(w, "big%d" % i), "wb") as f:
+            f.write(blob[i:] + blob[:i])
+    p = os.path.join(w, "db")
+    with open(p, "wb") as f:
+        f.write(b"." * 4096)
+    fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)
+    want = bytearray(b"." * 4096)
+    errors, off, rounds = [], 0, 0
+    try:
+        while env.status(mp)["copyOnWrites"] == 0 and rounds < 5:
+            rounds += 1
+            with open(os.path.join(w, "dirty"), "w") as f:
+                f.write(str(rounds))
+            t = threading.Thread(target=env.run, args=("sync", mp))
+            t.start()
+            while t.is_alive():
+                try:
+                    os.pwrite(fd, b"W", off)
+                    want[off:off + 1] = b"W"
+                except OSError as ex:
+                    errors.append(ex)
+                off = (off + 1) % 4096
+                time.sleep(0.002)
+            t.join()
+        os.pwrite(fd, b"after", 0)  # after the commit: must reach the name
+        want[0:5] = b"after"
+    finally:
+        os.close(fd)
+    st = env.status(mp)
+    timer.lap("writes during %d commits" % rounds, "%d copy-on-writes" % st["copyOnWrites"])
+    assert errors == [], errors[:3]
+    assert st["copyOnWrites"] >= 1, "no write landed during a commit: the test did not exercise copy-on-write"
+    assert open(p, "rb").read() == bytes(want)
+    mp2 = remount(env, mp, "again")
+    assert open(os.path.join(mp2, "workspace/db"), "rb").read() == bytes(want)
     env.umount(mp2)
     assert_no_daemon_errors(env)
 
