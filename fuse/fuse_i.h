@@ -104,6 +104,8 @@ struct cfs_fs {
 	/* snapshot state: snap_active set under freeze (write side) */
 	pthread_mutex_t snap_mu;
 	atomic_bool snap_active;
+	/* odd while the snapshot's links are made or removed (see snap_drop) */
+	atomic_uint_fast64_t snap_seq;
 	ino_t *snap_inos; /* sorted after the snapshot, protected by snap_mu */
 	size_t snap_count, snap_cap;
 
