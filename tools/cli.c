@@ -6,6 +6,7 @@
  */
 #include "tools/cli.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -403,6 +404,30 @@ static int config_str(struct cli *cli, const char *section, const char *key,
 	return 0;
 }
 
+/* Optional boolean member at obj.section.key; wrong type -> ECORRUPT. */
+static int config_bool(struct cli *cli, const char *section, const char *key,
+		       bool *out)
+{
+	const cJSON *sec, *item;
+
+	*out = false;
+	if (!cli->config)
+		return 0;
+	sec = cJSON_GetObjectItemCaseSensitive(cli->config, section);
+	if (!sec || !cJSON_IsObject(sec))
+		return 0; /* config_str reports a non-object section */
+	item = cJSON_GetObjectItemCaseSensitive(sec, key);
+	if (!item || cJSON_IsNull(item))
+		return 0;
+	if (!cJSON_IsBool(item))
+		return cfs_error_set(CFS_ECORRUPT,
+				     "config %s: \"%s.%s\" must be true or "
+				     "false",
+				     cli->config_path, section, key);
+	*out = cJSON_IsTrue(item);
+	return 0;
+}
+
 static int config_load(struct cli *cli)
 {
 	const char *path = getenv("CONTEXTSDK_CONFIG");
@@ -451,6 +476,21 @@ static int config_load(struct cli *cli)
 	rc = config_str(cli, "storage", "directory", &name);
 	if (!rc)
 		rc = config_str(cli, "storage", "type", &name);
+	if (!rc && name && strcmp(name, "fs") && strcmp(name, "s3"))
+		rc = cfs_error_set(CFS_ECORRUPT,
+				   "config %s: storage.type must be \"fs\" "
+				   "or \"s3\", got \"%.40s\"",
+				   path, name);
+	{
+		static const char *const keys[] = {"bucket", "prefix", "region",
+						   "endpoint"};
+		bool b;
+
+		for (size_t i = 0; !rc && i < CFS_ARRAY_SIZE(keys); i++)
+			rc = config_str(cli, "storage", keys[i], &name);
+		if (!rc)
+			rc = config_bool(cli, "storage", "forcePathStyle", &b);
+	}
 	if (rc)
 		return rc;
 	rc = config_str(cli, "encryption", "passphraseEnv", &name);
@@ -504,7 +544,7 @@ static void env_wipe(const char *name)
 		sodium_memzero(found[i], strlen(found[i]));
 }
 
-static int env_capture(const char *name, char **out)
+static int env_capture_max(const char *name, char **out, size_t max)
 {
 	const char *v = getenv(name);
 	int rc = 0;
@@ -513,10 +553,10 @@ static int env_capture(const char *name, char **out)
 	if (!v)
 		return 0;
 	if (*v) {
-		if (strlen(v) >= CLI_SECRET_MAX) {
+		if (strlen(v) >= max) {
 			rc = cfs_error_set(CFS_EKEY,
-					   "%s is longer than %d bytes", name,
-					   CLI_SECRET_MAX - 1);
+					   "%s is longer than %zu bytes", name,
+					   max - 1);
 		} else {
 			*out = cfs_secret_strdup(v);
 			if (!*out)
@@ -527,24 +567,58 @@ static int env_capture(const char *name, char **out)
 	return rc;
 }
 
-static int secrets_capture(struct cli *cli)
+static int env_capture(const char *name, char **out)
 {
-	int rc, rc2;
-
-	rc = env_capture(cli->raw_key_env, &cli->env_raw_key);
-	if (strcmp(cli->raw_key_env, cli->passphrase_env) == 0)
-		return rc;
-	rc2 = env_capture(cli->passphrase_env, &cli->env_passphrase);
-	return rc ? rc : rc2;
+	return env_capture_max(name, out, CLI_SECRET_MAX);
 }
 
-/* Also wipes the default names when a config renamed them. */
+/*
+ * S3 credentials: captured into sodium memory and wiped from environ
+ * before anything runs (child processes, /proc/self/environ). AWS
+ * session tokens run to a few KiB.
+ */
+static int s3_secrets_capture(struct cli *cli)
+{
+	int rc =
+		env_capture("CONTEXTSDK_S3_ACCESS_KEY_ID", &cli->s3_access_key);
+	int rc2 = env_capture("CONTEXTSDK_S3_SECRET_ACCESS_KEY",
+			      &cli->s3_secret_key);
+	int rc3 = env_capture("AWS_ACCESS_KEY_ID", &cli->aws_access_key);
+	int rc4 = env_capture("AWS_SECRET_ACCESS_KEY", &cli->aws_secret_key);
+	int rc5 = env_capture_max("AWS_SESSION_TOKEN", &cli->aws_session_token,
+				  16384);
+
+	return rc ? rc : rc2 ? rc2 : rc3 ? rc3 : rc4 ? rc4 : rc5;
+}
+
+static int secrets_capture(struct cli *cli)
+{
+	int rc, rc2, rc3;
+
+	rc3 = s3_secrets_capture(cli);
+	rc = env_capture(cli->raw_key_env, &cli->env_raw_key);
+	if (strcmp(cli->raw_key_env, cli->passphrase_env) == 0)
+		return rc ? rc : rc3;
+	rc2 = env_capture(cli->passphrase_env, &cli->env_passphrase);
+	return rc ? rc : rc2 ? rc2 : rc3;
+}
+
+/* Also wipes the default names when a config renamed them, and the S3
+ * secrets on paths that never captured them. */
 static void secrets_wipe_defaults(void)
 {
-	if (getenv(DEFAULT_PASSPHRASE_ENV))
-		env_wipe(DEFAULT_PASSPHRASE_ENV);
-	if (getenv(DEFAULT_RAW_KEY_ENV))
-		env_wipe(DEFAULT_RAW_KEY_ENV);
+	static const char *const names[] = {
+		DEFAULT_PASSPHRASE_ENV,
+		DEFAULT_RAW_KEY_ENV,
+		"CONTEXTSDK_S3_SECRET_ACCESS_KEY",
+		"AWS_SECRET_ACCESS_KEY",
+		"AWS_SESSION_TOKEN",
+	};
+	size_t i;
+
+	for (i = 0; i < CFS_ARRAY_SIZE(names); i++)
+		if (getenv(names[i]))
+			env_wipe(names[i]);
 }
 
 /* ------------------------------------------------------------------ */
@@ -878,79 +952,384 @@ out:
 /* ------------------------------------------------------------------ */
 /* Store */
 
-int cli_store_dir(struct cli *cli, char **out, const char **source_out)
+/* A non-empty environment variable or NULL. */
+static const char *env_str(const char *name)
 {
-	const char *src = NULL, *dir = NULL, *type = NULL;
-	const char *bucket;
+	const char *v = getenv(name);
+
+	return v && *v ? v : NULL;
+}
+
+/* Config string member or NULL when there is no config. */
+static int config_opt(struct cli *cli, const char *key, const char **out)
+{
+	*out = NULL;
+	return cli->config ? config_str(cli, "storage", key, out) : 0;
+}
+
+/* True when the endpoint's host is an IP literal (no virtual hosts). */
+static bool endpoint_host_is_ip(const char *ep)
+{
+	const char *h = strstr(ep, "://");
+	char host[256];
+	size_t n;
+	unsigned char addr[16];
+
+	h = h ? h + 3 : ep;
+	if (*h == '[')
+		return true; /* IPv6 literal */
+	n = strcspn(h, ":/?#");
+	if (n == 0 || n >= sizeof(host))
+		return false;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	return inet_pton(AF_INET, host, addr) == 1;
+}
+
+/* Tunable from CONTEXTFS_S3_<name> (unset: *out unchanged). */
+static int s3_tunable(const char *name, uint64_t min, uint64_t max,
+		      uint64_t *out, bool *set)
+{
+	const char *v = env_str(name);
+
+	if (!v)
+		return 0;
+	if (set)
+		*set = true;
+	return cli_parse_u64(out, name, v, min, max);
+}
+
+static int s3_tunables(struct cfs_s3_config *c, bool *retries_set)
+{
+	uint64_t v;
+	const char *im;
 	int rc;
 
-	*out = NULL;
-	if (cli->store_dir) {
-		dir = cli->store_dir;
-		src = "--store";
-		goto have;
+	v = 0;
+	rc = s3_tunable("CONTEXTFS_S3_RETRIES", 1, 100, &v, retries_set);
+	c->max_retries = (unsigned)v;
+	v = 0;
+	if (!rc)
+		rc = s3_tunable("CONTEXTFS_S3_CONNECT_TIMEOUT_MS", 100, 600000,
+				&v, NULL);
+	c->connect_timeout_ms = (unsigned)v;
+	v = 0;
+	if (!rc)
+		rc = s3_tunable("CONTEXTFS_S3_STALL_TIMEOUT", 1, 86400, &v,
+				NULL);
+	c->stall_timeout_s = (unsigned)v;
+	if (!rc)
+		rc = s3_tunable("CONTEXTFS_S3_PART_SIZE", 5ull << 20,
+				5ull << 30, &c->part_size, NULL);
+	if (!rc)
+		rc = s3_tunable("CONTEXTFS_S3_MULTIPART_THRESHOLD", 5ull << 20,
+				5ull << 30, &c->multipart_threshold, NULL);
+	v = 0;
+	if (!rc)
+		rc = s3_tunable("CONTEXTFS_S3_PARALLEL_PARTS", 1, 16, &v, NULL);
+	c->parallel_parts = (unsigned)v;
+	if (rc)
+		return rc;
+	im = env_str("CONTEXTFS_S3_IF_MATCH");
+	if (!im || !strcmp(im, "auto"))
+		c->if_match = CFS_S3_IF_MATCH_AUTO;
+	else if (!strcmp(im, "quoted"))
+		c->if_match = CFS_S3_IF_MATCH_QUOTED;
+	else if (!strcmp(im, "unquoted"))
+		c->if_match = CFS_S3_IF_MATCH_UNQUOTED;
+	else
+		return cfs_error_set(CFS_EINVAL,
+				     "CONTEXTFS_S3_IF_MATCH must be auto, "
+				     "quoted or unquoted");
+	c->ca_file = env_str("CONTEXTFS_S3_CA_FILE");
+	if (!c->ca_file)
+		c->ca_file = env_str("AWS_CA_BUNDLE");
+	return 0;
+}
+
+/*
+ * Credentials: an explicit CONTEXTSDK_S3_* pair (either set -> both
+ * required, as the reference), else the AWS_* pair and session token.
+ */
+static int s3_credentials(struct cli *cli, struct cli_store_spec *sp)
+{
+	struct cfs_s3_config *c = &sp->s3cfg;
+
+	if (cli->s3_access_key || cli->s3_secret_key) {
+		if (!cli->s3_access_key)
+			return cfs_error_set(CFS_EKEY, "CONTEXTSDK_S3_ACCESS_"
+						       "KEY_ID is required");
+		if (!cli->s3_secret_key)
+			return cfs_error_set(CFS_EKEY,
+					     "CONTEXTSDK_S3_SECRET_ACCESS_KEY "
+					     "is required");
+		c->access_key = cli->s3_access_key;
+		c->secret_key = cli->s3_secret_key;
+		sp->credentials = "CONTEXTSDK_S3_ACCESS_KEY_ID";
+		return 0;
 	}
-	if (cli->config) {
-		rc = config_str(cli, "storage", "type", &type);
+	if (cli->aws_access_key || cli->aws_secret_key) {
+		if (!cli->aws_access_key)
+			return cfs_error_set(CFS_EKEY,
+					     "AWS_ACCESS_KEY_ID is required");
+		if (!cli->aws_secret_key)
+			return cfs_error_set(CFS_EKEY,
+					     "AWS_SECRET_ACCESS_KEY is "
+					     "required");
+		c->access_key = cli->aws_access_key;
+		c->secret_key = cli->aws_secret_key;
+		c->session_token = cli->aws_session_token;
+		sp->credentials = "AWS_ACCESS_KEY_ID";
+		return 0;
+	}
+	return cfs_error_set(CFS_EKEY,
+			     "S3 credentials are required for s3://%s: set "
+			     "CONTEXTSDK_S3_ACCESS_KEY_ID and "
+			     "CONTEXTSDK_S3_SECRET_ACCESS_KEY (or "
+			     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+			     sp->bucket);
+}
+
+/* Fills the S3 half of the spec; sp->bucket and sp->prefix are set. */
+static int s3_resolve(struct cli *cli, struct cli_store_spec *sp)
+{
+	const char *region, *endpoint = NULL, *cfgv = NULL;
+	const char *fps = env_str("CONTEXTSDK_S3_FORCE_PATH_STYLE");
+	bool cfg_path_style = false;
+	int rc;
+
+	sp->s3 = true;
+	/* Region: CONTEXTSDK_S3_REGION ?? AWS_REGION ?? config ?? "auto". */
+	region = env_str("CONTEXTSDK_S3_REGION");
+	if (!region)
+		region = env_str("AWS_REGION");
+	if (!region) {
+		rc = config_opt(cli, "region", &region);
 		if (rc)
 			return rc;
-		if (type && strcmp(type, "fs") != 0)
-			return cfs_error_set(CFS_EUNSUPPORTED,
-					     "config %s: storage type \"%s\" "
-					     "is not supported by contextfs; "
-					     "use \"fs\" or pass --store DIR",
-					     cli->config_path, type);
 	}
-	dir = getenv("CONTEXTSDK_STORAGE_DIR");
-	if (dir && *dir) {
-		src = "CONTEXTSDK_STORAGE_DIR";
-		goto have;
-	}
-	bucket = getenv("CONTEXTSDK_S3_BUCKET");
-	if (bucket && *bucket && !type)
-		return cfs_error_set(CFS_EUNSUPPORTED,
-				     "CONTEXTSDK_S3_BUCKET is set but "
-				     "contextfs has no S3 backend; unset it "
-				     "or pass --store DIR");
-	if (cli->config) {
-		rc = config_str(cli, "storage", "directory", &dir);
+	if (!region)
+		region = env_str("AWS_DEFAULT_REGION");
+	if (!region)
+		region = "auto";
+	/* Endpoint: CONTEXTSDK_S3_ENDPOINT ?? config ?? AWS_ENDPOINT_URL_S3
+	 * ?? AWS_ENDPOINT_URL ?? AWS itself. */
+	endpoint = env_str("CONTEXTSDK_S3_ENDPOINT");
+	if (!endpoint) {
+		rc = config_opt(cli, "endpoint", &cfgv);
 		if (rc)
 			return rc;
-		if (dir) {
-			src = "config";
-			goto have;
-		}
+		endpoint = cfgv;
 	}
-	*out = cfs_store_fs_default_dir();
-	if (!*out)
+	if (!endpoint)
+		endpoint = env_str("AWS_ENDPOINT_URL_S3");
+	if (!endpoint)
+		endpoint = env_str("AWS_ENDPOINT_URL");
+	rc = config_bool(cli, "storage", "forcePathStyle", &cfg_path_style);
+	if (rc)
+		return rc;
+	sp->region = cfs_strdup(region);
+	sp->endpoint = endpoint ? cfs_strdup(endpoint) : NULL;
+	if (!sp->region || (endpoint && !sp->endpoint))
+		return CFS_ENOMEM;
+	sp->s3cfg.bucket = sp->bucket;
+	sp->s3cfg.prefix = sp->prefix;
+	sp->s3cfg.region = sp->region;
+	sp->s3cfg.endpoint = sp->endpoint;
+	sp->s3cfg.path_style =
+		cfg_path_style ||
+		(fps && (!strcmp(fps, "1") || !strcmp(fps, "true")));
+	/* bucket.127.0.0.1 cannot resolve: an IP endpoint is path style. */
+	if (!sp->s3cfg.path_style && endpoint &&
+	    endpoint_host_is_ip(endpoint)) {
+		sp->s3cfg.path_style = true;
+		sp->path_style_auto = true;
+	}
+	rc = s3_tunables(&sp->s3cfg, &sp->tunables_set);
+	if (rc)
+		return rc;
+	return s3_credentials(cli, sp);
+}
+
+/* --store s3://BUCKET[/PREFIX] */
+static int s3_url_parse(struct cli_store_spec *sp, const char *url)
+{
+	const char *b = url + 5, *slash = strchr(b, '/');
+	size_t blen = slash ? (size_t)(slash - b) : strlen(b);
+	const char *p = slash ? slash : "";
+
+	if (blen == 0 || blen > 255)
+		return cfs_error_set(CFS_EINVAL,
+				     "--store %s: expected s3://BUCKET or "
+				     "s3://BUCKET/PREFIX",
+				     url);
+	while (*p == '/')
+		p++;
+	sp->bucket = cfs_strndup(b, blen);
+	sp->prefix = *p ? cfs_strdup(p) : NULL;
+	if (!sp->bucket || (*p && !sp->prefix))
+		return CFS_ENOMEM;
+	return 0;
+}
+
+static int fs_resolve(struct cli *cli, struct cli_store_spec *sp)
+{
+	const char *dir = env_str("CONTEXTSDK_STORAGE_DIR");
+	int rc;
+
+	sp->source = "CONTEXTSDK_STORAGE_DIR";
+	if (!dir) {
+		rc = config_opt(cli, "directory", &dir);
+		if (rc)
+			return rc;
+		sp->source = "config";
+	}
+	if (dir) {
+		sp->directory = cfs_strdup(dir);
+		return sp->directory ? 0 : CFS_ENOMEM;
+	}
+	sp->source = "default";
+	sp->directory = cfs_store_fs_default_dir();
+	if (!sp->directory)
 		return cfs_error_set(CFS_EINVAL,
 				     "cannot find a home directory for the "
 				     "default store; pass --store DIR");
-	if (source_out)
-		*source_out = "default";
 	return 0;
-have:
-	*out = cfs_strdup(dir);
-	if (!*out)
-		return CFS_ENOMEM;
-	if (source_out)
-		*source_out = src;
-	return 0;
+}
+
+void cli_store_spec_clear(struct cli_store_spec *sp)
+{
+	free(sp->directory);
+	free(sp->bucket);
+	free(sp->prefix);
+	free(sp->region);
+	free(sp->endpoint);
+	memset(sp, 0, sizeof(*sp));
+}
+
+int cli_store_resolve(struct cli *cli, struct cli_store_spec *sp)
+{
+	const char *type = NULL, *bucket, *prefix = NULL;
+	int rc;
+
+	memset(sp, 0, sizeof(*sp));
+	if (cli->store_dir) {
+		sp->source = "--store";
+		if (strncmp(cli->store_dir, "s3://", 5) == 0) {
+			rc = s3_url_parse(sp, cli->store_dir);
+			if (!rc)
+				rc = s3_resolve(cli, sp);
+		} else {
+			sp->directory = cfs_strdup(cli->store_dir);
+			rc = sp->directory ? 0 : CFS_ENOMEM;
+		}
+		goto out;
+	}
+	rc = config_opt(cli, "type", &type);
+	if (rc)
+		goto out;
+	/* storage.type "fs": a stray CONTEXTSDK_S3_BUCKET is ignored. */
+	if (type && !strcmp(type, "fs")) {
+		rc = fs_resolve(cli, sp);
+		goto out;
+	}
+	bucket = env_str("CONTEXTSDK_S3_BUCKET");
+	sp->source = "CONTEXTSDK_S3_BUCKET";
+	if (!bucket) {
+		rc = config_opt(cli, "bucket", &bucket);
+		if (rc)
+			goto out;
+		sp->source = "config";
+	}
+	if (!bucket && type && !strcmp(type, "s3")) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "config %s: storage type \"s3\" needs a "
+				   "bucket: set storage.bucket or "
+				   "CONTEXTSDK_S3_BUCKET",
+				   cli->config_path);
+		goto out;
+	}
+	if (!bucket) {
+		rc = fs_resolve(cli, sp);
+		goto out;
+	}
+	prefix = env_str("CONTEXTSDK_S3_PREFIX");
+	if (!prefix) {
+		rc = config_opt(cli, "prefix", &prefix);
+		if (rc)
+			goto out;
+	}
+	sp->bucket = cfs_strdup(bucket);
+	sp->prefix = prefix ? cfs_strdup(prefix) : NULL;
+	if (!sp->bucket || (prefix && !sp->prefix)) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	rc = s3_resolve(cli, sp);
+out:
+	if (rc) {
+		const char *src = sp->source;
+
+		cli_store_spec_clear(sp);
+		sp->source = src;
+	}
+	return rc;
+}
+
+int cli_store_open_spec(const struct cli_store_spec *sp, struct cfs_store **out)
+{
+	*out = NULL;
+	if (sp->s3)
+		return cfs_store_s3_open(out, &sp->s3cfg);
+	return cfs_store_fs_open(out, sp->directory);
 }
 
 int cli_store_open(struct cli *cli, struct cfs_store **out)
 {
-	char *dir = NULL;
+	struct cli_store_spec sp;
 	int rc;
 
 	*out = NULL;
-	rc = cli_store_dir(cli, &dir, NULL);
-	if (rc)
+	rc = cli_store_resolve(cli, &sp);
+	if (!rc)
+		rc = cli_store_open_spec(&sp, out);
+	cli_store_spec_clear(&sp);
+	return rc;
+}
+
+int cli_store_open_write(struct cli *cli, struct cfs_store **out, bool fresh)
+{
+	struct cli_store_spec sp;
+	struct cfs_store *st = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = cli_store_resolve(cli, &sp);
+	if (!rc)
+		rc = cli_store_open_spec(&sp, &st);
+	if (rc || !sp.s3)
+		goto out;
+	/* A server that ignores If-None-Match / If-Match cannot hold the
+	 * lock or the manifest compare-and-swap: refuse before writing. */
+	rc = cfs_store_check_conditional(st);
+	if (rc == CFS_EUNSUPPORTED) {
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", cfs_error_last());
+		rc = cfs_error_set(CFS_EIO, "%s", msg);
+	}
+	if (!rc && fresh) {
+		cfs_store_free(st);
+		st = NULL;
+		rc = cli_store_open_spec(&sp, &st);
+	}
+out:
+	cli_store_spec_clear(&sp);
+	if (rc) {
+		cfs_store_free(st);
 		return rc;
-	rc = cfs_store_fs_open(out, dir);
-	free(dir);
-	if (rc)
-		return rc;
+	}
+	*out = st;
 	return 0;
 }
 
@@ -1077,7 +1456,9 @@ static void usage_top(FILE *f)
 	fprintf(f,
 		"  help CMD      show the help of a command\n"
 		"\nGlobal options (also accepted after the command):\n"
-		"  --store DIR             local store directory\n"
+		"  --store DIR|s3://BUCKET[/PREFIX]\n"
+		"                          local store directory or S3 "
+		"bucket\n"
 		"  --passphrase-file FILE  read the passphrase from FILE "
 		"(mode 0600)\n"
 		"  --json                  print one JSON document on stdout\n"
@@ -1086,7 +1467,9 @@ static void usage_top(FILE *f)
 		"  --version               print the version\n"
 		"\nKey material comes from CONTEXTSDK_KEY_HEX, "
 		"CONTEXTSDK_PASSPHRASE,\n--passphrase-file or a prompt; "
-		"never from the command line.\nSee contextfs(1).\n");
+		"never from the command line. S3 credentials\ncome from "
+		"CONTEXTSDK_S3_ACCESS_KEY_ID / CONTEXTSDK_S3_SECRET_ACCESS_KEY "
+		"or AWS_*.\nSee contextfs(1).\n");
 }
 
 static void usage_cmd(FILE *f, const struct cli_command *cmd)
@@ -1152,7 +1535,8 @@ static int apply_opt(struct cli *cli, struct parse_state *ps,
 	case GOPT_STORE:
 		if (!*val)
 			return cfs_error_set(CFS_EINVAL,
-					     "--store needs a directory");
+					     "--store needs a directory or "
+					     "s3://BUCKET[/PREFIX]");
 		cli->store_dir = val;
 		return 0;
 	case GOPT_PASSPHRASE_FILE:
@@ -1378,6 +1762,11 @@ static void cli_free(struct cli *cli)
 	free(cli->config_error);
 	cfs_secret_free(cli->env_passphrase);
 	cfs_secret_free(cli->env_raw_key);
+	cfs_secret_free(cli->s3_access_key);
+	cfs_secret_free(cli->s3_secret_key);
+	cfs_secret_free(cli->aws_access_key);
+	cfs_secret_free(cli->aws_secret_key);
+	cfs_secret_free(cli->aws_session_token);
 }
 
 /* Usage errors: human message plus a hint, or the JSON error document. */

@@ -25,6 +25,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/store.h"
+#include "storage/storage.h"
 
 struct cfs_keys;
 struct cfs_manifest;
@@ -79,7 +80,7 @@ struct cli_command {
 
 struct cli {
 	/* Global options. */
-	const char *store_dir;
+	const char *store_dir; /* --store DIR or s3://BUCKET[/PREFIX] */
 	const char *passphrase_file;
 	bool json;
 	bool quiet;
@@ -103,6 +104,12 @@ struct cli {
 	/* Secrets captured from the environment (sodium memory) or NULL. */
 	char *env_passphrase;
 	char *env_raw_key;
+	/* S3 credentials, captured and wiped from environ the same way. */
+	char *s3_access_key; /* CONTEXTSDK_S3_ACCESS_KEY_ID */
+	char *s3_secret_key; /* CONTEXTSDK_S3_SECRET_ACCESS_KEY */
+	char *aws_access_key; /* AWS_ACCESS_KEY_ID */
+	char *aws_secret_key; /* AWS_SECRET_ACCESS_KEY */
+	char *aws_session_token; /* AWS_SESSION_TOKEN */
 
 	/* --json result document, built by the command. */
 	cJSON *result;
@@ -160,14 +167,46 @@ int cli_parse_u64(uint64_t *out, const char *optname, const char *s,
 		  uint64_t min, uint64_t max);
 
 /*
- * Resolves the store directory: --store, CONTEXTSDK_STORAGE_DIR, config
- * storage.directory, ~/.contextsdk/storage. *out is a heap string.
- * *source_out (may be NULL) names where it came from.
+ * Where the store is (contextfs(1), STORAGE): a local directory or an S3
+ * bucket, resolved as the reference's storageFromEnv (REFERENCE.md
+ * §12.1) plus --store s3://BUCKET[/PREFIX], the AWS_* credential,
+ * region and endpoint variables and the CONTEXTFS_S3_* tunables.
  */
-int cli_store_dir(struct cli *cli, char **out, const char **source_out);
+struct cli_store_spec {
+	bool s3;
+	const char *source; /* what chose it: "--store", "config", ... */
+	char *directory; /* fs only (heap) */
+	/* S3 only: strings point into this spec or into cli's secrets. */
+	struct cfs_s3_config s3cfg;
+	char *bucket, *prefix, *region, *endpoint;
+	const char *credentials; /* variable the access key came from */
+	bool path_style_auto; /* path style because the host is an IP */
+	bool tunables_set; /* CONTEXTFS_S3_RETRIES was given */
+};
 
-/* Opens the fs store. */
+/*
+ * Resolves the store without opening it; clear the spec with
+ * cli_store_spec_clear(). S3 errors: CFS_EKEY "<NAME> is required" for
+ * half a credential pair or none, CFS_EINVAL for bad settings.
+ */
+int cli_store_resolve(struct cli *cli, struct cli_store_spec *spec);
+void cli_store_spec_clear(struct cli_store_spec *spec);
+/* Opens a resolved store. */
+int cli_store_open_spec(const struct cli_store_spec *spec,
+			struct cfs_store **out);
+
+/* Opens the store for a command that only reads (or releases a lock). */
 int cli_store_open(struct cli *cli, struct cfs_store **out);
+
+/*
+ * Opens the store for a command that writes. On S3 it first proves that
+ * the server enforces conditional writes (cfs_store_check_conditional,
+ * once per command) and refuses with CFS_EIO and the probe's message if
+ * it ignores them: the lock and the manifest compare-and-swap would
+ * silently break. fresh: probe on a separate connection pool, so *out
+ * holds no open connection (mount forks its daemon after this).
+ */
+int cli_store_open_write(struct cli *cli, struct cfs_store **out, bool fresh);
 
 /*
  * Reads the manifest of id; a missing context becomes CFS_ENOTFOUND

@@ -44,7 +44,7 @@ static int run(struct cli *cli)
 	rc = cli_open_dir(&dirfd, "--from directory", from);
 	if (rc)
 		goto out;
-	rc = cli_store_open(cli, &st);
+	rc = cli_store_open_write(cli, &st, false);
 	if (rc)
 		goto out;
 	rc = cli_manifest_read(cli, NULL, st, id);

@@ -1,6 +1,8 @@
 /*
  * contextfs doctor: reports whether this environment can use contextfs:
- * the store directory (resolved as every command does, exists, writable),
+ * the store (resolved as every command does): a directory that exists and
+ * is writable, or an S3 bucket that answers a listing of contexts/ with
+ * these credentials and enforces conditional writes;
  * the config file, which key material is present (booleans only, never a
  * secret or its length), the scrypt setting, the temp directory, and the
  * versions of the libraries doing the work. Exit 0 when usable.
@@ -134,9 +136,124 @@ static char *existing_parent(const char *path)
 	return NULL;
 }
 
+struct count_ctx {
+	unsigned contexts;
+};
+
+static int count_manifest(const char *key, void *payload)
+{
+	struct count_ctx *c = payload;
+	size_t n = strlen(key);
+
+	/* contexts/<id>/manifest.json */
+	if (n > 23 && !strcmp(key + n - 14, "/manifest.json") &&
+	    !memchr(key + 9, '/', n - 9 - 14))
+		c->contexts++;
+	return 0;
+}
+
+/* A hint for a failed S3 request, by error kind. */
+static const char *s3_hint(int rc, const char *msg)
+{
+	if (rc == CFS_EPERM)
+		return "check the access key and secret (CONTEXTSDK_S3_ACCESS_"
+		       "KEY_ID / CONTEXTSDK_S3_SECRET_ACCESS_KEY or AWS_ACCESS_"
+		       "KEY_ID / AWS_SECRET_ACCESS_KEY), AWS_SESSION_TOKEN, "
+		       "the region, the clock and the bucket policy";
+	if (msg && strstr(msg, "does not exist"))
+		return "create the bucket, or fix CONTEXTSDK_S3_BUCKET / "
+		       "--store s3://BUCKET and the endpoint";
+	if (rc == CFS_EAGAIN || rc == CFS_ETIMEDOUT)
+		return "is the endpoint reachable? check CONTEXTSDK_S3_ENDPOINT "
+		       "(or AWS_ENDPOINT_URL), proxies and the network";
+	if (rc == CFS_ENOSPC)
+		return "the bucket is over its quota";
+	return "check CONTEXTSDK_S3_ENDPOINT, CONTEXTSDK_S3_REGION and the "
+	       "bucket";
+}
+
+/* S3: reachability + credentials + bucket, then conditional writes. */
+static void check_s3(struct doctor *d, cJSON *js, struct cli_store_spec *sp)
+{
+	struct cfs_store *st = NULL;
+	struct count_ctx cc = {0};
+	char *msg = NULL;
+	int rc;
+
+	cJSON_AddStringToObject(js, "bucket", sp->bucket);
+	cli_json_add_str_or_null(js, "prefix", sp->prefix);
+	cJSON_AddStringToObject(js, "region", sp->region);
+	cli_json_add_str_or_null(js, "endpoint", sp->endpoint);
+	cJSON_AddBoolToObject(js, "pathStyle", sp->s3cfg.path_style);
+	cJSON_AddStringToObject(js, "source", sp->source);
+	cJSON_AddStringToObject(js, "credentials", sp->credentials);
+	cJSON_AddBoolToObject(js, "sessionToken",
+			      sp->s3cfg.session_token != NULL);
+	/* Doctor answers fast: one retry unless CONTEXTFS_S3_RETRIES. */
+	if (!sp->tunables_set)
+		sp->s3cfg.max_retries = 1;
+	rc = cli_store_open_spec(sp, &st);
+	if (rc) {
+		cJSON_AddBoolToObject(js, "reachable", false);
+		cJSON_AddBoolToObject(js, "conditionalWrites", false);
+		check(d, "storage", true, rc, cfs_error_last(),
+		      "fix the S3 settings (contextfs(1), STORAGE)");
+		return;
+	}
+	msg = cfs_asprintf("%s (from %s, credentials from %s%s%s)",
+			   cfs_store_describe(st), sp->source, sp->credentials,
+			   sp->s3cfg.path_style ? ", path style" : "",
+			   sp->path_style_auto ? " for an IP endpoint" : "");
+	check(d, "storage", true, 0, msg ? msg : "S3 store", NULL);
+	free(msg);
+
+	rc = cfs_store_list(st, "contexts/", count_manifest, &cc);
+	if (rc && rc != CFS_EPERM && rc != CFS_ENOSPC && rc != CFS_EAGAIN &&
+	    rc != CFS_ETIMEDOUT && rc != CFS_ENOMEM)
+		rc = CFS_EIO;
+	msg = rc ? cfs_strdup(cfs_error_last())
+		 : cfs_asprintf("bucket %s reachable, credentials accepted; "
+				"%u context%s under contexts/",
+				sp->bucket, cc.contexts,
+				cc.contexts == 1 ? "" : "s");
+	cJSON_AddBoolToObject(js, "reachable", rc == 0);
+	if (!rc)
+		cJSON_AddNumberToObject(js, "contexts", cc.contexts);
+	check(d, "s3-access", true, rc, msg ? msg : "S3 access",
+	      s3_hint(rc, msg));
+	free(msg);
+	msg = NULL;
+	if (rc) {
+		cJSON_AddBoolToObject(js, "conditionalWrites", false);
+		cfs_store_free(st);
+		return;
+	}
+
+	rc = cfs_store_check_conditional(st);
+	cJSON_AddBoolToObject(js, "conditionalWrites", rc == 0);
+	if (rc == CFS_EUNSUPPORTED) {
+		msg = cfs_asprintf("%s; the store is NOT usable for writes "
+				   "(reads work)",
+				   cfs_error_last());
+		rc = CFS_EIO;
+	} else {
+		msg = rc ? cfs_strdup(cfs_error_last())
+			 : cfs_strdup("the server enforces If-None-Match and "
+				      "If-Match (the lock and commits are "
+				      "safe)");
+	}
+	check(d, "s3-writes", true, rc, msg ? msg : "conditional writes",
+	      rc == CFS_EPERM ? "the credentials cannot write to the bucket"
+			      : "use a server that enforces conditional writes "
+				"(AWS S3, Ceph RGW, MinIO, R2)");
+	free(msg);
+	cfs_store_free(st);
+}
+
 static void check_storage(struct doctor *d, cJSON *res)
 {
 	struct cli *cli = d->cli;
+	struct cli_store_spec sp;
 	const char *source = NULL;
 	char *dir = NULL, *msg = NULL, *parent = NULL;
 	bool exists = false, writable = false;
@@ -145,16 +262,35 @@ static void check_storage(struct doctor *d, cJSON *res)
 	int rc;
 
 	js = cJSON_AddObjectToObject(res, "storage");
-	cJSON_AddStringToObject(js, "mode", "fs");
-	rc = cli_store_dir(cli, &dir, &source);
+	rc = cli_store_resolve(cli, &sp);
 	if (rc) {
-		cJSON_AddNullToObject(js, "directory");
-		cJSON_AddBoolToObject(js, "exists", false);
-		cJSON_AddBoolToObject(js, "writable", false);
+		/* Name what was being resolved (an S3 source or a dir). */
+		bool s3 = sp.source && strcmp(sp.source, "default") &&
+			  strcmp(sp.source, "CONTEXTSDK_STORAGE_DIR") &&
+			  (strcmp(sp.source, "--store") ||
+			   !strncmp(cli->store_dir, "s3://", 5));
+
+		cJSON_AddStringToObject(js, "mode", s3 ? "s3" : "fs");
+		cli_json_add_str_or_null(js, "source", sp.source);
 		check(d, "storage", true, rc, cfs_error_last(),
-		      "pass --store DIR or set CONTEXTSDK_STORAGE_DIR");
+		      rc == CFS_EKEY ? "export the S3 credential variables "
+				       "(never pass them as arguments)"
+				     : "pass --store DIR or --store "
+				       "s3://BUCKET, or fix the STORAGE "
+				       "settings (contextfs(1))");
 		return;
 	}
+	if (sp.s3) {
+		cJSON_AddStringToObject(js, "mode", "s3");
+		check_s3(d, js, &sp);
+		cli_store_spec_clear(&sp);
+		return;
+	}
+	cJSON_AddStringToObject(js, "mode", "fs");
+	dir = sp.directory;
+	sp.directory = NULL;
+	source = sp.source;
+	cli_store_spec_clear(&sp);
 	if (dir[0] != '/') {
 		/* Show where a relative directory really is. */
 		char cwd[4096];
@@ -226,6 +362,15 @@ static void check_keys(struct doctor *d, cJSON *res)
 	cli_json_add_str_or_null(env, "config", cli->config_path);
 	cli_json_add_str_or_null(env, "storageDir",
 				 getenv("CONTEXTSDK_STORAGE_DIR"));
+	/* S3 settings: presence only for the credentials. */
+	cli_json_add_str_or_null(env, "s3Bucket",
+				 getenv("CONTEXTSDK_S3_BUCKET"));
+	cJSON_AddBoolToObject(env, "s3AccessKey", cli->s3_access_key != NULL);
+	cJSON_AddBoolToObject(env, "s3SecretKey", cli->s3_secret_key != NULL);
+	cJSON_AddBoolToObject(env, "awsAccessKey", cli->aws_access_key != NULL);
+	cJSON_AddBoolToObject(env, "awsSecretKey", cli->aws_secret_key != NULL);
+	cJSON_AddBoolToObject(env, "awsSessionToken",
+			      cli->aws_session_token != NULL);
 
 	/* The config file. */
 	if (cli->config_rc) {

@@ -72,7 +72,8 @@ static int run(struct cli *cli)
 		if (rc)
 			goto out;
 	}
-	rc = cli_store_open(cli, &st);
+	rc = cli_flag(cli, OPT_DRY_RUN) ? cli_store_open(cli, &st)
+					: cli_store_open_write(cli, &st, false);
 	if (rc)
 		goto out;
 	rc = cli_manifest_read(cli, NULL, st, id);

@@ -38,7 +38,7 @@ static int run(struct cli *cli)
 	rc = cli_scrypt_cost(&cost, cli_opt(cli, OPT_SCRYPT_COST));
 	if (rc)
 		goto out;
-	rc = cli_store_open(cli, &st);
+	rc = cli_store_open_write(cli, &st, false);
 	if (rc)
 		goto out;
 	if (!cli_flag(cli, OPT_FORCE)) {

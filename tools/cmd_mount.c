@@ -51,7 +51,12 @@ static int run(struct cli *cli)
 			goto out;
 		}
 	}
-	rc = cli_store_open(cli, &st);
+	/* A writable mount proves conditional writes first (on S3), on its
+	 * own connections: the daemon forks after this. */
+	if (mo.read_only || strchr(mo.ref, '@'))
+		rc = cli_store_open(cli, &st);
+	else
+		rc = cli_store_open_write(cli, &st, true);
 	if (rc)
 		goto out;
 	rc = cli_keys(cli, false, &keys);

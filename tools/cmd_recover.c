@@ -48,7 +48,7 @@ static int run(struct cli *cli)
 	ro.cache_dir = cli_opt(cli, OPT_CACHE);
 	ro.message = cli_opt(cli, OPT_MESSAGE);
 	ro.author = cli_opt(cli, OPT_AUTHOR);
-	rc = cli_store_open(cli, &st);
+	rc = cli_store_open_write(cli, &st, false);
 	if (rc)
 		goto out;
 	rc = cli_manifest_read(cli, NULL, st, ro.id);

@@ -40,7 +40,7 @@ static int run(struct cli *cli)
 				   ref.id);
 		goto out;
 	}
-	rc = cli_store_open(cli, &st);
+	rc = cli_store_open_write(cli, &st, false);
 	if (rc)
 		goto out;
 	rc = cli_manifest_read(cli, NULL, st, ref.id);
