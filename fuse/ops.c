@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -226,8 +227,14 @@ static void loc_done(struct loc *l)
 	l->fd = -1;
 }
 
-/* Builds n's path; caller holds fs->ns (either side). */
-static int node_resolve(struct cfs_fs *fs, struct cfs_node *n, struct loc *l)
+/*
+ * Builds n's path; caller holds fs->ns (either side), and n->rw when
+ * rw_held (cow_node holds it for writing: taking it again here would fail
+ * with EDEADLK, and the unlock that follows would release the caller's
+ * write lock and corrupt the lock).
+ */
+static int node_resolve_rw(struct cfs_fs *fs, struct cfs_node *n, struct loc *l,
+			   bool rw_held)
 {
 	const char *parts[PATH_MAX / 2];
 	size_t np = 0, len = 0;
@@ -250,13 +257,15 @@ static int node_resolve(struct cfs_fs *fs, struct cfs_node *n, struct loc *l)
 		}
 		pthread_mutex_unlock(&fs->table_mu);
 		if (rc == -ENOENT) {
-			pthread_rwlock_rdlock(&n->rw);
+			if (!rw_held)
+				pthread_rwlock_rdlock(&n->rw);
 			if (n->handles) {
 				l->fd = fcntl(n->handles->fd, F_DUPFD_CLOEXEC,
 					      0);
 				rc = l->fd < 0 ? -errno : 0;
 			}
-			pthread_rwlock_unlock(&n->rw);
+			if (!rw_held)
+				pthread_rwlock_unlock(&n->rw);
 		}
 		return rc;
 	}
@@ -287,6 +296,11 @@ static int node_resolve(struct cfs_fs *fs, struct cfs_node *n, struct loc *l)
 	return rc;
 }
 
+static int node_resolve(struct cfs_fs *fs, struct cfs_node *n, struct loc *l)
+{
+	return node_resolve_rw(fs, n, l, false);
+}
+
 /* Path of child name in directory parent (must have a name). */
 static int child_resolve(struct cfs_fs *fs, struct cfs_node *parent,
 			 const char *name, char out[PATH_MAX])
@@ -309,12 +323,38 @@ static int child_resolve(struct cfs_fs *fs, struct cfs_node *parent,
 	return 0;
 }
 
+/*
+ * fstatat with the link count users see. A commit's snapshot holds an
+ * extra link to every file it shares (snapshot.c farm_dir), which must not
+ * show: a shared file counts one link less. snap_seq is odd while the
+ * snapshot's links are made or removed; a stat that such a change may have
+ * overlapped is made again, so the count matches the shared set.
+ */
+static int stat_at(struct cfs_fs *fs, int dirfd, const char *path, int flags,
+		   struct stat *st)
+{
+	for (;;) {
+		uint64_t seq = atomic_load(&fs->snap_seq);
+		if (fstatat(dirfd, path, st, flags) != 0)
+			return -errno;
+		if (!S_ISREG(st->st_mode))
+			return 0;
+		bool shared = cfs_snap_shared(fs, st->st_ino);
+		if (!(seq & 1) && atomic_load(&fs->snap_seq) == seq) {
+			if (shared && st->st_nlink > 0)
+				st->st_nlink--;
+			return 0;
+		}
+		struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000};
+		nanosleep(&pause, NULL);
+	}
+}
+
 static int loc_stat(struct cfs_fs *fs, const struct loc *l, struct stat *st)
 {
-	int r = l->fd >= 0
-			? fstatat(l->fd, "", st, AT_EMPTY_PATH)
-			: fstatat(fs->root_fd, l->rel, st, AT_SYMLINK_NOFOLLOW);
-	return r ? -errno : 0;
+	return l->fd >= 0 ? stat_at(fs, l->fd, "", AT_EMPTY_PATH, st)
+			  : stat_at(fs, fs->root_fd, l->rel,
+				    AT_SYMLINK_NOFOLLOW, st);
 }
 
 /* An absolute path naming l (proc magic link for fds). */
@@ -390,6 +430,7 @@ static void wr_end(struct cfs_fs *fs, int rc)
 	pthread_rwlock_unlock(&fs->freeze);
 }
 
+/* st (of the backing inode) as the kernel sees it. */
 static void fill_attr(struct cfs_fs *fs, struct cfs_node *n, struct stat *st)
 {
 	st->st_ino = ino_of(fs, n);
@@ -419,8 +460,9 @@ static int do_lookup(struct cfs_fs *fs, struct cfs_node *parent,
 	int rc = 0;
 
 	memset(e, 0, sizeof(*e));
-	if (fstatat(fs->root_fd, path, &st, AT_SYMLINK_NOFOLLOW) != 0)
-		return -errno;
+	rc = stat_at(fs, fs->root_fd, path, AT_SYMLINK_NOFOLLOW, &st);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&fs->table_mu);
 	n = table_find(fs, st.st_ino);
 	if (n) {
@@ -555,7 +597,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	if (fi) {
 		struct cfs_handle *h = (struct cfs_handle *)(uintptr_t)fi->fh;
 		pthread_rwlock_rdlock(&n->rw);
-		rc = fstat(h->fd, &st) ? -errno : 0;
+		rc = stat_at(fs, h->fd, "", AT_EMPTY_PATH, &st);
 		pthread_rwlock_unlock(&n->rw);
 	} else {
 		pthread_rwlock_rdlock(&fs->ns);
@@ -652,7 +694,7 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 		rc = 0; /* someone else copied it */
 		goto out;
 	}
-	rc = node_resolve(fs, n, &l);
+	rc = node_resolve_rw(fs, n, &l, true);
 	if (rc)
 		goto out;
 	src = loc_open(fs, &l, O_RDONLY);
@@ -795,7 +837,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		l.fd = fcntl(h->fd, F_DUPFD_CLOEXEC, 0);
 		rc = l.fd < 0 ? -errno : 0;
 	} else {
-		rc = node_resolve(fs, n, &l);
+		rc = node_resolve_rw(fs, n, &l, true);
 	}
 	if (rc)
 		goto out;
@@ -971,15 +1013,24 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	do_make(req, parent, name, MK_SYMLINK, 0, 0, link);
 }
 
-/* Detaches the node of backing inode bino if its name is (p, name). */
+/*
+ * Detaches the node of backing inode bino if its name is (p, name). *keep,
+ * if >= 0, is an O_PATH fd of a removed directory: a node the kernel still
+ * knows takes it, so that fstat of an open directory that was removed
+ * answers as Linux does (link count 0) instead of ENOENT.
+ */
 static void detach_name(struct cfs_fs *fs, ino_t bino, nlink_t nlink_after,
-			struct cfs_node *p, const char *name)
+			struct cfs_node *p, const char *name, int *keep)
 {
 	pthread_mutex_lock(&fs->table_mu);
 	struct cfs_node *n = table_find(fs, bino);
 	if (n && n != &fs->root && n->parent == p && n->name &&
 	    strcmp(n->name, name) == 0) {
 		node_detach(fs, n);
+		if (*keep >= 0 && n->opath < 0 && n->nlookup > 0) {
+			n->opath = *keep;
+			*keep = -1;
+		}
 		/* Gone for good and not open: its inode number may be reused. */
 		if (nlink_after == 0 && !n->handles && n->opath < 0) {
 			table_remove(fs, n);
@@ -996,6 +1047,7 @@ static void do_remove(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct cfs_node *p = node_of(fs, parent);
 	char path[PATH_MAX];
 	struct stat st;
+	int keep = -1;
 	int rc = wr_begin(fs);
 
 	if (rc) {
@@ -1005,15 +1057,19 @@ static void do_remove(fuse_req_t req, fuse_ino_t parent, const char *name,
 	pthread_rwlock_wrlock(&fs->ns);
 	rc = child_resolve(fs, p, name, path);
 	if (rc == 0)
-		rc = fstatat(fs->root_fd, path, &st, AT_SYMLINK_NOFOLLOW)
-			     ? -errno
-			     : 0;
+		rc = stat_at(fs, fs->root_fd, path, AT_SYMLINK_NOFOLLOW, &st);
+	if (rc == 0 && S_ISDIR(st.st_mode))
+		keep = openat(fs->root_fd, path,
+			      O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (rc == 0)
 		rc = unlinkat(fs->root_fd, path, flags) ? -errno : 0;
 	if (rc == 0)
 		detach_name(fs, st.st_ino,
-			    S_ISDIR(st.st_mode) ? 0 : st.st_nlink - 1, p, name);
+			    S_ISDIR(st.st_mode) ? 0 : st.st_nlink - 1, p, name,
+			    &keep);
 	pthread_rwlock_unlock(&fs->ns);
+	if (keep >= 0)
+		close(keep);
 	wr_end(fs, rc);
 	fuse_reply_err(req, -rc);
 }
@@ -1036,7 +1092,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct cfs_node *p = node_of(fs, parent), *np = node_of(fs, newparent);
 	char from[PATH_MAX], to[PATH_MAX];
 	struct stat sfrom, sto;
-	bool have_to = false;
+	bool have_to = false, to_gone = false;
+	int keep = -1;
 	int rc = wr_begin(fs);
 
 	if (rc) {
@@ -1061,8 +1118,17 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			     ? -errno
 			     : 0;
 	if (rc == 0)
-		have_to = fstatat(fs->root_fd, to, &sto, AT_SYMLINK_NOFOLLOW) ==
-			  0;
+		have_to = stat_at(fs, fs->root_fd, to, AT_SYMLINK_NOFOLLOW,
+				  &sto) == 0;
+	/* A replaced target whose last link goes away is gone. */
+	if (rc == 0 && have_to && !(flags & RENAME_EXCHANGE)) {
+		to_gone = S_ISDIR(sto.st_mode) || sto.st_nlink == 1;
+		/* as in rmdir: an open replaced directory stays statable */
+		if (S_ISDIR(sto.st_mode))
+			keep = openat(fs->root_fd, to,
+				      O_PATH | O_DIRECTORY | O_NOFOLLOW |
+					      O_CLOEXEC);
+	}
 	if (rc == 0)
 		rc = renameat2(fs->root_fd, from, fs->root_fd, to, flags)
 			     ? -errno
@@ -1086,14 +1152,28 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			if (b && node_set_alias(fs, b, p, name))
 				node_detach(fs, b);
 		} else if (sfrom.st_ino != (have_to ? sto.st_ino : 0)) {
-			if (b)
+			if (b) {
 				node_detach(fs, b);
+				if (keep >= 0 && b->opath < 0 &&
+				    b->nlookup > 0) {
+					b->opath = keep;
+					keep = -1;
+				}
+				/* Its inode number may be reused now: a new
+				 * file must not be taken for it. */
+				if (to_gone && !b->handles && b->opath < 0) {
+					table_remove(fs, b);
+					node_maybe_free(fs, b);
+				}
+			}
 			if (a && node_set_alias(fs, a, np, newname))
 				node_detach(fs, a);
 		}
 		pthread_mutex_unlock(&fs->table_mu);
 	}
 	pthread_rwlock_unlock(&fs->ns);
+	if (keep >= 0)
+		close(keep);
 done:
 	wr_end(fs, rc);
 	fuse_reply_err(req, -rc);
