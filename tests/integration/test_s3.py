@@ -332,7 +332,7 @@ def test_cli_lifecycle(s3, tmp_path):
     s3.ok("init", "life")
     work = str(tmp_path / "work")
     s3.ok("export", "life", work)
-    files = fill(work)
+    fill(work)
     doc = s3.json("commit", "life", "--from", work, "-m", "first on s3", "--author", "it")
     assert doc["generation"] == 2
     want2 = tree_hashes(work)
@@ -354,15 +354,13 @@ def test_cli_lifecycle(s3, tmp_path):
     changed = {(c["path"], c["type"]) for c in doc["changedPaths"]}
     assert {("workspace/notes.md", "modified"), ("logs/run.log", "removed"),
             ("memory/new.md", "added")} <= changed, changed
-    want3 = tree_hashes(work)
     # a stale expectation loses: exit 4
     p = s3.run("commit", "life", "--from", work, "--expect-generation", "2")
     assert p.returncode == 4, p.stderr
 
     s3.json("checkpoint", "life", "--from", work, "--reason", "it")
     log = s3.json("log", "life")
-    gens = [v["generation"] for v in log["versions"]]
-    assert gens[:3] == [3, 2, 1] or sorted(gens)[-3:] == [1, 2, 3], log["versions"]
+    assert sorted(v["generation"] for v in log["versions"]) == [1, 2, 3], log["versions"]
     assert any(v.get("message") == "first on s3" for v in log["versions"])
     assert len(log["checkpoints"]) == 1
 
@@ -382,7 +380,7 @@ def test_cli_lifecycle(s3, tmp_path):
     assert st["generation"] == r["generation"] and st["lock"] is None
 
     # gc keeps the last generation's data only; the others are gone from the bucket
-    before = [k for k in s3.keys("contexts/life/tree/")]
+    before = s3.keys("contexts/life/tree/")
     g = s3.json("gc", "life", "--keep", "1")
     after = s3.keys("contexts/life/tree/")
     assert len(after) == 1 and len(before) > 1, (before, after)
@@ -394,7 +392,6 @@ def test_cli_lifecycle(s3, tmp_path):
     assert s3.json("verify", "life")["ok"]
     lst = s3.json("list")
     assert [c["id"] for c in lst["contexts"]] == ["life"], lst
-    del want3
     print("lifecycle on S3: %.1fs" % (time.monotonic() - t0))
 
 
