@@ -676,6 +676,56 @@ static int copy_file_fd(int src, int dst)
 }
 
 /*
+ * Finds the staging name of inode ino below directory rel (len bytes of
+ * path[], relative to the staging root) by walking the tree; 0 with the
+ * name in path, -ENOENT if there is none. Caller holds fs->ns, so names do
+ * not move meanwhile.
+ */
+static int find_ino(struct cfs_fs *fs, ino_t ino, char path[PATH_MAX],
+		    size_t len, int depth)
+{
+	int fd, rc = -ENOENT;
+	DIR *dp;
+	struct dirent *de;
+
+	if (depth > 256)
+		return -ENOENT;
+	fd = openat(fs->root_fd, len ? path : ".",
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -ENOENT;
+	dp = fdopendir(fd);
+	if (!dp) {
+		close(fd);
+		return -ENOENT;
+	}
+	while (rc == -ENOENT && (de = readdir(dp))) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (de->d_type != DT_UNKNOWN && de->d_type != DT_DIR &&
+		    de->d_type != DT_REG)
+			continue;
+		int k = snprintf(path + len, PATH_MAX - len, "%s%s",
+				 len ? "/" : "", de->d_name);
+		if (k < 0 || (size_t)k >= PATH_MAX - len)
+			continue;
+		struct stat st;
+		if (fstatat(fs->root_fd, path, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue;
+		if (S_ISREG(st.st_mode) && st.st_ino == ino)
+			rc = 0;
+		else if (S_ISDIR(st.st_mode))
+			rc = find_ino(fs, ino, path, len + (size_t)k,
+				      depth + 1);
+	}
+	closedir(dp);
+	if (rc)
+		path[len] = '\0';
+	return rc;
+}
+
+/*
  * Breaks the sharing of n's inode with the snapshot: copies it to a new
  * inode that takes over the staging name and every open handle. Caller
  * holds fs->freeze (read side) and nothing else.
@@ -685,7 +735,7 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 	struct loc l = {.fd = -1};
 	int src = -1, tmp = -1, rc;
 	int64_t t0 = cfs_monotonic_ms();
-	char p[PATH_MAX], dir[PATH_MAX];
+	char p[PATH_MAX], dir[PATH_MAX], found[PATH_MAX];
 	struct stat st;
 
 	pthread_rwlock_rdlock(&fs->ns);
@@ -703,14 +753,30 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 		src = -1;
 		goto out;
 	}
+	/*
+	 * The staging name the copy takes. A node without a name may still
+	 * have one in the staging tree: a hard link whose first name (the
+	 * node's) was removed. Then more links than the snapshot's remain,
+	 * and the copy must replace that name, or later writes would go to
+	 * an orphan and never be committed.
+	 */
+	const char *target = l.fd < 0 ? l.rel : NULL;
+	if (!target) {
+		struct stat sst;
+		if (fstat(src, &sst) == 0 && sst.st_nlink > 1) {
+			found[0] = '\0';
+			if (find_ino(fs, sst.st_ino, found, 0, 0) == 0)
+				target = found;
+		}
+	}
 	/* An unnamed file in the same directory (same filesystem). */
-	if (l.fd >= 0) {
+	if (!target) {
 		snprintf(dir, sizeof(dir), ".");
 	} else {
-		char *slash = strrchr(l.rel, '/');
+		const char *slash = strrchr(target, '/');
 		if (slash)
-			snprintf(dir, sizeof(dir), "%.*s", (int)(slash - l.rel),
-				 l.rel);
+			snprintf(dir, sizeof(dir), "%.*s",
+				 (int)(slash - target), target);
 		else
 			snprintf(dir, sizeof(dir), ".");
 	}
@@ -722,7 +788,7 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 	rc = copy_file_fd(src, tmp);
 	if (rc)
 		goto out;
-	if (l.fd < 0) {
+	if (target) {
 		char tname[PATH_MAX];
 		char rnd[17];
 		cfs_random_hex(rnd, 8);
@@ -738,7 +804,7 @@ static int cow_node(struct cfs_fs *fs, struct cfs_node *n)
 			rc = -errno;
 			goto out;
 		}
-		if (renameat(fs->root_fd, tname, fs->root_fd, l.rel) != 0) {
+		if (renameat(fs->root_fd, tname, fs->root_fd, target) != 0) {
 			rc = -errno;
 			unlinkat(fs->root_fd, tname, 0);
 			goto out;

@@ -1224,3 +1224,46 @@ def test_permissions_as_nobody(pp):
     pp.setup(lambda r: os.chmod(j(r, "rw"), 0o4777))
     pp.nobody(lambda r: (wfile(j(r, "rw"), b"changed")))
     pp.same(lambda r: oct(stat.S_IMODE(os.stat(j(r, "rw")).st_mode)), value="0o777")
+
+
+# ---- commits overlapping operations ---------------------------------------------
+
+
+def test_write_through_fd_of_relinked_file_during_commit(pp):
+    """Regression: a file whose first name (the one the kernel knows) was
+    removed while a hard link keeps it, written through an open fd while a
+    commit's snapshot shares it: the copy-on-write must replace the
+    remaining name, else later writes went to an orphan copy and were never
+    committed (found by the exerciser: fstat showed nlink 0)."""
+    import threading
+    env, mp = pp.env, pp.mp
+    blob = os.urandom(1 << 20)
+    for i in range(32):  # enough for the upload to take a while
+        wfile(j(pp.m, "big%d" % i), blob)
+    a, b = j(pp.m, "A"), j(pp.m, "B")
+    wfile(a, b"original")
+    fd = os.open(a, os.O_RDWR)
+    try:
+        os.link(a, b)
+        os.unlink(a)
+        t = threading.Thread(target=lambda: env.run("sync", mp))
+        t.start()
+        n = 0
+        while t.is_alive():
+            os.pwrite(fd, b"%08d" % n, 0)
+            n += 1
+        t.join()
+        last = b"%08d" % (n - 1)
+        assert os.fstat(fd).st_nlink == 1
+        assert rfile(b) == last
+    finally:
+        os.close(fd)
+    env.run("sync", mp)
+    d = os.path.join(env.tmp, "export-relinked")
+    env.run("export", "ctx", d)
+    try:
+        assert rfile(j(d, os.path.relpath(b, mp))) == last
+    finally:
+        shutil.rmtree(d)
+    for i in range(32):
+        os.unlink(j(pp.m, "big%d" % i))
