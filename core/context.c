@@ -495,6 +495,37 @@ static ssize_t decrypt_read(void *buf, size_t len, void *payload)
 }
 
 /*
+ * Runs the unpacker over d and, when the archive stops early (an unsafe or
+ * corrupt member), decrypts the rest anyway so that d->final_rc always says
+ * whether the object authenticated. *unpack_rc gets the unpacker's result
+ * (its message kept); the return value is an error of the drain itself.
+ */
+static int decrypt_unpack(int *unpack_rc, struct decrypt_source *d,
+			  int destdirfd, const struct cfs_unpack_opts *uo)
+{
+	struct saved_error se;
+	uint8_t *junk;
+	ssize_t n;
+
+	*unpack_rc = cfs_bundle_unpack(destdirfd, decrypt_read, d, uo, NULL);
+	if (d->done)
+		return 0;
+	junk = cfs_malloc(CFS_CRYPTO_CHUNK);
+	if (!junk)
+		return CFS_ENOMEM;
+	error_save(&se, *unpack_rc);
+	do {
+		n = decrypt_read(junk, CFS_CRYPTO_CHUNK, d);
+	} while (n > 0);
+	sodium_memzero(junk, CFS_CRYPTO_CHUNK);
+	free(junk);
+	if (n < 0 && !d->done)
+		return (int)n;
+	error_restore(&se);
+	return 0;
+}
+
+/*
  * Downloads key (ciphertext) into a private temp file of t and streams it
  * through AES-GCM into the unpacker: extraction into destdirfd, or
  * validation only (destdirfd < 0). No plaintext bundle ever reaches the
@@ -551,29 +582,9 @@ static int fetch_unpack(uint64_t *bytes, struct tmpdir *t, struct cfs_store *st,
 		goto out;
 	memset(&uo, 0, sizeof(uo));
 	uo.validate_only = destdirfd < 0;
-	urc = cfs_bundle_unpack(destdirfd, decrypt_read, &d, &uo, NULL);
-	if (!d.done) {
-		/* the archive stopped early: authenticate the rest anyway */
-		struct saved_error se;
-		uint8_t *junk = cfs_malloc(CFS_CRYPTO_CHUNK);
-		ssize_t n;
-
-		if (!junk) {
-			rc = CFS_ENOMEM;
-			goto out;
-		}
-		error_save(&se, urc);
-		do {
-			n = decrypt_read(junk, CFS_CRYPTO_CHUNK, &d);
-		} while (n > 0);
-		sodium_memzero(junk, CFS_CRYPTO_CHUNK);
-		free(junk);
-		if (n < 0 && !d.done) {
-			rc = (int)n;
-			goto out;
-		}
-		error_restore(&se);
-	}
+	rc = decrypt_unpack(&urc, &d, destdirfd, &uo);
+	if (rc)
+		goto out;
 	if (d.final_rc == CFS_EAUTH) {
 		rc = cfs_error_set(CFS_EAUTH,
 				   "%s: authentication failed (wrong key, or "
@@ -611,7 +622,6 @@ static int check_key(char **prev_index, struct cfs_store *st,
 	struct decrypt_source d = {NULL, -1, false, 0};
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
-	char *junk;
 	int rc, urc;
 
 	*prev_index = NULL;
@@ -647,29 +657,9 @@ static int check_key(char **prev_index, struct cfs_store *st,
 	uo.capture_path = CFS_META_DIR "/index.json";
 	uo.capture_out = prev_index;
 	uo.capture_max = CFS_SMALL_OBJECT_MAX;
-	urc = cfs_bundle_unpack(-1, decrypt_read, &d, &uo, NULL);
-	if (!d.done) {
-		/* the archive stopped early: authenticate the rest anyway */
-		struct saved_error se;
-		ssize_t n;
-
-		error_save(&se, urc);
-		junk = cfs_malloc(CFS_CRYPTO_CHUNK);
-		if (!junk) {
-			rc = CFS_ENOMEM;
-			goto out;
-		}
-		do {
-			n = decrypt_read(junk, CFS_CRYPTO_CHUNK, &d);
-		} while (n > 0);
-		sodium_memzero(junk, CFS_CRYPTO_CHUNK);
-		free(junk);
-		if (n < 0 && !d.done) {
-			rc = (int)n;
-			goto out;
-		}
-		error_restore(&se);
-	}
+	rc = decrypt_unpack(&urc, &d, -1, &uo);
+	if (rc)
+		goto out;
 	if (d.final_rc == CFS_EAUTH) {
 		rc = cfs_error_set(CFS_EAUTH,
 				   "the key does not decrypt the current data "
