@@ -1400,6 +1400,66 @@ void cli_lock_drop(struct cli *cli, struct cfs_store *st, const char *id,
 	free(owner);
 }
 
+int cli_write_locked(struct cli *cli, struct cfs_commit_result *cr,
+		     const char *id, const char *label,
+		     struct cfs_commit_opts *co, cli_locked_write_fn write,
+		     void *payload)
+{
+	struct cfs_store *st = NULL;
+	struct cfs_keys *keys = NULL;
+	char *owner = NULL;
+	int rc;
+
+	rc = cli_store_open_write(cli, &st, false);
+	if (rc)
+		goto out;
+	rc = cli_manifest_read(cli, NULL, st, id);
+	if (rc)
+		goto out;
+	rc = cli_keys(cli, false, &keys);
+	if (rc)
+		goto out;
+	rc = cli_lock_take(cli, st, id, &owner);
+	if (rc)
+		goto out;
+
+	co->owner = owner;
+	co->progress = cli_progress_cb;
+	co->progress_payload = cli;
+	cli_progress_begin(cli, label);
+	rc = write(cr, st, keys, co, payload);
+	cli_progress_end(cli);
+	co->owner = NULL;
+	cli_lock_drop(cli, st, id, owner);
+out:
+	cfs_keys_free(keys);
+	cfs_store_free(st);
+	return rc;
+}
+
+struct dir_write {
+	const char *id;
+	int dirfd;
+};
+
+static int commit_dir(struct cfs_commit_result *cr, struct cfs_store *st,
+		      struct cfs_keys *keys, const struct cfs_commit_opts *co,
+		      void *payload)
+{
+	const struct dir_write *w = payload;
+
+	return cfs_context_commit(cr, st, keys, w->id, w->dirfd, co);
+}
+
+int cli_commit_dir_locked(struct cli *cli, struct cfs_commit_result *cr,
+			  const char *id, int dirfd, const char *label,
+			  struct cfs_commit_opts *co)
+{
+	struct dir_write w = {id, dirfd};
+
+	return cli_write_locked(cli, cr, id, label, co, commit_dir, &w);
+}
+
 int cli_open_dir(int *fd_out, const char *what, const char *path)
 {
 	struct stat st;

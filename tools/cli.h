@@ -225,6 +225,29 @@ void cli_lock_drop(struct cli *cli, struct cfs_store *st, const char *id,
 		   char *owner);
 
 /*
+ * The locked write shared by commit, checkpoint and restore: opens the
+ * store for writing, requires the context (cli_manifest_read), resolves
+ * the keys, takes the lock, runs write() with co->owner and the progress
+ * callback set and the progress line labelled label, then releases the
+ * lock whatever write() returned. Returns write()'s result or the first
+ * error before it; *cr is filled by write().
+ */
+struct cfs_commit_opts;
+struct cfs_commit_result;
+typedef int (*cli_locked_write_fn)(struct cfs_commit_result *cr,
+				   struct cfs_store *st, struct cfs_keys *keys,
+				   const struct cfs_commit_opts *co,
+				   void *payload);
+int cli_write_locked(struct cli *cli, struct cfs_commit_result *cr,
+		     const char *id, const char *label,
+		     struct cfs_commit_opts *co, cli_locked_write_fn write,
+		     void *payload);
+/* cli_write_locked() with cfs_context_commit() of directory dirfd. */
+int cli_commit_dir_locked(struct cli *cli, struct cfs_commit_result *cr,
+			  const char *id, int dirfd, const char *label,
+			  struct cfs_commit_opts *co);
+
+/*
  * Checks a --passphrase-file without keeping its contents (doctor): 0 or
  * the error reading it would give.
  */

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "core/context.h"
-#include "core/crypto.h"
 #include "core/error.h"
 #include "core/ids.h"
 #include "tools/cli.h"
@@ -27,9 +26,6 @@ static int run(struct cli *cli)
 	const char *from = cli_opt(cli, OPT_FROM);
 	struct cfs_commit_opts co;
 	struct cfs_commit_result cr = {0};
-	struct cfs_store *st = NULL;
-	struct cfs_keys *keys = NULL;
-	char *owner = NULL;
 	cJSON *res;
 	int dirfd = -1, rc;
 
@@ -44,30 +40,11 @@ static int run(struct cli *cli)
 	rc = cli_open_dir(&dirfd, "--from directory", from);
 	if (rc)
 		goto out;
-	rc = cli_store_open_write(cli, &st, false);
-	if (rc)
-		goto out;
-	rc = cli_manifest_read(cli, NULL, st, id);
-	if (rc)
-		goto out;
-	rc = cli_keys(cli, false, &keys);
-	if (rc)
-		goto out;
-	rc = cli_lock_take(cli, st, id, &owner);
-	if (rc)
-		goto out;
 
 	co.kind = CFS_COMMIT_CHECKPOINT;
-	co.owner = owner;
 	co.reason =
 		cli_opt(cli, OPT_REASON) ? cli_opt(cli, OPT_REASON) : "manual";
-	co.progress = cli_progress_cb;
-	co.progress_payload = cli;
-	cli_progress_begin(cli, "checkpoint");
-	rc = cfs_context_commit(&cr, st, keys, id, dirfd, &co);
-	cli_progress_end(cli);
-	cli_lock_drop(cli, st, id, owner);
-	owner = NULL;
+	rc = cli_commit_dir_locked(cli, &cr, id, dirfd, "checkpoint", &co);
 	if (rc)
 		goto out;
 
@@ -83,12 +60,8 @@ static int run(struct cli *cli)
 		  cr.tree_key);
 out:
 	cfs_commit_result_clear(&cr);
-	if (owner)
-		cli_lock_drop(cli, st, id, owner);
 	if (dirfd >= 0)
 		close(dirfd);
-	cfs_keys_free(keys);
-	cfs_store_free(st);
 	return rc;
 }
 

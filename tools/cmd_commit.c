@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "core/context.h"
-#include "core/crypto.h"
 #include "core/error.h"
 #include "core/ids.h"
 #include "tools/cli.h"
@@ -32,9 +31,6 @@ static int run(struct cli *cli)
 	const char *from = cli_opt(cli, OPT_FROM);
 	struct cfs_commit_opts co;
 	struct cfs_commit_result cr = {0};
-	struct cfs_store *st = NULL;
-	struct cfs_keys *keys = NULL;
-	char *owner = NULL;
 	char size[32];
 	uint64_t expect = 0;
 	int dirfd = -1, rc, n;
@@ -68,31 +64,12 @@ static int run(struct cli *cli)
 	rc = cli_open_dir(&dirfd, "--from directory", from);
 	if (rc)
 		goto out;
-	rc = cli_store_open_write(cli, &st, false);
-	if (rc)
-		goto out;
-	rc = cli_manifest_read(cli, NULL, st, id);
-	if (rc)
-		goto out;
-	rc = cli_keys(cli, false, &keys);
-	if (rc)
-		goto out;
-	rc = cli_lock_take(cli, st, id, &owner);
-	if (rc)
-		goto out;
 
 	co.kind = CFS_COMMIT_SAVE;
-	co.owner = owner;
 	co.author = cli_opt(cli, OPT_AUTHOR) ? cli_opt(cli, OPT_AUTHOR)
 					     : "contextsdk";
 	co.message = cli_opt(cli, OPT_MESSAGE);
-	co.progress = cli_progress_cb;
-	co.progress_payload = cli;
-	cli_progress_begin(cli, "commit");
-	rc = cfs_context_commit(&cr, st, keys, id, dirfd, &co);
-	cli_progress_end(cli);
-	cli_lock_drop(cli, st, id, owner);
-	owner = NULL;
+	rc = cli_commit_dir_locked(cli, &cr, id, dirfd, "commit", &co);
 	if (rc)
 		goto out;
 
@@ -104,12 +81,8 @@ static int run(struct cli *cli)
 		  n == 1 ? "" : "s");
 out:
 	cfs_commit_result_clear(&cr);
-	if (owner)
-		cli_lock_drop(cli, st, id, owner);
 	if (dirfd >= 0)
 		close(dirfd);
-	cfs_keys_free(keys);
-	cfs_store_free(st);
 	return rc;
 }
 

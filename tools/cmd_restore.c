@@ -5,7 +5,6 @@
 #include <stdlib.h>
 
 #include "core/context.h"
-#include "core/crypto.h"
 #include "core/error.h"
 #include "core/ids.h"
 #include "tools/cli.h"
@@ -18,15 +17,19 @@ static const struct cli_opt opts[] = {
 	{NULL, 0, false, 0},
 };
 
+static int restore_ref(struct cfs_commit_result *cr, struct cfs_store *st,
+		       struct cfs_keys *keys, const struct cfs_commit_opts *co,
+		       void *payload)
+{
+	return cfs_context_restore(cr, st, keys, payload, co);
+}
+
 static int run(struct cli *cli)
 {
 	const char *refstr = cli->argv[0];
 	struct cfs_ref ref;
 	struct cfs_commit_opts co;
 	struct cfs_commit_result cr = {0};
-	struct cfs_store *st = NULL;
-	struct cfs_keys *keys = NULL;
-	char *owner = NULL;
 	int rc;
 
 	cfs_commit_opts_init(&co);
@@ -40,30 +43,11 @@ static int run(struct cli *cli)
 				   ref.id);
 		goto out;
 	}
-	rc = cli_store_open_write(cli, &st, false);
-	if (rc)
-		goto out;
-	rc = cli_manifest_read(cli, NULL, st, ref.id);
-	if (rc)
-		goto out;
-	rc = cli_keys(cli, false, &keys);
-	if (rc)
-		goto out;
-	rc = cli_lock_take(cli, st, ref.id, &owner);
-	if (rc)
-		goto out;
-
-	co.owner = owner;
 	co.author = cli_opt(cli, OPT_AUTHOR) ? cli_opt(cli, OPT_AUTHOR)
 					     : "contextsdk";
 	co.message = cli_opt(cli, OPT_MESSAGE);
-	co.progress = cli_progress_cb;
-	co.progress_payload = cli;
-	cli_progress_begin(cli, "restore");
-	rc = cfs_context_restore(&cr, st, keys, refstr, &co);
-	cli_progress_end(cli);
-	cli_lock_drop(cli, st, ref.id, owner);
-	owner = NULL;
+	rc = cli_write_locked(cli, &cr, ref.id, "restore", &co, restore_ref,
+			      cli->argv[0]);
 	if (rc)
 		goto out;
 
@@ -73,10 +57,6 @@ static int run(struct cli *cli)
 		  (unsigned long long)cr.generation, ref.id);
 out:
 	cfs_commit_result_clear(&cr);
-	if (owner)
-		cli_lock_drop(cli, st, ref.id, owner);
-	cfs_keys_free(keys);
-	cfs_store_free(st);
 	return rc;
 }
 
