@@ -12,7 +12,6 @@
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
@@ -339,83 +338,18 @@ static const struct cfs_bundle_member *extra_below(struct packer *p,
 	return NULL;
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-struct namelist {
-	char **v;
-	size_t n, cap;
-};
-
-static int names_add(struct namelist *l, const char *s, size_t len)
-{
-	if (l->n == l->cap) {
-		size_t ncap = l->cap ? l->cap * 2 : 32, bytes;
-		char **nv;
-		if (cfs_mul_overflows(ncap, sizeof(*nv), &bytes))
-			return cfs_error_set(CFS_ENOMEM, "directory too large");
-		nv = realloc(l->v, bytes);
-		if (!nv)
-			return cfs_error_set(CFS_ENOMEM, "out of memory");
-		l->v = nv;
-		l->cap = ncap;
-	}
-	l->v[l->n] = cfs_strndup(s, len);
-	if (!l->v[l->n])
-		return CFS_ENOMEM;
-	l->n++;
-	return 0;
-}
-
-static void names_free(struct namelist *l)
-{
-	for (size_t i = 0; i < l->n; i++)
-		free(l->v[i]);
-	free(l->v);
-	memset(l, 0, sizeof(*l));
-}
-
 /*
  * Children of the directory arc: the names on disk (dfd >= 0) plus the
  * first components of extra members below arc, sorted, without duplicates.
  */
-static int pk_children(struct packer *p, struct namelist *out, int dfd,
+static int pk_children(struct packer *p, struct cfs_names *out, int dfd,
 		       const char *arc)
 {
 	size_t alen = strlen(arc);
-	DIR *d = NULL;
-	int rc = 0, fd;
+	int rc;
 
 	if (dfd >= 0) {
-		fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd < 0)
-			return cfs_error_errno(errno, "cannot list %s", arc);
-		d = fdopendir(fd);
-		if (!d) {
-			rc = cfs_error_errno(errno, "cannot list %s", arc);
-			close(fd);
-			return rc;
-		}
-		for (;;) {
-			struct dirent *de;
-			errno = 0;
-			de = readdir(d);
-			if (!de) {
-				if (errno)
-					rc = cfs_error_errno(
-						errno, "cannot list %s", arc);
-				break;
-			}
-			if (strcmp(de->d_name, ".") == 0 ||
-			    strcmp(de->d_name, "..") == 0)
-				continue;
-			rc = names_add(out, de->d_name, strlen(de->d_name));
-			if (rc)
-				break;
-		}
-		closedir(d);
+		rc = cfs_names_read_dir(out, dfd, arc);
 		if (rc)
 			return rc;
 	}
@@ -425,22 +359,13 @@ static int pk_children(struct packer *p, struct namelist *out, int dfd,
 			continue;
 		s = path + alen + 1;
 		slash = strchr(s, '/');
-		rc = names_add(out, s, slash ? (size_t)(slash - s) : strlen(s));
+		rc = cfs_names_add(out, s,
+				   slash ? (size_t)(slash - s) : strlen(s));
 		if (rc)
 			return rc;
 	}
-	if (out->n > 1)
-		qsort(out->v, out->n, sizeof(*out->v), name_cmp);
-	/* drop duplicates (a name both on disk and among the extras) */
-	size_t w = 0;
-	for (size_t i = 0; i < out->n; i++) {
-		if (w > 0 && strcmp(out->v[w - 1], out->v[i]) == 0) {
-			free(out->v[i]);
-			continue;
-		}
-		out->v[w++] = out->v[i];
-	}
-	out->n = w;
+	/* drops duplicates (a name both on disk and among the extras) */
+	cfs_names_sort_unique(out);
 	return 0;
 }
 
@@ -520,7 +445,7 @@ static int pk_node(struct packer *p, int dfd, const char *name,
 static int pk_dir(struct packer *p, int subfd, const struct stat *st,
 		  struct cfs_buf *arc, int depth)
 {
-	struct namelist kids = {0};
+	struct cfs_names kids = {0};
 	int rc;
 
 	if (st) {
@@ -550,7 +475,7 @@ static int pk_dir(struct packer *p, int subfd, const struct stat *st,
 			goto out;
 	}
 out:
-	names_free(&kids);
+	cfs_names_free(&kids);
 	return rc;
 }
 

@@ -501,6 +501,92 @@ int cfs_mkdir_p_at(int dirfd, const char *path, mode_t mode)
 	return rc;
 }
 
+int cfs_names_add(struct cfs_names *l, const char *s, size_t len)
+{
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 32, bytes;
+		char **nv;
+
+		if (cfs_mul_overflows(ncap, sizeof(*nv), &bytes))
+			return cfs_error_set(CFS_ENOMEM, "directory too large");
+		nv = realloc(l->v, bytes);
+		if (!nv)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		l->v = nv;
+		l->cap = ncap;
+	}
+	l->v[l->n] = cfs_strndup(s, len);
+	if (!l->v[l->n])
+		return CFS_ENOMEM;
+	l->n++;
+	return 0;
+}
+
+int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what)
+{
+	DIR *d;
+	int rc = 0, fd;
+
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return cfs_error_errno(errno, "cannot list %s", what);
+	d = fdopendir(fd);
+	if (!d) {
+		rc = cfs_error_errno(errno, "cannot list %s", what);
+		close(fd);
+		return rc;
+	}
+	for (;;) {
+		struct dirent *de;
+
+		errno = 0;
+		de = readdir(d);
+		if (!de) {
+			if (errno)
+				rc = cfs_error_errno(errno, "cannot list %s",
+						     what);
+			break;
+		}
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		rc = cfs_names_add(l, de->d_name, strlen(de->d_name));
+		if (rc)
+			break;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void cfs_names_sort_unique(struct cfs_names *l)
+{
+	size_t w = 0;
+
+	if (l->n > 1)
+		qsort(l->v, l->n, sizeof(*l->v), name_cmp);
+	for (size_t i = 0; i < l->n; i++) {
+		if (w > 0 && strcmp(l->v[w - 1], l->v[i]) == 0) {
+			free(l->v[i]);
+			continue;
+		}
+		l->v[w++] = l->v[i];
+	}
+	l->n = w;
+}
+
+void cfs_names_free(struct cfs_names *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
 static int rmtree_fd(int dfd)
 {
 	DIR *d = fdopendir(dfd);

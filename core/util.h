@@ -87,6 +87,22 @@ int cfs_rmtree_at(int dirfd, const char *path);
 /* Private (0700) temporary directory under base (or $TMPDIR, /tmp). */
 int cfs_mkdtemp(char **out, const char *base, const char *prefix);
 
+/* A growable list of heap strings (directory entry names). */
+struct cfs_names {
+	char **v;
+	size_t n, cap;
+};
+/* Appends a copy of s[0..len). */
+int cfs_names_add(struct cfs_names *l, const char *s, size_t len);
+/*
+ * Appends the entry names of directory dfd (not "." and "..", dfd stays
+ * open); errors read "cannot list <what>".
+ */
+int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what);
+/* Sorts bytewise and drops duplicates. */
+void cfs_names_sort_unique(struct cfs_names *l);
+void cfs_names_free(struct cfs_names *l);
+
 /* Host name (never NULL; "localhost" on failure). */
 const char *cfs_hostname(void);
 

@@ -4,7 +4,6 @@
  */
 #include "core/version.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -104,11 +103,6 @@ static int open_beneath(int rootfd, const char *rel)
 #endif
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static void names_free(char **v, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -116,95 +110,39 @@ static void names_free(char **v, size_t n)
 	free(v);
 }
 
-static int list_sorted(char ***out, size_t *nout, int dfd, const char *rel)
-{
-	char **v = NULL;
-	size_t n = 0, cap = 0;
-	int fd, rc = 0;
-	DIR *d;
-
-	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return cfs_error_errno(errno, "cannot list %s", rel);
-	d = fdopendir(fd);
-	if (!d) {
-		rc = cfs_error_errno(errno, "cannot list %s", rel);
-		close(fd);
-		return rc;
-	}
-	for (;;) {
-		struct dirent *de;
-		errno = 0;
-		de = readdir(d);
-		if (!de) {
-			if (errno)
-				rc = cfs_error_errno(errno, "cannot list %s",
-						     rel);
-			break;
-		}
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
-			continue;
-		if (n == cap) {
-			size_t ncap = cap ? cap * 2 : 32;
-			char **nv = realloc(v, ncap * sizeof(*v));
-			if (!nv) {
-				rc = cfs_error_set(CFS_ENOMEM, "out of memory");
-				break;
-			}
-			v = nv;
-			cap = ncap;
-		}
-		v[n] = cfs_strdup(de->d_name);
-		if (!v[n]) {
-			rc = CFS_ENOMEM;
-			break;
-		}
-		n++;
-	}
-	closedir(d);
-	if (rc) {
-		names_free(v, n);
-		return rc;
-	}
-	if (n > 1)
-		qsort(v, n, sizeof(*v), name_cmp);
-	*out = v;
-	*nout = n;
-	return 0;
-}
-
 static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 		   int depth)
 {
-	char **names = NULL;
-	size_t n = 0;
+	struct cfs_names names = {0};
 	int rc;
 
 	if (depth > INDEX_MAX_DEPTH)
 		return cfs_error_set(CFS_EUNSUPPORTED,
 				     "%s nests deeper than %d directories",
 				     rel->ptr, INDEX_MAX_DEPTH);
-	rc = list_sorted(&names, &n, dfd, rel->ptr);
-	if (rc)
+	rc = cfs_names_read_dir(&names, dfd, rel->ptr);
+	if (rc) {
+		cfs_names_free(&names);
 		return rc;
-	for (size_t i = 0; i < n && rc == 0; i++) {
+	}
+	cfs_names_sort_unique(&names);
+	for (size_t i = 0; i < names.n && rc == 0; i++) {
 		size_t keep = rel->len;
 		struct stat st;
 		int fd = -1;
 
 		rc = cfs_buf_puts(rel, "/");
 		if (!rc)
-			rc = cfs_buf_puts(rel, names[i]);
+			rc = cfs_buf_puts(rel, names.v[i]);
 		if (rc)
 			break;
-		if (fstatat(dfd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (fstatat(dfd, names.v[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
 			if (errno != ENOENT) /* vanished: not listed */
 				rc = cfs_error_errno(errno, "cannot stat %s",
 						     rel->ptr);
 		} else if (S_ISDIR(st.st_mode)) {
 			if (!cfs_policy_prunes(b->policy, rel->ptr)) {
-				fd = openat(dfd, names[i],
+				fd = openat(dfd, names.v[i],
 					    O_RDONLY | O_DIRECTORY |
 						    O_NOFOLLOW | O_CLOEXEC);
 				if (fd < 0)
@@ -216,7 +154,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 			}
 		} else if (S_ISREG(st.st_mode)) {
 			if (!cfs_policy_excluded(b->policy, rel->ptr)) {
-				fd = openat(dfd, names[i],
+				fd = openat(dfd, names.v[i],
 					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
 						    O_NOCTTY | O_CLOEXEC);
 				if (fd < 0)
@@ -243,7 +181,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 		rel->len = keep;
 		rel->ptr[keep] = '\0';
 	}
-	names_free(names, n);
+	cfs_names_free(&names);
 	return rc;
 }
 
