@@ -1968,6 +1968,8 @@ int cli_main(int argc, char **argv)
 		rc = cli.cmd->run(&cli);
 	}
 	code = cli_finish(&cli, rc);
+	if (!rc && cli.exit_status > 0)
+		code = cli.exit_status;
 	if (interrupted && !rc) {
 		/* The work landed: say so truthfully, exit 0. */
 		if (!cli.json && !cli.quiet)

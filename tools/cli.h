@@ -45,7 +45,7 @@ enum cli_exit {
 /* Upper bounds on things read from outside. */
 #define CLI_SECRET_MAX 1024 /* passphrase / hex key bytes */
 #define CLI_CONFIG_MAX (1u << 20) /* config file */
-#define CLI_MAX_ARGS 8 /* positional args per command */
+#define CLI_MAX_ARGS 64 /* positional args per command (run: words) */
 #define CLI_MAX_OPTS 16 /* options per command */
 
 /* A command-specific option. id indexes cli->optv / cli->optset. */
@@ -113,6 +113,11 @@ struct cli {
 
 	/* --json result document, built by the command. */
 	cJSON *result;
+	/*
+	 * A successful command's exit status when not 0 (run: the wrapped
+	 * command's exit code).
+	 */
+	int exit_status;
 
 	/* Progress line state. */
 	bool progress_enabled;
@@ -139,6 +144,8 @@ extern const struct cli_command cli_cmd_restore;
 extern const struct cli_command cli_cmd_gc;
 extern const struct cli_command cli_cmd_list;
 extern const struct cli_command cli_cmd_doctor;
+extern const struct cli_command cli_cmd_run;
+extern const struct cli_command cli_cmd_probe;
 
 /*
  * Runs the whole tool: parse, config, secrets, dispatch, output. Returns

@@ -33,6 +33,8 @@ const struct cli_command *const cli_commands[] = {
 	&cli_cmd_sync,
 	&cli_cmd_mount_status,
 	&cli_cmd_recover, /* tools/cmd_recover.c */
+	&cli_cmd_run, /* tools/cmd_run.c */
+	&cli_cmd_probe,
 	NULL,
 };
 

@@ -1,0 +1,761 @@
+/*
+ * The session engine (core/session.h): attach, run, save / checkpoint,
+ * heartbeat and detach over the runtime contract. The sandbox side uses
+ * the reference's tools (bash, python3 tarfile, zstd): the scripts below
+ * keep the reference's behaviour and checks (REFERENCE.md §5.1, §5.5,
+ * §10.2), and every bundle that comes back is validated here again with
+ * cfs_bundle_unpack before the engine commits it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/bundle.h"
+#include "core/error.h"
+#include "core/ids.h"
+#include "core/lock.h"
+#include "core/log.h"
+#include "core/manifest.h"
+#include "core/policy.h"
+#include "core/session.h"
+#include "core/util.h"
+
+#define HEARTBEAT_MIN_MS 1000
+#define HEARTBEAT_MAX_MS 300000
+
+struct cfs_session {
+	struct cfs_store *st;
+	struct cfs_keys *keys;
+	struct cfs_runtime *rt;
+	char *id;
+	char *owner;
+	char *mount_path;
+	char *bundle_path; /* remote plaintext bundle */
+	char *tmpdir; /* local, 0700 */
+	char *policy_json; /* compact resolved policy for the scripts */
+	struct cfs_policy policy;
+	int64_t ttl_ms;
+	int64_t cmd_timeout_ms;
+	bool adopted;
+	unsigned int seq; /* names local save dirs */
+
+	/* heartbeat */
+	pthread_t hb;
+	bool hb_running;
+	int64_t hb_period_ms;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool hb_stop; /* protected by mu */
+	atomic_bool lock_lost;
+	atomic_int hb_failures;
+};
+
+/* ------------------------------------------------------------------ */
+/* Sandbox scripts */
+
+/* Shared by both scripts: the reference's tool preamble (exit 30-32). */
+static const char preamble[] =
+	"set -Eeuo pipefail\n"
+	"command -v tar >/dev/null 2>&1 || { echo 'missing tar' >&2; exit 30; }\n"
+	"command -v zstd >/dev/null 2>&1 || { echo 'missing zstd' >&2; exit 31; }\n"
+	"command -v python3 >/dev/null 2>&1 || "
+	"{ echo 'missing python3' >&2; exit 32; }\n";
+
+/* Common python helpers: policy, unsafe(), items. */
+#define PY_COMMON                                                              \
+	"import fnmatch, json, os, shutil, subprocess, sys, tarfile\n"         \
+	"def fail(msg):\n"                                                     \
+	"    sys.stderr.write(msg + '\\n')\n"                                  \
+	"    sys.exit(1)\n"                                                    \
+	"def unsafe(v):\n"                                                     \
+	"    v = v.replace('\\\\', '/')\n"                                     \
+	"    return v.startswith('/') or '\\0' in v or '..' in v.split('/')\n" \
+	"policy = json.loads(os.environ['CONTEXTSDK_POLICY'])\n"               \
+	"items = []\n"                                                         \
+	"for n in ['.contextsdk', 'contextsdk.json'] + "                       \
+	"list(policy.get('roots') or []):\n"                                   \
+	"    if not n or n in items:\n"                                        \
+	"        continue\n"                                                   \
+	"    if unsafe(n) or n == '.':\n"                                      \
+	"        fail('unsafe persistence root: ' + n)\n"                      \
+	"    items.append(n)\n"
+
+/*
+ * Validating extractor (§5.5 runtime rules): clears the managed items,
+ * then streams the bundle through zstd into tarfile, checking every member
+ * before extracting it alone.
+ */
+static const char unpack_py[] = PY_COMMON
+	"MAX_ENTRIES = 1000000\n"
+	"MAX_BYTES = 68719476736\n"
+	"mount = os.path.realpath(os.environ['CONTEXTSDK_MOUNT'])\n"
+	"def inside(p):\n"
+	"    return p == mount or p.startswith(mount + os.sep)\n"
+	"for n in items:\n"
+	"    p = os.path.join(mount, n)\n"
+	"    if os.path.islink(p) or os.path.isfile(p):\n"
+	"        os.unlink(p)\n"
+	"    elif os.path.isdir(p):\n"
+	"        shutil.rmtree(p)\n"
+	"z = subprocess.Popen(['zstd', '-dc', '--', sys.argv[1]], "
+	"stdout=subprocess.PIPE)\n"
+	"count = 0\n"
+	"total = 0\n"
+	"try:\n"
+	"    with tarfile.open(fileobj=z.stdout, mode='r|') as tf:\n"
+	"        for m in tf:\n"
+	"            count += 1\n"
+	"            if count > MAX_ENTRIES:\n"
+	"                fail('archive exceeds the %d entry limit' % "
+	"MAX_ENTRIES)\n"
+	"            total += max(m.size, 0)\n"
+	"            if total > MAX_BYTES:\n"
+	"                fail('archive exceeds the %d byte decompressed limit' "
+	"% MAX_BYTES)\n"
+	"            if unsafe(m.name):\n"
+	"                fail('unsafe archive entry: ' + m.name)\n"
+	"            if m.issym() or m.islnk():\n"
+	"                if unsafe(m.linkname):\n"
+	"                    fail('unsafe archive link target: %s -> %s' % "
+	"(m.name, m.linkname))\n"
+	"            elif not (m.isfile() or m.isdir()):\n"
+	"                fail('unsupported archive entry type: ' + m.name)\n"
+	"            parent = os.path.realpath(os.path.join(mount, "
+	"os.path.dirname(m.name)))\n"
+	"            if not inside(parent):\n"
+	"                fail('archive entry resolves outside the mount: ' + "
+	"m.name)\n"
+	"            if m.islnk() and not inside(os.path.realpath("
+	"os.path.join(mount, m.linkname))):\n"
+	"                fail('archive entry resolves outside the mount: ' + "
+	"m.name)\n"
+	"            target = os.path.join(mount, m.name)\n"
+	"            if not m.isdir() and os.path.lexists(target) and "
+	"not os.path.isdir(target):\n"
+	"                os.unlink(target)\n"
+	"            if hasattr(tarfile, 'data_filter'):\n"
+	"                tf.extract(m, mount, filter='data')\n"
+	"            else:\n"
+	"                tf.extract(m, mount, set_attrs=True)\n"
+	"except tarfile.TarError as e:\n"
+	"    fail('unreadable archive: %s' % e)\n"
+	"finally:\n"
+	"    while z.stdout.read(1 << 16):\n"
+	"        pass\n"
+	"if z.wait() != 0:\n"
+	"    fail('zstd decompression failed')\n";
+
+/* The runtime-side packer (§5.1). */
+static const char pack_py[] = PY_COMMON
+	"mount = os.environ['CONTEXTSDK_MOUNT']\n"
+	"excl = list(policy.get('exclude') or [])\n"
+	"def excluded(rel):\n"
+	"    rel = rel.replace('\\\\', '/')\n"
+	"    for p in excl:\n"
+	"        t = p[:-3] if p.endswith('/**') else p\n"
+	"        if fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel, t):\n"
+	"            return True\n"
+	"        tt = t.rstrip('/')\n"
+	"        if tt and rel.startswith(tt + '/'):\n"
+	"            return True\n"
+	"    return False\n"
+	"def filt(ti):\n"
+	"    if excluded(ti.name):\n"
+	"        return None\n"
+	"    if (ti.issym() or ti.islnk()) and unsafe(ti.linkname):\n"
+	"        return None\n"
+	"    if not (ti.isfile() or ti.isdir() or ti.issym() or ti.islnk()):\n"
+	"        return None\n"
+	"    ti.uid = ti.gid = 0\n"
+	"    ti.uname = ti.gname = ''\n"
+	"    return ti\n"
+	"with tarfile.open(os.environ['CONTEXTSDK_TAR'], 'w') as tf:\n"
+	"    for n in items:\n"
+	"        p = os.path.join(mount, n)\n"
+	"        if not os.path.lexists(p) or excluded(n):\n"
+	"            continue\n"
+	"        tf.add(p, arcname=n, recursive=True, filter=filt)\n";
+
+static int put_assign(struct cfs_buf *b, const char *name, const char *value)
+{
+	int rc = cfs_buf_printf(b, "%s=", name);
+
+	if (!rc)
+		rc = cfs_shell_quote(b, value);
+	return rc ? rc : cfs_buf_puts(b, "\n");
+}
+
+static char *unpack_script(const struct cfs_session *s)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = cfs_buf_puts(&b, preamble);
+
+	rc = rc ? rc : put_assign(&b, "bundle", s->bundle_path);
+	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
+	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
+	rc = rc ? rc
+		: cfs_buf_puts(&b, "mkdir -p -- \"$mount\"\n"
+				   "CONTEXTSDK_POLICY=\"$policy\" "
+				   "CONTEXTSDK_MOUNT=\"$mount\" "
+				   "python3 - \"$bundle\" <<'CONTEXTSDK_PY'\n");
+	rc = rc ? rc : cfs_buf_puts(&b, unpack_py);
+	rc = rc ? rc
+		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
+				   "rm -f -- \"$bundle\"\n"
+				   "for n in workspace memory artifacts logs "
+				   "cache config; do\n"
+				   "  mkdir -p -- \"$mount/$n\"\n");
+	if (!rc && s->rt->caps.root_links)
+		rc = cfs_buf_puts(&b,
+				  "  if [ -L \"/$n\" ] || [ ! -e \"/$n\" ]; "
+				  "then ln -sfn -- \"$mount/$n\" \"/$n\" "
+				  "|| true; fi\n");
+	rc = rc ? rc : cfs_buf_puts(&b, "done\n");
+	if (rc) {
+		cfs_buf_free(&b);
+		return NULL;
+	}
+	return cfs_buf_detach(&b);
+}
+
+static char *pack_script(const struct cfs_session *s)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = cfs_buf_puts(&b, preamble);
+
+	rc = rc ? rc : put_assign(&b, "bundle", s->bundle_path);
+	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
+	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
+	rc = rc ? rc
+		: cfs_buf_puts(&b, "test -d \"$mount\"\n"
+				   "rm -f -- \"$bundle\"\n"
+				   "sync \"$mount\" 2>/dev/null || sync\n"
+				   "tmp=$(mktemp)\n"
+				   "trap 'rm -f -- \"$tmp\"' EXIT\n"
+				   "CONTEXTSDK_POLICY=\"$policy\" "
+				   "CONTEXTSDK_MOUNT=\"$mount\" "
+				   "CONTEXTSDK_TAR=\"$tmp\" "
+				   "python3 - <<'CONTEXTSDK_PY'\n");
+	rc = rc ? rc : cfs_buf_puts(&b, pack_py);
+	rc = rc ? rc
+		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
+				   "(umask 077; zstd -T0 -q -f -o \"$bundle\" "
+				   "-- \"$tmp\")\n"
+				   "test -s \"$bundle\"\n");
+	if (rc) {
+		cfs_buf_free(&b);
+		return NULL;
+	}
+	return cfs_buf_detach(&b);
+}
+
+static char *detach_script(const struct cfs_session *s)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = put_assign(&b, "bundle", s->bundle_path);
+
+	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
+	if (!rc && s->rt->caps.root_links)
+		rc = cfs_buf_puts(&b,
+				  "for n in workspace memory artifacts logs "
+				  "cache config; do\n"
+				  "  if [ -L \"/$n\" ] && [ \"$(readlink "
+				  "\"/$n\")\" = \"$mount/$n\" ]; then "
+				  "rm -f -- \"/$n\"; fi\n"
+				  "done\n");
+	rc = rc ? rc : cfs_buf_puts(&b, "rm -f -- \"$bundle\"\n");
+	if (rc) {
+		cfs_buf_free(&b);
+		return NULL;
+	}
+	return cfs_buf_detach(&b);
+}
+
+/* Runs a session script and turns a non-zero exit into a command error. */
+static int run_script(struct cfs_session *s, const char *script,
+		      const char *label)
+{
+	struct cfs_run_result res;
+	int rc;
+
+	if (!script)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	rc = cfs_runtime_run(&res, s->rt, script, NULL, s->cmd_timeout_ms);
+	if (!rc)
+		rc = cfs_runtime_check(&res, label);
+	else
+		cfs_error_prefix("%s", label);
+	cfs_run_result_clear(&res);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Heartbeat */
+
+static void *heartbeat_main(void *arg)
+{
+	struct cfs_session *s = arg;
+	bool warned_lock = false, warned_rt = false;
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->hb_stop) {
+		struct timespec ts;
+		int rc, krc;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += s->hb_period_ms / 1000;
+		ts.tv_nsec += (s->hb_period_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		while (!s->hb_stop &&
+		       pthread_cond_timedwait(&s->cv, &s->mu, &ts) != ETIMEDOUT)
+			;
+		if (s->hb_stop)
+			break;
+		pthread_mutex_unlock(&s->mu);
+
+		rc = atomic_load(&s->lock_lost)
+			     ? CFS_ELOCKED
+			     : cfs_lock_renew(NULL, s->st, s->id, s->owner,
+					      s->ttl_ms);
+		if (rc == CFS_ELOCKED || rc == CFS_ENOTFOUND) {
+			if (!atomic_exchange(&s->lock_lost, true))
+				cfs_log(CFS_LOG_WARN,
+					"lock on %s lost: %s; this session "
+					"will not save",
+					s->id, cfs_error_last());
+		} else if (rc && !warned_lock) {
+			warned_lock = true;
+			cfs_log(CFS_LOG_WARN, "lock renewal for %s failed: %s",
+				s->id, cfs_error_last());
+		}
+		krc = cfs_runtime_keep_alive(s->rt);
+		if (krc && !warned_rt) {
+			warned_rt = true;
+			cfs_log(CFS_LOG_WARN,
+				"runtime keep-alive for %s failed: %s", s->id,
+				cfs_error_last());
+		}
+		if (rc || krc)
+			atomic_fetch_add(&s->hb_failures, 1);
+		else
+			atomic_store(&s->hb_failures, 0);
+		pthread_mutex_lock(&s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static void heartbeat_stop(struct cfs_session *s)
+{
+	if (!s->hb_running)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->hb_stop = true;
+	pthread_cond_signal(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_join(s->hb, NULL);
+	s->hb_running = false;
+}
+
+static int heartbeat_start(struct cfs_session *s, int64_t period)
+{
+	pthread_condattr_t ca;
+
+	if (period < 0)
+		return 0;
+	if (period == 0) {
+		period = s->ttl_ms / 3;
+		if (s->rt->sandbox_timeout_ms > 0 &&
+		    s->rt->sandbox_timeout_ms / 3 < period)
+			period = s->rt->sandbox_timeout_ms / 3;
+		if (period > HEARTBEAT_MAX_MS)
+			period = HEARTBEAT_MAX_MS;
+	}
+	if (period < HEARTBEAT_MIN_MS)
+		period = HEARTBEAT_MIN_MS;
+	s->hb_period_ms = period;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_destroy(&s->cv);
+	pthread_cond_init(&s->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&s->hb, NULL, heartbeat_main, s) != 0)
+		return cfs_error_set(CFS_ERROR, "cannot start the heartbeat");
+	s->hb_running = true;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Attach */
+
+static void session_free(struct cfs_session *s)
+{
+	if (!s)
+		return;
+	heartbeat_stop(s);
+	if (s->tmpdir) {
+		cfs_rmtree_at(AT_FDCWD, s->tmpdir);
+		free(s->tmpdir);
+	}
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	cfs_policy_free(&s->policy);
+	free(s->id);
+	free(s->owner);
+	free(s->mount_path);
+	free(s->bundle_path);
+	free(s->policy_json);
+	free(s);
+}
+
+static int open_subdir(int *fd_out, const char *tmpdir, const char *name)
+{
+	char *p = cfs_asprintf("%s/%s", tmpdir, name);
+	int fd;
+
+	if (!p)
+		return CFS_ENOMEM;
+	if (mkdir(p, 0700) != 0) {
+		int e = errno;
+
+		free(p);
+		return cfs_error_errno(e, "creating %s/%s", tmpdir, name);
+	}
+	fd = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	free(p);
+	if (fd < 0)
+		return cfs_error_errno(errno, "opening %s/%s", tmpdir, name);
+	*fd_out = fd;
+	return 0;
+}
+
+/* Exports the current tree and packs it into <tmpdir>/attach.tar.zst. */
+static int build_bundle(struct cfs_session *s, char **path_out)
+{
+	int treefd = -1, bfd = -1, rc;
+	char *path = NULL;
+
+	rc = open_subdir(&treefd, s->tmpdir, "attach");
+	if (rc)
+		goto out;
+	rc = cfs_context_export(NULL, s->st, s->keys, s->id, treefd, NULL,
+				NULL);
+	if (rc)
+		goto out;
+	path = cfs_asprintf("%s/attach.tar.zst", s->tmpdir);
+	if (!path) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	bfd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (bfd < 0) {
+		rc = cfs_error_errno(errno, "creating %s", path);
+		goto out;
+	}
+	rc = cfs_bundle_pack(treefd, &s->policy, NULL, 0, cfs_bundle_fd_sink,
+			     &bfd, NULL);
+	if (!rc && fsync(bfd) != 0)
+		rc = cfs_error_errno(errno, "writing %s", path);
+out:
+	if (bfd >= 0)
+		close(bfd);
+	if (treefd >= 0)
+		close(treefd);
+	{
+		/* The exported plaintext tree is not needed any more. */
+		char *t = cfs_asprintf("%s/attach", s->tmpdir);
+
+		if (t)
+			cfs_rmtree_at(AT_FDCWD, t);
+		free(t);
+	}
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	*path_out = path;
+	return 0;
+}
+
+int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id,
+		       struct cfs_runtime *rt,
+		       const struct cfs_session_opts *opts)
+{
+	struct cfs_session_opts def = {0};
+	struct cfs_session *s = NULL;
+	struct cfs_manifest *m = NULL;
+	cJSON *pj = NULL;
+	char *bundle = NULL, sid[9];
+	bool locked = false;
+	int rc;
+
+	*out = NULL;
+	if (!opts)
+		opts = &def;
+	rc = cfs_id_check(id);
+	if (rc)
+		return rc;
+	if (!rt || !rt->tmp_dir || !rt->mount_base)
+		return cfs_error_set(CFS_EINVAL, "runtime is required");
+	s = cfs_calloc(1, sizeof(*s));
+	if (!s)
+		return CFS_ENOMEM;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	s->st = st;
+	s->keys = keys;
+	s->rt = rt;
+	s->ttl_ms = opts->lock_ttl_ms > 0 ? opts->lock_ttl_ms
+					  : CFS_LOCK_DEFAULT_TTL_MS;
+	s->cmd_timeout_ms = opts->command_timeout_ms > 0
+				    ? opts->command_timeout_ms
+				    : CFS_RUNTIME_DEFAULT_TIMEOUT_MS;
+	s->id = cfs_strdup(id);
+	s->owner = opts->owner ? cfs_strdup(opts->owner) : NULL;
+	if (!s->id || (opts->owner && !s->owner)) {
+		rc = CFS_ENOMEM;
+		goto fail;
+	}
+	if (!s->owner) {
+		rc = cfs_lock_owner_new(&s->owner);
+		if (rc)
+			goto fail;
+	}
+	cfs_random_hex(sid, 4);
+	s->mount_path = opts->mount_path
+				? cfs_strdup(opts->mount_path)
+				: cfs_asprintf("%s/%s", rt->mount_base, id);
+	s->bundle_path = cfs_asprintf("%s/contextsdk-%s-%s.tree.tar.zst",
+				      rt->tmp_dir, id, sid);
+	if (!s->mount_path || !s->bundle_path) {
+		rc = CFS_ENOMEM;
+		goto fail;
+	}
+	if (s->mount_path[0] != '/' || strchr(s->mount_path, '\n')) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "mount path must be absolute: %s",
+				   s->mount_path);
+		goto fail;
+	}
+
+	rc = cfs_context_read_manifest(&m, NULL, st, id);
+	if (rc)
+		goto fail;
+	rc = cfs_policy_from_json(&s->policy, cfs_manifest_policy(m));
+	if (rc)
+		goto fail;
+	pj = cfs_policy_to_json(&s->policy);
+	s->policy_json = pj ? cJSON_PrintUnformatted(pj) : NULL;
+	if (!s->policy_json) {
+		rc = CFS_ENOMEM;
+		goto fail;
+	}
+
+	rc = cfs_lock_acquire(NULL, &s->adopted, st, id, rt->id, s->owner,
+			      s->ttl_ms, opts->force_unlock);
+	if (rc)
+		goto fail;
+	locked = true;
+
+	rc = cfs_mkdtemp(&s->tmpdir, NULL, "contextfs-session-");
+	if (rc)
+		goto fail;
+	rc = build_bundle(s, &bundle);
+	if (rc)
+		goto fail;
+	rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
+	unlink(bundle);
+	if (rc) {
+		cfs_error_prefix("uploading the context to %s", rt->id);
+		goto fail;
+	}
+	rc = run_script(s, unpack_script(s), "mount context bundle");
+	if (rc)
+		goto fail;
+	rc = heartbeat_start(s, opts->heartbeat_ms);
+	if (rc)
+		goto fail;
+	*out = s;
+	s = NULL;
+fail:
+	if (s) {
+		int keep = cfs_error_last_code();
+		char *msg = cfs_strdup(cfs_error_last());
+
+		if (locked && !s->adopted)
+			cfs_lock_release(st, id, s->owner, true);
+		session_free(s);
+		if (msg) {
+			cfs_error_set(keep ? keep : rc, "%s", msg);
+			free(msg);
+		}
+	}
+	free(bundle);
+	cJSON_Delete(pj);
+	cfs_manifest_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Run, save, detach */
+
+int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
+		    const char *command, int64_t timeout_ms)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = cfs_buf_puts(&b, "cd ");
+
+	memset(res, 0, sizeof(*res));
+	rc = rc ? rc : cfs_shell_quote(&b, s->mount_path);
+	rc = rc ? rc : cfs_buf_puts(&b, " && ");
+	rc = rc ? rc : cfs_buf_puts(&b, command);
+	if (!rc)
+		rc = cfs_runtime_run(res, s->rt, b.ptr, NULL, timeout_ms);
+	cfs_buf_free(&b);
+	return rc;
+}
+
+int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
+		     const struct cfs_session_save_opts *opts)
+{
+	struct cfs_session_save_opts def = {0};
+	struct cfs_commit_opts co;
+	struct cfs_bundle_stats stats;
+	bool ckpt;
+	char name[32], *local = NULL;
+	int treefd = -1, bfd = -1, rc;
+
+	if (!opts)
+		opts = &def;
+	ckpt = opts->kind == CFS_COMMIT_CHECKPOINT;
+	if (atomic_load(&s->lock_lost))
+		return cfs_error_set(CFS_ELOCKED,
+				     "lock on %s was lost while the session "
+				     "ran; refusing to save over another "
+				     "writer",
+				     s->id);
+	/* Before any sandbox command: another owner means no work at all. */
+	rc = cfs_lock_assert_owner(s->st, s->id, s->owner);
+	if (rc)
+		return rc;
+	rc = run_script(s, pack_script(s),
+			ckpt ? "checkpoint context tree" : "pack context tree");
+	if (rc)
+		return rc;
+
+	s->seq++;
+	local = cfs_asprintf("%s/save-%u.tar.zst", s->tmpdir, s->seq);
+	if (!local)
+		return CFS_ENOMEM;
+	rc = cfs_runtime_download(s->rt, s->bundle_path, local);
+	{
+		/* The plaintext must not linger in the sandbox either. */
+		struct cfs_buf b = CFS_BUF_INIT;
+		struct cfs_run_result rr;
+
+		if (!cfs_buf_puts(&b, "rm -f -- ") &&
+		    !cfs_shell_quote(&b, s->bundle_path) &&
+		    cfs_runtime_run(&rr, s->rt, b.ptr, NULL,
+				    s->cmd_timeout_ms) == 0)
+			cfs_run_result_clear(&rr);
+		cfs_buf_free(&b);
+	}
+	if (rc) {
+		cfs_error_prefix("downloading the context from %s", s->rt->id);
+		goto out;
+	}
+	bfd = open(local, O_RDONLY | O_CLOEXEC);
+	if (bfd < 0) {
+		rc = cfs_error_errno(errno, "opening %s", local);
+		goto out;
+	}
+	snprintf(name, sizeof(name), "save-%u", s->seq);
+	rc = open_subdir(&treefd, s->tmpdir, name);
+	if (rc)
+		goto out;
+	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &bfd, NULL,
+			       &stats);
+	if (rc) {
+		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
+		goto out;
+	}
+	cfs_commit_opts_init(&co);
+	co.kind = opts->kind;
+	co.owner = s->owner;
+	co.author = opts->author;
+	co.message = opts->message;
+	co.reason = opts->reason;
+	co.key_verified = true; /* attach authenticated the tree */
+	rc = cfs_context_commit(res, s->st, s->keys, s->id, treefd, &co);
+out:
+	if (treefd >= 0) {
+		close(treefd);
+		char *p = cfs_asprintf("%s/%s", s->tmpdir, name);
+
+		if (p)
+			cfs_rmtree_at(AT_FDCWD, p);
+		free(p);
+	}
+	if (bfd >= 0)
+		close(bfd);
+	unlink(local);
+	free(local);
+	return rc;
+}
+
+int cfs_session_detach(struct cfs_session *s)
+{
+	struct cfs_run_result res;
+	char *script;
+	int rc;
+
+	if (!s)
+		return 0;
+	heartbeat_stop(s);
+	script = detach_script(s);
+	if (script &&
+	    cfs_runtime_run(&res, s->rt, script, NULL, s->cmd_timeout_ms) == 0)
+		cfs_run_result_clear(&res);
+	free(script);
+	rc = cfs_lock_release(s->st, s->id, s->owner, false);
+	session_free(s);
+	return rc;
+}
+
+void cfs_session_abandon(struct cfs_session *s)
+{
+	session_free(s);
+}
+
+const char *cfs_session_owner(const struct cfs_session *s)
+{
+	return s->owner;
+}
+
+const char *cfs_session_mount_path(const struct cfs_session *s)
+{
+	return s->mount_path;
+}
+
+bool cfs_session_lock_lost(const struct cfs_session *s)
+{
+	return atomic_load(&((struct cfs_session *)s)->lock_lost);
+}
+
+int cfs_session_heartbeat_failures(const struct cfs_session *s)
+{
+	return atomic_load(&((struct cfs_session *)s)->hb_failures);
+}

@@ -1,0 +1,99 @@
+/*
+ * Sessions (REFERENCE.md §8.2-§8.5, §9): a context carried into a sandbox
+ * through the runtime contract (core/runtime.h) and brought back safely.
+ * No process code here: everything in the sandbox happens through
+ * cfs_runtime_run / upload / download.
+ *
+ *   attach: take the lock (adopting our own), export the current tree
+ *     locally into a private 0700 temp dir (authenticated and validated by
+ *     the engine), pack it as a plaintext bundle, upload it, extract it in
+ *     the sandbox with the reference's validating extractor (python3
+ *     tarfile + zstd, the §5.5 runtime rules), remove the plaintext bundle
+ *     there; a heartbeat thread renews the lock and keeps the sandbox
+ *     alive;
+ *   run: `cd <mount> && <command>` (a non-zero exit is a result);
+ *   save / checkpoint: assert the lock before any sandbox command, pack in
+ *     the sandbox, download, VALIDATE locally by unpacking into a private
+ *     dir with the archive safety rules (the reference does not), then
+ *     commit through the engine (owner asserted at the commit point);
+ *   detach: remove the sandbox links and bundle, stop the heartbeat,
+ *     release the lock, remove the local temp dir.
+ *
+ * A lock lost while attached (renewal refused) makes every later save
+ * fail with CFS_ELOCKED; nothing is committed over the new owner.
+ */
+#ifndef CFS_CORE_SESSION_H
+#define CFS_CORE_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/context.h"
+#include "core/runtime.h"
+#include "core/store.h"
+
+struct cfs_keys;
+struct cfs_session;
+
+struct cfs_session_opts {
+	const char *owner; /* NULL = a fresh owner (host:pid:uuid) */
+	int64_t lock_ttl_ms; /* <= 0 = CFS_LOCK_DEFAULT_TTL_MS */
+	bool force_unlock; /* take the lock over whoever holds it */
+	/* Timeout of the session's own sandbox scripts; <= 0 = 15 min. */
+	int64_t command_timeout_ms;
+	const char *mount_path; /* NULL = <runtime mount_base>/<id> */
+	/*
+	 * Heartbeat period: 0 = a third of the lock TTL (and of the
+	 * sandbox lifetime), at least 1 s; < 0 = no heartbeat thread.
+	 */
+	int64_t heartbeat_ms;
+};
+
+/*
+ * Attaches context id to rt. st, keys and rt are borrowed and must outlive
+ * the session. On failure nothing is left behind: the lock is released
+ * (unless it was adopted) and the local temp dir removed.
+ */
+int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *id,
+		       struct cfs_runtime *rt,
+		       const struct cfs_session_opts *opts);
+
+/*
+ * Runs command in the mount directory (cd '<mount>' && command).
+ * timeout_ms <= 0 = none. A non-zero exit is returned in res.
+ */
+int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
+		    const char *command, int64_t timeout_ms);
+
+struct cfs_session_save_opts {
+	enum cfs_commit_kind kind; /* save (default) or checkpoint */
+	const char *author; /* save: NULL = the owner */
+	const char *message; /* save: NULL = "save context" */
+	const char *reason; /* checkpoint: NULL = "checkpoint" */
+};
+
+/* Saves (or checkpoints) what the sandbox holds. res may be NULL. */
+int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
+		     const struct cfs_session_save_opts *opts);
+
+/*
+ * Detaches (best effort in the sandbox), stops the heartbeat, releases the
+ * lock and frees the session. Returns the lock release's result. NULL-safe.
+ */
+int cfs_session_detach(struct cfs_session *s);
+
+/*
+ * Frees the session without touching the sandbox or the lock (after the
+ * sandbox died: the lock stays for a recovery under the same owner).
+ */
+void cfs_session_abandon(struct cfs_session *s);
+
+const char *cfs_session_owner(const struct cfs_session *s);
+const char *cfs_session_mount_path(const struct cfs_session *s);
+/* True once a heartbeat found the lock taken over or gone. */
+bool cfs_session_lock_lost(const struct cfs_session *s);
+/* Consecutive failed heartbeats (renewal or keep-alive). */
+int cfs_session_heartbeat_failures(const struct cfs_session *s);
+
+#endif

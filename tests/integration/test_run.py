@@ -1,0 +1,236 @@
+"""contextfs run / probe on the local runtime (bubblewrap sandboxes and the
+plain-directory fallback): a context carried into a sandbox, a command run
+there, the result validated and committed.
+
+What is asserted comes from the stored objects: the tree is exported after
+each run and every file's sha256 and mode is compared with what the sandbox
+itself reported, so a lossy transfer in either direction fails.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import (EXIT_LOCKED, EXIT_IO, TEST_SCRYPT_COST, sha256_file, snapshot_dir,
+                      write_file)
+
+ROOTS = ["workspace", "memory", "artifacts", "logs", "config"]
+MODES = ["bwrap", "plain"]
+
+# Prints "<type> <mode> <sha256-or-target> <path>" for everything under the
+# managed roots, sorted: the sandbox's own view of the tree.
+LISTING = r"""
+python3 - <<'PY'
+import hashlib, os, stat
+out = []
+for top in ["contextsdk.json", "workspace", "memory", "artifacts", "logs", "config"]:
+    for dirpath, dirs, files in os.walk(top) if os.path.isdir(top) else [("", [], [top])]:
+        for n in dirs + files:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out.append("symlink - %s %s" % (os.readlink(p), p))
+            elif stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256(open(p, "rb").read()).hexdigest()
+                out.append("file %o %s %s" % (stat.S_IMODE(st.st_mode), h, p))
+for line in sorted(out):
+    print(line)
+PY
+"""
+
+
+def parse_listing(text):
+    snap = {}
+    for line in text.splitlines():
+        kind, mode, val, path = line.split(" ", 3)
+        snap[path] = (kind, None if mode == "-" else int(mode, 8), val)
+    return snap
+
+
+def local_listing(root):
+    snap = {}
+    for rel, (kind, mode, _size, val) in snapshot_dir(root).items():
+        top = rel.split("/")[0]
+        if top not in ROOTS and rel != "contextsdk.json":
+            continue
+        if kind == "file":
+            snap[rel] = ("file", mode, val)
+        elif kind == "symlink":
+            snap[rel] = ("symlink", None, val)
+    return snap
+
+
+def export(cli, ctx, dest):
+    cli.ok("export", ctx, dest)
+    return dest
+
+
+def generation(cli, ctx):
+    return cli.manifest(ctx)["generation"]
+
+
+@pytest.fixture
+def ctx(cli, workdir):
+    """A context whose generation 2 holds files of several modes, binary data,
+    nested dirs and a symlink."""
+    name = "run-ctx"
+    cli.ok("init", name, "--scrypt-cost", TEST_SCRYPT_COST)
+    src = export(cli, name, os.path.join(workdir, "src"))
+    write_file(src, "workspace/keep.txt", "keep me\n", 0o644)
+    write_file(src, "workspace/secret.bin", os.urandom(200000), 0o600)
+    write_file(src, "workspace/tool.sh", "#!/bin/sh\necho tool\n", 0o755)
+    write_file(src, "workspace/gone.txt", "delete me\n", 0o644)
+    write_file(src, "workspace/sub/deep/x.txt", "deep\n", 0o640)
+    write_file(src, "memory/notes.md", "notes\n", 0o644)
+    os.symlink("keep.txt", os.path.join(src, "workspace/link"))
+    cli.ok("commit", name, "--from", src)
+    return name, src
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_run_round_trip(cli, ctx, workdir, mode):
+    name, src = ctx
+    before = local_listing(src)
+    script = LISTING + r"""
+echo '--- after'
+printf 'changed\n' >> workspace/keep.txt
+rm workspace/gone.txt workspace/link
+chmod 700 workspace/tool.sh
+head -c 70000 /dev/urandom > workspace/new.bin
+chmod 600 workspace/new.bin
+ln -s sub/deep/x.txt workspace/link2
+mkdir -p workspace/node_modules/pkg artifacts/out
+echo 'module.exports = 1' > workspace/node_modules/pkg/index.js
+echo report > artifacts/out/report.txt
+""" + LISTING
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--", "bash", "-c", script)
+    assert r.rc == 0, r.err
+    attached, after = r.out.split("--- after\n")
+    # attach: the sandbox holds exactly the committed tree, modes included
+    assert parse_listing(attached) == before
+    after = parse_listing(after)
+    assert "workspace/node_modules/pkg/index.js" in after  # it existed in the sandbox
+    assert generation(cli, name) == 3
+
+    out = export(cli, name, os.path.join(workdir, "out-" + mode))
+    got = local_listing(out)
+    want = {p: v for p, v in after.items() if "/node_modules" not in p}
+    assert got == want
+    assert not os.path.exists(os.path.join(out, "workspace/node_modules"))
+    assert not os.path.lexists(os.path.join(out, "workspace/gone.txt"))
+    assert not os.path.lexists(os.path.join(out, "workspace/link"))
+    assert os.readlink(os.path.join(out, "workspace/link2")) == "sub/deep/x.txt"
+    with open(os.path.join(out, "workspace/keep.txt")) as f:
+        assert f.read() == "keep me\nchanged\n"
+    assert os.stat(os.path.join(out, "workspace/tool.sh")).st_mode & 0o777 == 0o700
+    assert sha256_file(os.path.join(out, "workspace/secret.bin")) == \
+        sha256_file(os.path.join(src, "workspace/secret.bin"))
+    log = cli.manifest(name)["latestVersion"]
+    assert log["message"] == "contextfs run"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nonzero_exit_is_a_result(cli, ctx, mode):
+    name, _ = ctx
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--",
+                "sh", "-c", "echo to-out; echo to-err >&2; echo saved > workspace/f.txt; exit 42")
+    assert r.rc == 42
+    assert r.out == "to-out\n"
+    assert r.err == "to-err\n"
+    # the work is saved all the same
+    assert generation(cli, name) == 3
+
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--json", "--",
+                "sh", "-c", "printf 'a b'; printf 'E' >&2; exit 3")
+    # --json after -- belongs to contextfs only before the separator
+    assert r.rc == 3, r.err
+    doc = json.loads(r.out)
+    assert doc["ok"] is False
+    assert doc["result"] == {"exitCode": 3, "stdout": "a b", "stderr": "E"}
+
+
+def _alive_with(marker):
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_timeout_kills_the_command(cli, ctx, mode):
+    name, _ = ctx
+    marker = "987.%d" % (os.getpid() % 100000)
+    t0 = time.monotonic()
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--timeout", "1s", "--",
+                "bash", "-c", "echo before > workspace/t.txt; sleep %s & sleep %s" % (marker, marker))
+    elapsed = time.monotonic() - t0
+    assert r.rc == EXIT_IO, r.err
+    assert "timed out" in r.err
+    assert elapsed < 15, elapsed
+    assert _alive_with("sleep\0" + marker) == []
+    # what the command did before the timeout was saved by the failure save
+    assert cli.manifest(name)["latestVersion"]["message"] == "contextfs run failure save"
+
+
+def _wait_for_lock(store, name, timeout=20):
+    path = os.path.join(store, "contexts", name, "lock.json")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return path
+        time.sleep(0.05)
+    raise AssertionError("lock never appeared")
+
+
+def test_lock_refused_while_another_writer_holds_it(cli, ctx, store):
+    name, _ = ctx
+    a = subprocess.Popen([cli.binary, "run", name, "--runtime", "local", "--", "sleep", "3"],
+                         env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_lock(store, name)
+        r = cli.run("run", name, "--runtime", "local", "--", "sh", "-c", "echo x > workspace/b.txt")
+        assert r.rc == EXIT_LOCKED, r.err
+        assert "locked by" in r.err
+    finally:
+        out, err = a.communicate(timeout=60)
+    assert a.returncode == 0, err
+    assert generation(cli, name) == 3
+    assert not os.path.exists(os.path.join(store, "contexts", name, "lock.json"))
+
+
+def test_lost_lock_refuses_to_save(cli, ctx, store):
+    name, _ = ctx
+    a = subprocess.Popen([cli.binary, "run", name, "--runtime", "local", "--lock-ttl", "3s", "--",
+                          "sh", "-c", "echo lost > workspace/lost.txt; sleep 3"],
+                         env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_lock(store, name)
+        cli.ok("unlock", name, "--force")
+        # another writer takes the context over
+        cli.ok("unlock", name, "--force")
+    finally:
+        out, err = a.communicate(timeout=60)
+    assert a.returncode == EXIT_LOCKED, err
+    assert b"lost" in err
+    assert generation(cli, name) == 2
+
+
+def test_probe(cli):
+    for mode in MODES:
+        r = cli.json("probe", "--runtime", "local", "--sandbox", mode)
+        p = r.json["probe"]
+        assert p["ok"] is True and p["missingTools"] == []
+        assert p["provider"] == "local" and p["runtimeId"].startswith("local:")
+        assert p["details"]["isolated"] is (mode == "bwrap")
+    r = cli.run("probe", "--runtime", "nope")
+    assert r.rc == 2 and "unsupported runtime" in r.err

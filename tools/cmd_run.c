@@ -1,0 +1,398 @@
+/*
+ * contextfs run: carries a context into a disposable sandbox, runs one
+ * command there and saves what it left (REFERENCE.md §12.4, the
+ * reference's runWithContext): provision, attach under the lock, run
+ * `cd <mount> && COMMAND`, save as the next generation, detach, dispose.
+ *
+ * The command's exit code becomes contextfs's and its output passes
+ * through; a non-zero exit is a result, so the work is still saved. A
+ * command that could not finish (timeout, dead sandbox) is an error: what
+ * the sandbox holds is still saved when possible ("run failure save"),
+ * then contextfs exits with the error's code.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/adapters.h"
+#include "core/context.h"
+#include "core/crypto.h"
+#include "core/error.h"
+#include "core/ids.h"
+#include "core/manifest.h"
+#include "core/session.h"
+#include "core/util.h"
+#include "tools/cli.h"
+#include "tools/runtime_cli.h"
+
+enum {
+	OPT_RUNTIME,
+	OPT_SANDBOX,
+	OPT_CREATE,
+	OPT_MESSAGE,
+	OPT_AUTHOR,
+	OPT_TIMEOUT,
+	OPT_FORCE_UNLOCK,
+	OPT_SCRYPT_COST,
+	OPT_LOCK_TTL,
+};
+
+static const struct cli_opt opts[] = {
+	{"runtime", 0, true, OPT_RUNTIME},
+	{"sandbox", 0, true, OPT_SANDBOX},
+	{"create-if-missing", 0, false, OPT_CREATE},
+	{"message", 'm', true, OPT_MESSAGE},
+	{"author", 0, true, OPT_AUTHOR},
+	{"timeout", 0, true, OPT_TIMEOUT},
+	{"force-unlock", 0, false, OPT_FORCE_UNLOCK},
+	{"scrypt-cost", 0, true, OPT_SCRYPT_COST},
+	{"lock-ttl", 0, true, OPT_LOCK_TTL},
+	{NULL, 0, false, 0},
+};
+
+/* ------------------------------------------------------------------ */
+/* Runtime selection (tools/runtime_cli.h) */
+
+static const char *config_default_runtime(struct cli *cli)
+{
+	const cJSON *v =
+		cJSON_GetObjectItemCaseSensitive(cli->config, "defaultRuntime");
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int cli_runtime_open(struct cli *cli, const char *name, const char *sandbox,
+		     const char *context_id, struct cfs_provisioner **prov_out,
+		     struct cfs_runtime **rt_out)
+{
+	struct cfs_local_opts lo = {0};
+	struct cfs_provisioner *prov = NULL;
+	int rc;
+
+	*prov_out = NULL;
+	*rt_out = NULL;
+	if (!name)
+		name = config_default_runtime(cli);
+	if (!name)
+		return cfs_error_set(CFS_EINVAL,
+				     "--runtime is required unless "
+				     "defaultRuntime is set in the config "
+				     "file");
+	if (strcmp(name, "local") != 0)
+		return cfs_error_set(CFS_EINVAL,
+				     "unsupported runtime: %s (available: "
+				     "local)",
+				     name);
+	if (!sandbox || strcmp(sandbox, "auto") == 0)
+		lo.mode = CFS_LOCAL_AUTO;
+	else if (strcmp(sandbox, "bwrap") == 0)
+		lo.mode = CFS_LOCAL_BWRAP;
+	else if (strcmp(sandbox, "plain") == 0)
+		lo.mode = CFS_LOCAL_PLAIN;
+	else
+		return cfs_error_set(CFS_EINVAL,
+				     "--sandbox must be auto, bwrap or plain");
+	rc = cfs_local_provisioner_new(&prov, &lo);
+	if (rc)
+		return rc;
+	rc = prov->create(rt_out, prov, context_id);
+	if (rc) {
+		if (prov->free)
+			prov->free(prov);
+		return rc;
+	}
+	*prov_out = prov;
+	return 0;
+}
+
+void cli_runtime_close(struct cfs_provisioner *prov, struct cfs_runtime *rt)
+{
+	if (prov) {
+		prov->destroy(prov, rt);
+		if (prov->free)
+			prov->free(prov);
+	} else {
+		cfs_runtime_free(rt);
+	}
+}
+
+void cli_runtime_describe(cJSON *obj, const struct cfs_runtime *rt)
+{
+	cJSON *caps = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(obj, "runtimeId", rt->id);
+	cJSON_AddStringToObject(obj, "provider", rt->provider);
+	if (!caps)
+		return;
+	cJSON_AddBoolToObject(caps, "loopExt4", rt->caps.loop_ext4);
+	cJSON_AddBoolToObject(caps, "directoryBundle",
+			      rt->caps.directory_bundle);
+	cJSON_AddBoolToObject(caps, "providerVolume", rt->caps.provider_volume);
+	cJSON_AddBoolToObject(caps, "providerSnapshot",
+			      rt->caps.provider_snapshot);
+	cJSON_AddItemToObject(obj, "capabilities", caps);
+}
+
+/* ------------------------------------------------------------------ */
+
+/* `^(\d+)(ms|s|m|h|d)?$` (no unit = ms), as the reference's durations. */
+static int parse_duration_ms(int64_t *out, const char *opt, const char *s)
+{
+	static const struct {
+		const char *unit;
+		int64_t ms;
+	} units[] = {{"", 1},	   {"ms", 1},	   {"s", 1000},
+		     {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+	uint64_t v = 0;
+	const char *p = s;
+
+	if (!*p)
+		goto bad;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > (uint64_t)INT64_MAX / 86400000)
+			goto bad;
+	}
+	if (p == s)
+		goto bad;
+	for (size_t i = 0; i < CFS_ARRAY_SIZE(units); i++) {
+		if (strcmp(p, units[i].unit) == 0) {
+			*out = (int64_t)v * units[i].ms;
+			return 0;
+		}
+	}
+bad:
+	return cfs_error_set(CFS_EINVAL, "invalid duration for %s: %s", opt, s);
+}
+
+/* The words after the id, each single-quoted, joined with spaces. */
+static int build_command(char **out, struct cli *cli)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	int rc = 0;
+
+	for (int i = 1; i < cli->argc && !rc; i++) {
+		if (i > 1)
+			rc = cfs_buf_puts(&b, " ");
+		if (!rc)
+			rc = cfs_shell_quote(&b, cli->argv[i]);
+	}
+	if (!rc && !b.ptr)
+		rc = cfs_buf_puts(&b, "");
+	if (rc) {
+		cfs_buf_free(&b);
+		return rc;
+	}
+	*out = cfs_buf_detach(&b);
+	return 0;
+}
+
+static int ensure_context(struct cli *cli, struct cfs_store *st, const char *id,
+			  struct cfs_keys **keys)
+{
+	struct cfs_create_opts co = {0};
+	uint64_t cost = 0;
+	int rc = cli_manifest_read(cli, NULL, st, id);
+
+	if (rc != CFS_ENOTFOUND || !cli_flag(cli, OPT_CREATE))
+		return rc ? rc : cli_keys(cli, false, keys);
+	cfs_error_clear();
+	rc = cli_scrypt_cost(&cost, cli_opt(cli, OPT_SCRYPT_COST));
+	if (rc)
+		return rc;
+	rc = cli_keys(cli, true, keys);
+	if (rc)
+		return rc;
+	co.scrypt.cost = cost;
+	rc = cfs_context_create(NULL, st, *keys, id, &co);
+	/* Another writer created it first: use theirs. */
+	if (rc == CFS_EEXISTS) {
+		cfs_error_clear();
+		rc = 0;
+	}
+	return rc;
+}
+
+static void write_bytes(FILE *f, const char *p, size_t n)
+{
+	if (n)
+		fwrite(p, 1, n, f);
+	fflush(f);
+}
+
+static int run(struct cli *cli)
+{
+	const char *id = cli->argv[0];
+	struct cfs_session_opts so = {0};
+	struct cfs_session_save_opts sv = {0};
+	struct cfs_commit_result cr = {0};
+	struct cfs_run_result res = {0};
+	struct cfs_store *st = NULL;
+	struct cfs_keys *keys = NULL;
+	struct cfs_provisioner *prov = NULL;
+	struct cfs_runtime *rt = NULL;
+	struct cfs_session *sess = NULL;
+	char *command = NULL;
+	int64_t timeout = 0, ttl = 0;
+	bool ran = false;
+	int rc, run_rc = 0;
+	cJSON *doc, *r;
+
+	rc = cfs_id_check(id);
+	if (rc)
+		goto out;
+	if (cli_opt(cli, OPT_TIMEOUT)) {
+		rc = parse_duration_ms(&timeout, "--timeout",
+				       cli_opt(cli, OPT_TIMEOUT));
+		if (rc)
+			goto out;
+	}
+	if (cli_opt(cli, OPT_LOCK_TTL)) {
+		rc = parse_duration_ms(&ttl, "--lock-ttl",
+				       cli_opt(cli, OPT_LOCK_TTL));
+		if (rc)
+			goto out;
+	}
+	rc = build_command(&command, cli);
+	if (rc)
+		goto out;
+	rc = cli_store_open_write(cli, &st, false);
+	if (rc)
+		goto out;
+	rc = ensure_context(cli, st, id, &keys);
+	if (rc)
+		goto out;
+	rc = cli_runtime_open(cli, cli_opt(cli, OPT_RUNTIME),
+			      cli_opt(cli, OPT_SANDBOX), id, &prov, &rt);
+	if (rc)
+		goto out;
+
+	so.force_unlock = cli_flag(cli, OPT_FORCE_UNLOCK);
+	so.lock_ttl_ms = ttl;
+	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
+	if (rc)
+		goto out;
+
+	if (*command) {
+		run_rc = cfs_session_run(&res, sess, command, timeout);
+		ran = run_rc == 0;
+	} else {
+		ran = true;
+	}
+
+	sv.kind = CFS_COMMIT_SAVE;
+	sv.author = cli_opt(cli, OPT_AUTHOR);
+	if (run_rc) {
+		/* Keep the error; save what the sandbox holds, if it can. */
+		int code = run_rc;
+		char *msg = cfs_strdup(cfs_error_last());
+
+		sv.message = "contextfs run failure save";
+		if (cfs_session_save(NULL, sess, &sv) != 0)
+			cli_warn(cli, "could not save after the failure: %s",
+				 cfs_error_last());
+		cfs_error_set(code, "%s", msg ? msg : "command failed");
+		free(msg);
+		rc = run_rc;
+	} else {
+		sv.message = cli_opt(cli, OPT_MESSAGE)
+				     ? cli_opt(cli, OPT_MESSAGE)
+				     : "contextfs run";
+		rc = cfs_session_save(&cr, sess, &sv);
+	}
+	{
+		int keep = cfs_error_last_code();
+		char *msg = rc ? cfs_strdup(cfs_error_last()) : NULL;
+		int drc = cfs_session_detach(sess);
+
+		sess = NULL;
+		if (drc)
+			cli_warn(cli, "releasing the lock: %s",
+				 cfs_error_last());
+		if (rc)
+			cfs_error_set(keep ? keep : rc, "%s", msg ? msg : "");
+		free(msg);
+	}
+
+out:
+	if (ran) {
+		if (cli->json) {
+			doc = cli_result(cli);
+			r = cJSON_CreateObject();
+			if (doc && r) {
+				cJSON_AddNumberToObject(r, "exitCode",
+							res.exit_code);
+				cJSON_AddStringToObject(r, "stdout",
+							res.out ? res.out : "");
+				cJSON_AddStringToObject(r, "stderr",
+							res.err ? res.err : "");
+				cJSON_AddItemToObject(doc, "result", r);
+				r = NULL;
+				if (res.exit_code != 0)
+					cJSON_ReplaceItemInObjectCaseSensitive(
+						doc, "ok", cJSON_CreateFalse());
+				if (!rc)
+					cJSON_AddNumberToObject(
+						doc, "generation",
+						(double)cr.generation);
+			}
+			cJSON_Delete(r);
+		} else {
+			write_bytes(stdout, res.out, res.out_len);
+			write_bytes(stderr, res.err, res.err_len);
+		}
+		if (!rc)
+			cli->exit_status = res.exit_code;
+	}
+	if (sess) {
+		int keep = cfs_error_last_code();
+		char *msg = cfs_strdup(cfs_error_last());
+
+		cfs_session_detach(sess);
+		if (msg)
+			cfs_error_set(keep, "%s", msg);
+		free(msg);
+	}
+	cli_runtime_close(prov, rt);
+	cfs_commit_result_clear(&cr);
+	cfs_run_result_clear(&res);
+	free(command);
+	cfs_keys_free(keys);
+	cfs_store_free(st);
+	return rc;
+}
+
+const struct cli_command cli_cmd_run = {
+	.name = "run",
+	.args = "ID --runtime local [options] -- COMMAND [ARG...]",
+	.summary = "run a command in a sandbox holding the context, save the "
+		   "result",
+	.help = "  --runtime R              sandbox runtime: local\n"
+		"  --sandbox MODE           local: auto (bubblewrap when it "
+		"works), bwrap, plain\n"
+		"  --create-if-missing      create the context first when it "
+		"does not exist\n"
+		"  -m, --message MSG        version message (default "
+		"\"contextfs run\")\n"
+		"  --author A               version author (default: the lock "
+		"owner)\n"
+		"  --timeout D              kill the command after D (500ms, "
+		"30s, 5m, 1h; default none)\n"
+		"  --lock-ttl D             lock lifetime, renewed while the "
+		"command runs (default 30m)\n"
+		"  --force-unlock           take the lock over from a dead "
+		"writer\n"
+		"\nThe context is extracted at /mnt/contextsdk/ID in the "
+		"sandbox (also reachable as\n/workspace, /memory, ... under "
+		"bubblewrap); COMMAND runs there through bash.\nIts stdout "
+		"and stderr pass through and its exit code becomes "
+		"contextfs's; the\nsandbox's tree is saved as the next "
+		"generation either way. With --json:\n{ok, result: {exitCode, "
+		"stdout, stderr}, generation}. A timeout or a dead\nsandbox "
+		"is an error (exit 7) after a best-effort save.\n",
+	.opts = opts,
+	.min_args = 1,
+	.max_args = CLI_MAX_ARGS,
+	.run = run,
+	.defer_signals = true,
+};
