@@ -808,6 +808,28 @@ too_big:
 			     key, max);
 }
 
+/*
+ * Validates key and opens its body consistently with its ETag
+ * (open_consistent); *path_out (heap) names the body.
+ */
+static int open_object(int *body_out, char **path_out, char etag[CFS_ETAG_MAX],
+		       bool *have_etag, struct stat *sb, struct fs_store *fs,
+		       const char *key)
+{
+	int rc;
+
+	*body_out = -1;
+	*path_out = NULL;
+	rc = check_key(key, false);
+	if (rc)
+		return rc;
+	*path_out = key_path(fs, key);
+	if (!*path_out)
+		return CFS_ENOMEM;
+	return open_consistent(body_out, etag, have_etag, sb, fs, key,
+			       *path_out);
+}
+
 static int fs_get(struct cfs_store *st, const char *key, int fd,
 		  struct cfs_buf *buf, size_t max, struct cfs_objinfo *info)
 {
@@ -819,13 +841,7 @@ static int fs_get(struct cfs_store *st, const char *key, int fd,
 	struct stat sb;
 	int body = -1, rc;
 
-	rc = check_key(key, false);
-	if (rc)
-		return rc;
-	path = key_path(fs, key);
-	if (!path)
-		return CFS_ENOMEM;
-	rc = open_consistent(&body, etag, &have_etag, &sb, fs, key, path);
+	rc = open_object(&body, &path, etag, &have_etag, &sb, fs, key);
 	if (rc)
 		goto out;
 	if (fd >= 0) {
@@ -862,13 +878,7 @@ static int fs_head(struct cfs_store *st, const char *key,
 	struct stat sb;
 	int body = -1, rc;
 
-	rc = check_key(key, false);
-	if (rc)
-		return rc;
-	path = key_path(fs, key);
-	if (!path)
-		return CFS_ENOMEM;
-	rc = open_consistent(&body, etag, &have_etag, &sb, fs, key, path);
+	rc = open_object(&body, &path, etag, &have_etag, &sb, fs, key);
 	if (!rc)
 		rc = fill_info(info, body, &sb, etag, have_etag, path);
 	if (body >= 0)
@@ -878,6 +888,28 @@ static int fs_head(struct cfs_store *st, const char *key,
 }
 
 /* ---- put --------------------------------------------------------------- */
+
+/*
+ * Validates key and allocates what a writer of it touches: the body path,
+ * its ETag sidecar and their directory (heap; the caller frees them, also
+ * on error).
+ */
+static int object_paths(char **path, char **side, char **dir,
+			struct fs_store *fs, const char *key)
+{
+	int rc;
+
+	*path = *side = *dir = NULL;
+	rc = check_key(key, false);
+	if (rc)
+		return rc;
+	*path = key_path(fs, key);
+	*side = cfs_asprintf("%s.etagid", *path ? *path : "");
+	*dir = *path ? dir_of(*path) : NULL;
+	if (!*path || !*side || !*dir)
+		return CFS_ENOMEM;
+	return 0;
+}
 
 /* Checks the put's conditions against the current object (under lock). */
 static int check_cond(struct fs_store *fs, const char *key, const char *path,
@@ -1027,16 +1059,9 @@ static int fs_put(struct cfs_store *st, const char *key,
 	char token[37];
 	int rc;
 
-	rc = check_key(key, false);
+	rc = object_paths(&path, &side, &dir, fs, key);
 	if (rc)
-		return rc;
-	path = key_path(fs, key);
-	side = cfs_asprintf("%s.etagid", path ? path : "");
-	dir = path ? dir_of(path) : NULL;
-	if (!path || !side || !dir) {
-		rc = CFS_ENOMEM;
 		goto out;
-	}
 	rc = mkdir_durable(dir);
 	if (rc)
 		goto out;
@@ -1106,16 +1131,9 @@ static int fs_del(struct cfs_store *st, const char *key)
 	struct stat sb;
 	int rc;
 
-	rc = check_key(key, false);
+	rc = object_paths(&path, &side, &dir, fs, key);
 	if (rc)
-		return rc;
-	path = key_path(fs, key);
-	side = cfs_asprintf("%s.etagid", path ? path : "");
-	dir = path ? dir_of(path) : NULL;
-	if (!path || !side || !dir) {
-		rc = CFS_ENOMEM;
 		goto out;
-	}
 	/* Missing (and no orphan sidecar): nothing to do, no lock taken. */
 	if (lstat(path, &sb) < 0 && (errno == ENOENT || errno == ENOTDIR) &&
 	    lstat(side, &sb) < 0 && (errno == ENOENT || errno == ENOTDIR))
