@@ -624,6 +624,31 @@ static void secrets_wipe_defaults(void)
 /* ------------------------------------------------------------------ */
 /* Passphrase file */
 
+int cli_secret_file_open(int *fd_out, struct stat *st, const char *what,
+			 const char *path)
+{
+	int fd, rc;
+
+	*fd_out = -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		rc = cfs_error_errno(errno, "cannot open %s %s", what, path);
+		return rc == CFS_ENOTFOUND ? CFS_EKEY : rc;
+	}
+	if (fstat(fd, st) != 0) {
+		rc = cfs_error_errno(errno, "cannot stat %s", path);
+		close(fd);
+		return rc;
+	}
+	if (!S_ISREG(st->st_mode) && !S_ISFIFO(st->st_mode)) {
+		close(fd);
+		return cfs_error_set(CFS_EKEY, "%s %s is not a regular file",
+				     what, path);
+	}
+	*fd_out = fd;
+	return 0;
+}
+
 /* Strips one trailing "\n" or "\r\n". */
 static void strip_newline(char *s, size_t *len)
 {
@@ -641,22 +666,9 @@ static int read_passphrase_file(const char *path, char **out)
 	int fd, rc = 0;
 
 	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0) {
-		rc = cfs_error_errno(errno, "cannot open passphrase file %s",
-				     path);
-		return rc == CFS_ENOTFOUND ? CFS_EKEY : rc;
-	}
-	if (fstat(fd, &st) != 0) {
-		rc = cfs_error_errno(errno, "cannot stat %s", path);
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
-		rc = cfs_error_set(CFS_EKEY,
-				   "passphrase file %s is not a regular file",
-				   path);
-		goto out;
-	}
+	rc = cli_secret_file_open(&fd, &st, "passphrase file", path);
+	if (rc)
+		return rc;
 	if (st.st_mode & (S_IRGRP | S_IROTH)) {
 		rc = cfs_error_set(CFS_EKEY,
 				   "%s is readable by others; chmod 600 it",

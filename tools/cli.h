@@ -265,6 +265,16 @@ struct cfs_commit_result;
 void cli_add_commit_result(struct cli *cli, const char *id,
 			   const struct cfs_commit_result *cr);
 
+/*
+ * Opens a file holding key material (what: "passphrase file", "keyfile")
+ * and fstats it into *st: a missing file is CFS_EKEY, anything but a
+ * regular file or a fifo is CFS_EKEY "<what> <path> is not a regular
+ * file". The caller checks the permissions it requires.
+ */
+struct stat;
+int cli_secret_file_open(int *fd_out, struct stat *st, const char *what,
+			 const char *path);
+
 /* Opens a directory argument (O_DIRECTORY); what names it in errors. */
 int cli_open_dir(int *fd_out, const char *what, const char *path);
 

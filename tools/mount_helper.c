@@ -83,20 +83,9 @@ static int read_keyfile(const char *path, char **out)
 	int fd, rc = 0;
 
 	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0) {
-		rc = cfs_error_errno(errno, "cannot open keyfile %s", path);
-		return rc == CFS_ENOTFOUND ? CFS_EKEY : rc;
-	}
-	if (fstat(fd, &st) != 0) {
-		rc = cfs_error_errno(errno, "cannot stat %s", path);
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
-		rc = cfs_error_set(CFS_EKEY, "keyfile %s is not a regular file",
-				   path);
-		goto out;
-	}
+	rc = cli_secret_file_open(&fd, &st, "keyfile", path);
+	if (rc)
+		return rc;
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
 		rc = cfs_error_set(CFS_EKEY,
 				   "keyfile %s is accessible by others; chmod "
