@@ -14,7 +14,8 @@
  *               -I/usr/include/cjson tests/fuzz/fuzz_bundle.c \
  *               core/{error,util,log,json,policy,bundle}.c \
  *               -larchive -lzstd -lcjson -lsodium -lcrypto -lm
- * Replay:     add -DCFS_FUZZ_STANDALONE (any compiler) and pass files.
+ * Replay:     link with tests/fuzz/replay_main.c (any compiler) and pass
+ *             files.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -123,18 +124,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(z);
 	return 0;
 }
-
-#ifdef CFS_FUZZ_STANDALONE
-int main(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++) {
-		char *buf = NULL;
-		size_t len = 0;
-		if (cfs_read_file_at(&buf, &len, AT_FDCWD, argv[i], 1 << 26) ==
-		    0)
-			LLVMFuzzerTestOneInput((const uint8_t *)buf, len);
-		free(buf);
-	}
-	return 0;
-}
-#endif

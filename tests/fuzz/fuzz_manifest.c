@@ -12,7 +12,8 @@
  * libFuzzer:  clang -g -O1 -fsanitize=fuzzer,address,undefined -I. \
  *               tests/fuzz/fuzz_manifest.c core/{error,util,log,json,ids,
  *               manifest,lock,store}.c storage/mem.c -lcjson -lsodium -lcrypto
- * Replay:     add -DCFS_FUZZ_STANDALONE (any compiler) and pass files.
+ * Replay:     link with tests/fuzz/replay_main.c (any compiler) and pass
+ *             files.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -121,28 +122,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_lock(buf, size);
 	return 0;
 }
-
-#ifdef CFS_FUZZ_STANDALONE
-int main(int argc, char **argv)
-{
-	int i;
-
-	for (i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		char *buf;
-		long n;
-
-		if (!f)
-			continue;
-		fseek(f, 0, SEEK_END);
-		n = ftell(f);
-		fseek(f, 0, SEEK_SET);
-		buf = malloc((size_t)n + 1);
-		if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
-			LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)n);
-		free(buf);
-		fclose(f);
-	}
-	return 0;
-}
-#endif

@@ -9,7 +9,8 @@
  * expanded entity (the corpus has an XXE and a billion-laughs document);
  * parsed strings are NUL-terminated within their caps.
  *
- * Replay: built with -DCFS_FUZZ_STANDALONE and run over corpus/s3_xml.
+ * Replay: linked with tests/fuzz/replay_main.c and run over
+ * corpus/s3_xml.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -63,26 +64,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cfs_error_clear();
 	return 0;
 }
-
-#ifdef CFS_FUZZ_STANDALONE
-int main(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		char *buf;
-		long n;
-
-		if (!f)
-			continue;
-		fseek(f, 0, SEEK_END);
-		n = ftell(f);
-		fseek(f, 0, SEEK_SET);
-		buf = malloc((size_t)n + 1);
-		if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
-			LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)n);
-		free(buf);
-		fclose(f);
-	}
-	return 0;
-}
-#endif
