@@ -107,7 +107,7 @@ struct s3_store {
 	pthread_mutex_t pool_mu;
 	struct pool_ent *pool; /* protected by pool_mu */
 	unsigned npool; /* protected by pool_mu */
-	pthread_mutex_t progress_mu; /* serializes progress callbacks */
+	pthread_mutex_t progress_mu; /* recursive; serializes progress calls */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -1942,7 +1942,17 @@ int cfs_store_s3_open(struct cfs_store **out, const struct cfs_s3_config *cfg)
 		return CFS_ENOMEM;
 	s->base.ops = &s3_ops;
 	pthread_mutex_init(&s->pool_mu, NULL);
-	pthread_mutex_init(&s->progress_mu, NULL);
+	{
+		/* Recursive: a progress callback may itself use the store,
+		 * and that request reports progress from the same thread
+		 * (a plain mutex deadlocked there). */
+		pthread_mutexattr_t ma;
+
+		pthread_mutexattr_init(&ma);
+		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+		pthread_mutex_init(&s->progress_mu, &ma);
+		pthread_mutexattr_destroy(&ma);
+	}
 	if (!cfg->endpoint || !cfg->endpoint[0]) {
 		const char *r = strcmp(region, "auto") ? region : "us-east-1";
 
