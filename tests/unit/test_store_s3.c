@@ -27,6 +27,7 @@
 #include "core/store.h"
 #include "core/util.h"
 #include "storage/storage.h"
+#include "tests/unit/s3_helper.h"
 #include "tests/unit/tap.h"
 
 #include <sodium.h>
@@ -56,17 +57,6 @@ static struct cfs_s3_config base_cfg;
 static char run_prefix[64];
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static struct cfs_store *open_store(const struct cfs_s3_config *cfg)
-{
-	struct cfs_store *st = NULL;
-
-	if (cfs_store_s3_open(&st, cfg)) {
-		tap_diag("open: %s", cfs_error_last());
-		return NULL;
-	}
-	return st;
-}
 
 static int put_str(struct cfs_store *st, const char *key, const char *s,
 		   const struct cfs_cond *cond, char etag[CFS_ETAG_MAX])
@@ -544,8 +534,8 @@ static void test_prefix(void)
 
 	c.prefix = pfx;
 	raw.prefix = NULL;
-	a = open_store(&c);
-	r = open_store(&raw);
+	a = s3h_open(&c);
+	r = s3h_open(&raw);
 	put_str(a, "contexts/p/manifest.json", "pp", NULL, NULL);
 	body = get_str(r, want, NULL);
 	TAP_EQ_STR(body, "pp",
@@ -579,8 +569,8 @@ static void test_vhost(void)
 	ep = cfs_asprintf("http://localhost:%d", port);
 	c.endpoint = ep;
 	c.path_style = false;
-	v = open_store(&c);
-	pst = open_store(&base_cfg);
+	v = s3h_open(&c);
+	pst = s3h_open(&base_cfg);
 	rc = put_str(v, "contexts/vh/manifest.json", "vh", NULL, NULL);
 	TAP_EQ_INT(rc, 0, "virtual-hosted style put");
 	if (rc)
@@ -852,7 +842,7 @@ static void test_errors(void)
 	int rc;
 
 	c.secret_key = "wrong-secret-key-0000000000000000000000";
-	st = open_store(&c);
+	st = s3h_open(&c);
 	rc = put_str(st, "contexts/e/x", "x", NULL, NULL);
 	TAP_EQ_INT(rc, CFS_EPERM, "wrong secret: put -> CFS_EPERM");
 	tap_ok(strstr(cfs_error_last(), "SignatureDoesNotMatch") &&
@@ -865,7 +855,7 @@ static void test_errors(void)
 
 	c = base_cfg;
 	c.bucket = "no-such-bucket-cfs";
-	st = open_store(&c);
+	st = s3h_open(&c);
 	rc = cfs_store_get_buf(st, "contexts/e/x", &(char *){NULL}, NULL, NULL);
 	TAP_EQ_INT(rc, CFS_EIO,
 		   "missing bucket: not mistaken for a missing "
@@ -878,7 +868,7 @@ static void test_errors(void)
 	c.endpoint = "http://127.0.0.1:9";
 	c.max_retries = 2;
 	c.retry_base_ms = 10;
-	st = open_store(&c);
+	st = s3h_open(&c);
 	t0 = cfs_monotonic_ms();
 	rc = cfs_store_head(st, "contexts/e/x", NULL);
 	TAP_EQ_INT(rc, CFS_EAGAIN, "refused connection -> CFS_EAGAIN");
@@ -891,7 +881,7 @@ static void test_errors(void)
 	 * reason for the AUTO (unquoted first) default. */
 	c = base_cfg;
 	c.if_match = CFS_S3_IF_MATCH_QUOTED;
-	st = open_store(&c);
+	st = s3h_open(&c);
 	{
 		char e[CFS_ETAG_MAX];
 		struct cfs_cond m = {e, false};
@@ -942,7 +932,7 @@ static void test_faults(void)
 	ep = cfs_asprintf("http://127.0.0.1:%d", p.port);
 	c.endpoint = ep;
 	c.retry_base_ms = 10;
-	st = open_store(&c);
+	st = s3h_open(&c);
 
 	src = mkstemp(src_t);
 	dst = mkstemp(dst_t);
@@ -1221,8 +1211,8 @@ static void test_flaky_commits(int commits, unsigned pct)
 	c.endpoint = ep;
 	c.retry_base_ms = 20;
 	c.retry_max_ms = 400;
-	flaky = open_store(&c);
-	clean = open_store(&base_cfg);
+	flaky = s3h_open(&c);
+	clean = s3h_open(&base_cfg);
 	cfs_keys_new(&keys, NULL, RAW_HEX);
 	rc = cfs_context_create(NULL, clean, keys, "flaky", NULL);
 	rc = rc ? rc
@@ -1420,59 +1410,33 @@ static void test_probe_offline(void)
 
 /* ---- cleanup and main --------------------------------------------------- */
 
-static int del_key(const char *key, void *payload)
-{
-	struct keyset *ks = payload;
-
-	return collect(key, ks);
-}
-
 static void cleanup(struct cfs_store *st)
 {
-	struct keyset ks = {0};
-	int failed = 0;
+	size_t n = 0;
+	int rc = s3h_wipe(st, &n);
 
-	cfs_store_list(st, "", del_key, &ks);
-	for (size_t i = 0; i < ks.n; i++)
-		if (cfs_store_delete(st, ks.keys[i]))
-			failed++;
-	tap_ok(failed == 0 && list_joined(st, "")[0] == '\0',
-	       "cleanup: %zu objects of this run deleted", ks.n);
-	keyset_free(&ks);
+	tap_ok(rc == 0, "cleanup: %zu objects of this run deleted", n);
 }
 
 int main(void)
 {
-	const char *ep = getenv("S3_ENDPOINT"), *bucket = getenv("S3_BUCKET");
-	const char *ak = getenv("S3_ACCESS_KEY"), *sk = getenv("S3_SECRET_KEY");
 	const char *rr = getenv("S3_RACE_ROUNDS");
 	const char *fc = getenv("S3_FLAKY_COMMITS");
 	int flaky = fc ? (int)strtol(fc, NULL, 10) : 30;
 	const char *fpct = getenv("S3_FLAKY_PCT");
 	int fp = fpct ? (int)strtol(fpct, NULL, 10) : 10;
 	struct cfs_store *st;
-	char rnd[9];
 	int rounds = rr ? (int)strtol(rr, NULL, 10) : 20;
 
 	cfs_init();
 	cfs_log_quiet();
 	test_probe_offline();
-	if (!ep || !bucket || !ak || !sk) {
-		tap_skip("S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY and "
-			 "S3_SECRET_KEY are not set (start a server with "
-			 "tests/s3/rgw start DIR)");
+	if (!s3h_config(&base_cfg, run_prefix, sizeof(run_prefix),
+			"cfs-test")) {
+		tap_skip(S3H_UNSET);
 		return tap_done();
 	}
-	cfs_random_hex(rnd, 4);
-	snprintf(run_prefix, sizeof(run_prefix), "cfs-test-%s", rnd);
-	base_cfg.endpoint = ep;
-	base_cfg.bucket = bucket;
-	base_cfg.region = getenv("S3_REGION");
-	base_cfg.access_key = ak;
-	base_cfg.secret_key = sk;
-	base_cfg.path_style = true;
-	base_cfg.prefix = run_prefix;
-	st = open_store(&base_cfg);
+	st = s3h_open(&base_cfg);
 	if (!st) {
 		printf("Bail out! cannot open the S3 store\n");
 		return 1;
