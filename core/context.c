@@ -2282,6 +2282,9 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			goto out;
 	}
 	/* 8. compare-and-swap the manifest */
+	rc = cfs_manifest_fit(nm, CFS_MANIFEST_MAX_BYTES);
+	if (rc)
+		goto out;
 	rc = put_manifest(st, id, nm, etag, false, what);
 	if (rc)
 		goto out;

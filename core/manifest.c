@@ -178,10 +178,10 @@ int cfs_manifest_parse(struct cfs_manifest **out, const char *buf, size_t len,
 	int rc;
 
 	*out = NULL;
-	if (len > CFS_MANIFEST_MAX_BYTES) {
+	if (len > CFS_MANIFEST_READ_MAX) {
 		snprintf(what, sizeof(what),
 			 "%zu bytes exceeds the %u byte cap", len,
-			 CFS_MANIFEST_MAX_BYTES);
+			 CFS_MANIFEST_READ_MAX);
 		return corrupt(id, what);
 	}
 	doc = cfs_json_parse(buf, len, "manifest.json");
@@ -595,6 +595,65 @@ static cJSON *array_member(cJSON *obj, const char *key)
 	return cJSON_GetObjectItemCaseSensitive(obj, key);
 }
 
+/*
+ * Keeps the first keep entries of summary's changedPaths; the number there
+ * was is recorded as "changedPathsTotal" (kept if already there).
+ */
+static int cut_changed_paths(cJSON *summary, int keep)
+{
+	cJSON *cp = cJSON_GetObjectItemCaseSensitive(summary, "changedPaths");
+	int n = cJSON_IsArray(cp) ? cJSON_GetArraySize(cp) : 0;
+	int rc = 0;
+
+	if (n <= keep)
+		return 0;
+	if (!cJSON_GetObjectItemCaseSensitive(summary, "changedPathsTotal"))
+		rc = cfs_json_set(summary, "changedPathsTotal",
+				  cJSON_CreateNumber((double)n));
+	while (!rc && cJSON_GetArraySize(cp) > keep)
+		cJSON_DeleteItemFromArray(cp, cJSON_GetArraySize(cp) - 1);
+	return rc;
+}
+
+int cfs_manifest_fit(struct cfs_manifest *m, size_t max_bytes)
+{
+	cJSON *versions = cJSON_GetObjectItemCaseSensitive(m->doc, "versions");
+	char *body;
+	size_t len;
+	int i = 0, rc;
+
+	for (;;) {
+		body = cfs_manifest_print(m);
+		if (!body)
+			return CFS_ENOMEM;
+		len = strlen(body);
+		free(body);
+		if (len <= max_bytes)
+			return 0;
+		/* the oldest summary that still lists paths */
+		for (; cJSON_IsArray(versions) &&
+		       i < cJSON_GetArraySize(versions);
+		     i++) {
+			cJSON *cp = cJSON_GetObjectItemCaseSensitive(
+				cJSON_GetArrayItem(versions, i),
+				"changedPaths");
+
+			if (cJSON_IsArray(cp) && cJSON_GetArraySize(cp) > 0)
+				break;
+		}
+		if (!cJSON_IsArray(versions) ||
+		    i >= cJSON_GetArraySize(versions))
+			return cfs_error_set(CFS_EUNSUPPORTED,
+					     "the manifest would be %zu bytes, "
+					     "above the %zu bytes readers "
+					     "accept; nothing was written",
+					     len, max_bytes);
+		rc = cut_changed_paths(cJSON_GetArrayItem(versions, i), 0);
+		if (rc)
+			return rc;
+	}
+}
+
 int cfs_manifest_add_version(struct cfs_manifest *m, const cJSON *record,
 			     const char *tree_key, const cJSON *tree_enc,
 			     uint64_t size_bytes, cJSON **dropped)
@@ -613,6 +672,8 @@ int cfs_manifest_add_version(struct cfs_manifest *m, const cJSON *record,
 		return cfs_error_set(CFS_ENOMEM, "out of memory");
 	/* The manifest keeps summaries; file lists live in the bundle. */
 	rc = cfs_json_set(summary, "files", cJSON_CreateArray());
+	if (!rc)
+		rc = cut_changed_paths(summary, CFS_MANIFEST_CHANGED_PATHS_MAX);
 	if (!rc && tree_key)
 		rc = cfs_json_set_str(summary, "treeKey", tree_key);
 	if (!rc && tree_key && tree_enc)

@@ -27,8 +27,17 @@
 
 #define CFS_MANIFEST_VERSIONS_MAX 50
 #define CFS_MANIFEST_DEFAULT_SIZE_BYTES 268435456ull
-/* Cap on a manifest read from storage. */
+/* contextfs never writes a manifest larger than this (cfs_manifest_fit). */
 #define CFS_MANIFEST_MAX_BYTES (16u << 20)
+/* Cap on a manifest read from storage (the reference writes unbounded
+ * changedPaths lists, so its manifests can be larger). */
+#define CFS_MANIFEST_READ_MAX (64u << 20)
+/*
+ * A version summary in the manifest lists at most this many changed paths
+ * (the full list is in the bundle's .contextsdk/versions/<g>.json); a cut
+ * list carries the contextfs extension member "changedPathsTotal".
+ */
+#define CFS_MANIFEST_CHANGED_PATHS_MAX 1000
 
 struct cfs_manifest;
 
@@ -130,6 +139,14 @@ int cfs_manifest_set_updated_at(struct cfs_manifest *m, int64_t now_ms);
  * the summaries that fell off (caller cJSON_Delete()s; the engine may GC
  * their tree objects), else they are discarded.
  */
+/*
+ * Makes the printed manifest fit in max_bytes, so that it can always be
+ * read back: empties the changedPaths of the oldest summaries first
+ * (recording "changedPathsTotal"). CFS_EUNSUPPORTED if it still does not
+ * fit; nothing may then be written.
+ */
+int cfs_manifest_fit(struct cfs_manifest *m, size_t max_bytes);
+
 int cfs_manifest_add_version(struct cfs_manifest *m, const cJSON *record,
 			     const char *tree_key, const cJSON *tree_enc,
 			     uint64_t size_bytes, cJSON **dropped);

@@ -25,8 +25,12 @@
 
 #define CFS_STORE_OPS_VERSION 1
 #define CFS_ETAG_MAX 128
-/* Cap for small JSON objects (manifest, lock) read into memory. */
-#define CFS_SMALL_OBJECT_MAX (16u << 20)
+/*
+ * Cap for small JSON objects (manifest, lock) read into memory. Above what
+ * contextfs writes (a manifest is kept under CFS_MANIFEST_MAX_BYTES), so
+ * that larger manifests written by the reference stay readable.
+ */
+#define CFS_SMALL_OBJECT_MAX (64u << 20)
 
 struct cfs_objinfo {
 	uint64_t size;

@@ -372,7 +372,7 @@ static void test_corrupt(void)
 		struct cfs_manifest *m = NULL;
 
 		TAP_EQ_INT(cfs_manifest_parse(&m, "{}",
-					      CFS_MANIFEST_MAX_BYTES + 1, "c"),
+					      CFS_MANIFEST_READ_MAX + 1, "c"),
 			   CFS_ECORRUPT, "oversized manifest refused");
 	}
 }
@@ -560,6 +560,64 @@ static void test_dup_independent(void)
 	cfs_manifest_free(d);
 }
 
+/* Summaries cap their changedPaths; fit trims the oldest until it fits. */
+static void test_changed_paths_cap(void)
+{
+	struct cfs_manifest *m = parse_str(
+		"{\"version\":1,\"id\":\"v\",\"format\":\"tree\",\"generation\":"
+		"1,\"versions\":[],\"updatedAt\":\"u\"}",
+		"v");
+	const cJSON *versions, *v0, *v2;
+	char *body;
+	size_t before;
+	int64_t total = 0;
+
+	for (int g = 2; g <= 4 && m; g++) {
+		cJSON *r = cJSON_Parse("{\"author\":\"a\",\"files\":[],"
+				       "\"version\":1}");
+		cJSON *cp = cJSON_AddArrayToObject(r, "changedPaths");
+
+		cJSON_AddNumberToObject(r, "generation", g);
+		for (int i = 0; i < 3000; i++) {
+			char path[64];
+			cJSON *c = cJSON_CreateObject();
+
+			snprintf(path, sizeof(path), "workspace/g%d/f%05d", g,
+				 i);
+			cJSON_AddStringToObject(c, "path", path);
+			cJSON_AddStringToObject(c, "type", "added");
+			cJSON_AddItemToArray(cp, c);
+		}
+		TAP_EQ_INT(cfs_manifest_add_version(m, r, NULL, NULL, 0, NULL),
+			   0, "add a version with 3000 changed paths");
+		cJSON_Delete(r);
+	}
+	versions = cfs_manifest_versions(m);
+	v0 = cJSON_GetArrayItem(versions, 0);
+	TAP_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(v0, "changedPaths")),
+		   CFS_MANIFEST_CHANGED_PATHS_MAX,
+		   "a summary keeps the first 1000 changed paths");
+	TAP_OK(cfs_json_int(v0, "changedPathsTotal", &total) && total == 3000,
+	       "and records how many there were");
+	body = cfs_manifest_print(m);
+	before = strlen(body);
+	free(body);
+	TAP_EQ_INT(cfs_manifest_fit(m, before), 0, "fits as it is");
+	TAP_EQ_INT(cfs_manifest_fit(m, before - 1000), 0,
+		   "fit trims to a smaller limit");
+	v0 = cJSON_GetArrayItem(versions, 0);
+	v2 = cJSON_GetArrayItem(versions, 2);
+	TAP_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(v0, "changedPaths")),
+		   0, "the oldest summary lost its paths first");
+	TAP_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(v2, "changedPaths")),
+		   CFS_MANIFEST_CHANGED_PATHS_MAX, "the newest kept them");
+	TAP_OK(cfs_json_int(v0, "changedPathsTotal", &total) && total == 3000,
+	       "the trimmed summary still says how many there were");
+	TAP_EQ_INT(cfs_manifest_fit(m, 100), CFS_EUNSUPPORTED,
+		   "a limit nothing fits in is refused");
+	cfs_manifest_free(m);
+}
+
 int main(void)
 {
 	cfs_init();
@@ -570,6 +628,7 @@ int main(void)
 	test_legacy_normalization();
 	test_corrupt();
 	test_versions_cap();
+	test_changed_paths_cap();
 	test_checkpoints();
 	test_dup_independent();
 	return tap_done();
