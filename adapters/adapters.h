@@ -38,6 +38,27 @@ int cfs_local_runtime_new(struct cfs_runtime **out,
 int cfs_local_provisioner_new(struct cfs_provisioner **out,
 			      const struct cfs_local_opts *opts);
 
+struct cfs_ssh_opts {
+	const char *host; /* required */
+	const char *user; /* NULL = ssh's default */
+	int port; /* 0 = 22 / ssh's default */
+	const char *identity_file; /* NULL = ssh's defaults */
+	/* NULL = ~/.ssh/known_hosts; host keys are always verified */
+	const char *known_hosts_file;
+	bool accept_new_host_key; /* StrictHostKeyChecking=accept-new */
+	int connect_timeout_s; /* 0 = 10 */
+	/* Remote base for tmp/ and mnt/; NULL = $HOME/.contextsdk */
+	const char *remote_dir;
+};
+
+/*
+ * A host reached with the OpenSSH client (see adapters/ssh.c). Connects
+ * once to prepare the remote directory, so a bad host, key or host key
+ * fails here (CFS_EIO with ssh's message).
+ */
+int cfs_ssh_runtime_new(struct cfs_runtime **out,
+			const struct cfs_ssh_opts *opts);
+
 /* True when bubblewrap is installed and can create a sandbox here. */
 bool cfs_local_bwrap_usable(void);
 

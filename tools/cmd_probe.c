@@ -12,11 +12,8 @@
 #include "tools/cli.h"
 #include "tools/runtime_cli.h"
 
-enum { OPT_RUNTIME, OPT_SANDBOX };
-
 static const struct cli_opt opts[] = {
-	{"runtime", 0, true, OPT_RUNTIME},
-	{"sandbox", 0, true, OPT_SANDBOX},
+	CLI_RUNTIME_OPTS,
 	{NULL, 0, false, 0},
 };
 
@@ -31,8 +28,7 @@ static int run(struct cli *cli)
 	cJSON *probe, *arr, *details, *tools;
 	int rc;
 
-	rc = cli_runtime_open(cli, cli_opt(cli, OPT_RUNTIME),
-			      cli_opt(cli, OPT_SANDBOX), NULL, &prov, &rt);
+	rc = cli_runtime_open(cli, NULL, &prov, &rt);
 	if (rc)
 		goto out;
 	rc = cfs_runtime_probe(&missing, rt);
@@ -82,14 +78,13 @@ out:
 
 const struct cli_command cli_cmd_probe = {
 	.name = "probe",
-	.args = "--runtime local [--sandbox auto|bwrap|plain]",
+	.args = "--runtime local|ssh [runtime options]",
 	.summary = "check that a runtime's sandboxes have the tools sessions "
 		   "need",
-	.help = "  --runtime R              runtime to probe: local\n"
-		"  --sandbox MODE           local: auto, bwrap or plain\n"
-		"\nCreates a sandbox, looks for tar zstd python3 sha256sum "
-		"mkdir sync, disposes of it.\nExit 1 when a tool is "
-		"missing.\n",
+	.help = CLI_RUNTIME_HELP
+	"\nCreates a sandbox, looks for tar zstd python3 sha256sum "
+	"mkdir sync, disposes of it.\nExit 1 when a tool is "
+	"missing.\n",
 	.opts = opts,
 	.min_args = 0,
 	.max_args = 0,

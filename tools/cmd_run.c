@@ -26,9 +26,7 @@
 #include "tools/runtime_cli.h"
 
 enum {
-	OPT_RUNTIME,
-	OPT_SANDBOX,
-	OPT_CREATE,
+	OPT_CREATE = RT_OPT_COUNT,
 	OPT_MESSAGE,
 	OPT_AUTHOR,
 	OPT_TIMEOUT,
@@ -38,8 +36,7 @@ enum {
 };
 
 static const struct cli_opt opts[] = {
-	{"runtime", 0, true, OPT_RUNTIME},
-	{"sandbox", 0, true, OPT_SANDBOX},
+	CLI_RUNTIME_OPTS,
 	{"create-if-missing", 0, false, OPT_CREATE},
 	{"message", 'm', true, OPT_MESSAGE},
 	{"author", 0, true, OPT_AUTHOR},
@@ -61,12 +58,53 @@ static const char *config_default_runtime(struct cli *cli)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-int cli_runtime_open(struct cli *cli, const char *name, const char *sandbox,
-		     const char *context_id, struct cfs_provisioner **prov_out,
+static const char *ssh_config(struct cli *cli, const char *key)
+{
+	const cJSON *p =
+		cJSON_GetObjectItemCaseSensitive(cli->config, "providers");
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(p, "ssh"), key);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int open_ssh(struct cli *cli, struct cfs_runtime **rt_out)
+{
+	struct cfs_ssh_opts so = {0};
+	const char *port = cli_opt(cli, RT_OPT_SSH_PORT);
+	uint64_t n = 0;
+	int rc;
+
+	so.host = cli_opt(cli, RT_OPT_SSH_HOST) ? cli_opt(cli, RT_OPT_SSH_HOST)
+						: ssh_config(cli, "host");
+	so.user = cli_opt(cli, RT_OPT_SSH_USER) ? cli_opt(cli, RT_OPT_SSH_USER)
+						: ssh_config(cli, "user");
+	so.identity_file = cli_opt(cli, RT_OPT_SSH_KEY)
+				   ? cli_opt(cli, RT_OPT_SSH_KEY)
+				   : ssh_config(cli, "identityFile");
+	so.known_hosts_file = cli_opt(cli, RT_OPT_SSH_KNOWN_HOSTS);
+	so.accept_new_host_key = cli_flag(cli, RT_OPT_SSH_ACCEPT_NEW);
+	so.remote_dir = cli_opt(cli, RT_OPT_SSH_DIR);
+	if (!so.host)
+		return cfs_error_set(
+			CFS_EINVAL, "--ssh-host is required for --runtime ssh");
+	if (port) {
+		rc = cli_parse_u64(&n, "--ssh-port", port, 1, 65535);
+		if (rc)
+			return rc;
+		so.port = (int)n;
+	}
+	return cfs_ssh_runtime_new(rt_out, &so);
+}
+
+int cli_runtime_open(struct cli *cli, const char *context_id,
+		     struct cfs_provisioner **prov_out,
 		     struct cfs_runtime **rt_out)
 {
 	struct cfs_local_opts lo = {0};
 	struct cfs_provisioner *prov = NULL;
+	const char *name = cli_opt(cli, RT_OPT_RUNTIME);
+	const char *sandbox = cli_opt(cli, RT_OPT_SANDBOX);
 	int rc;
 
 	*prov_out = NULL;
@@ -78,10 +116,12 @@ int cli_runtime_open(struct cli *cli, const char *name, const char *sandbox,
 				     "--runtime is required unless "
 				     "defaultRuntime is set in the config "
 				     "file");
+	if (strcmp(name, "ssh") == 0)
+		return open_ssh(cli, rt_out);
 	if (strcmp(name, "local") != 0)
 		return cfs_error_set(CFS_EINVAL,
 				     "unsupported runtime: %s (available: "
-				     "local)",
+				     "local, ssh)",
 				     name);
 	if (!sandbox || strcmp(sandbox, "auto") == 0)
 		lo.mode = CFS_LOCAL_AUTO;
@@ -262,8 +302,7 @@ static int run(struct cli *cli)
 	rc = ensure_context(cli, st, id, &keys);
 	if (rc)
 		goto out;
-	rc = cli_runtime_open(cli, cli_opt(cli, OPT_RUNTIME),
-			      cli_opt(cli, OPT_SANDBOX), id, &prov, &rt);
+	rc = cli_runtime_open(cli, id, &prov, &rt);
 	if (rc)
 		goto out;
 
@@ -364,32 +403,30 @@ out:
 
 const struct cli_command cli_cmd_run = {
 	.name = "run",
-	.args = "ID --runtime local [options] -- COMMAND [ARG...]",
+	.args = "ID --runtime local|ssh [options] -- COMMAND [ARG...]",
 	.summary = "run a command in a sandbox holding the context, save the "
 		   "result",
-	.help = "  --runtime R              sandbox runtime: local\n"
-		"  --sandbox MODE           local: auto (bubblewrap when it "
-		"works), bwrap, plain\n"
-		"  --create-if-missing      create the context first when it "
-		"does not exist\n"
-		"  -m, --message MSG        version message (default "
-		"\"contextfs run\")\n"
-		"  --author A               version author (default: the lock "
-		"owner)\n"
-		"  --timeout D              kill the command after D (500ms, "
-		"30s, 5m, 1h; default none)\n"
-		"  --lock-ttl D             lock lifetime, renewed while the "
-		"command runs (default 30m)\n"
-		"  --force-unlock           take the lock over from a dead "
-		"writer\n"
-		"\nThe context is extracted at /mnt/contextsdk/ID in the "
-		"sandbox (also reachable as\n/workspace, /memory, ... under "
-		"bubblewrap); COMMAND runs there through bash.\nIts stdout "
-		"and stderr pass through and its exit code becomes "
-		"contextfs's; the\nsandbox's tree is saved as the next "
-		"generation either way. With --json:\n{ok, result: {exitCode, "
-		"stdout, stderr}, generation}. A timeout or a dead\nsandbox "
-		"is an error (exit 7) after a best-effort save.\n",
+	.help = CLI_RUNTIME_HELP
+	"  --create-if-missing      create the context first when it "
+	"does not exist\n"
+	"  -m, --message MSG        version message (default "
+	"\"contextfs run\")\n"
+	"  --author A               version author (default: the lock "
+	"owner)\n"
+	"  --timeout D              kill the command after D (500ms, "
+	"30s, 5m, 1h; default none)\n"
+	"  --lock-ttl D             lock lifetime, renewed while the "
+	"command runs (default 30m)\n"
+	"  --force-unlock           take the lock over from a dead "
+	"writer\n"
+	"\nThe context is extracted at /mnt/contextsdk/ID in the "
+	"sandbox (also reachable as\n/workspace, /memory, ... under "
+	"bubblewrap); COMMAND runs there through bash.\nIts stdout "
+	"and stderr pass through and its exit code becomes "
+	"contextfs's; the\nsandbox's tree is saved as the next "
+	"generation either way. With --json:\n{ok, result: {exitCode, "
+	"stdout, stderr}, generation}. A timeout or a dead\nsandbox "
+	"is an error (exit 7) after a best-effort save.\n",
 	.opts = opts,
 	.min_args = 1,
 	.max_args = CLI_MAX_ARGS,

@@ -9,13 +9,54 @@
 #include "core/runtime.h"
 #include "tools/cli.h"
 
+/* Option ids shared by the commands; their own ids start at RT_OPT_COUNT. */
+enum {
+	RT_OPT_RUNTIME,
+	RT_OPT_SANDBOX,
+	RT_OPT_SSH_HOST,
+	RT_OPT_SSH_USER,
+	RT_OPT_SSH_PORT,
+	RT_OPT_SSH_KEY,
+	RT_OPT_SSH_KNOWN_HOSTS,
+	RT_OPT_SSH_ACCEPT_NEW,
+	RT_OPT_SSH_DIR,
+	RT_OPT_COUNT,
+};
+
+#define CLI_RUNTIME_OPTS                                                      \
+	{"runtime", 0, true, RT_OPT_RUNTIME},                                 \
+		{"sandbox", 0, true, RT_OPT_SANDBOX},                         \
+		{"ssh-host", 0, true, RT_OPT_SSH_HOST},                       \
+		{"ssh-user", 0, true, RT_OPT_SSH_USER},                       \
+		{"ssh-port", 0, true, RT_OPT_SSH_PORT},                       \
+		{"ssh-key", 0, true, RT_OPT_SSH_KEY},                         \
+		{"ssh-known-hosts", 0, true, RT_OPT_SSH_KNOWN_HOSTS},         \
+		{"ssh-accept-new-host-key", 0, false, RT_OPT_SSH_ACCEPT_NEW}, \
+	{                                                                     \
+		"ssh-dir", 0, true, RT_OPT_SSH_DIR                            \
+	}
+
+#define CLI_RUNTIME_HELP                                                      \
+	"  --runtime R              local or ssh (default: the config's "     \
+	"defaultRuntime)\n"                                                   \
+	"  --sandbox MODE           local: auto (bubblewrap when it works), " \
+	"bwrap, plain\n"                                                      \
+	"  --ssh-host H, --ssh-user U, --ssh-port N, --ssh-key FILE\n"        \
+	"                           ssh: where to connect (config "           \
+	"providers.ssh)\n"                                                    \
+	"  --ssh-known-hosts FILE   ssh: host keys to verify against "        \
+	"(default ~/.ssh/known_hosts)\n"                                      \
+	"  --ssh-accept-new-host-key  ssh: record an unknown host's key\n"    \
+	"  --ssh-dir DIR            ssh: remote base for tmp/ and mnt/ "      \
+	"(default ~/.contextsdk)\n"
+
 /*
- * Creates a runtime through its provisioner. name NULL -> config
- * defaultRuntime, else CFS_EINVAL "--runtime is required ...". Release
- * with cli_runtime_close().
+ * Creates the runtime the RT_OPT_* options (or the config's
+ * defaultRuntime and providers.ssh) select. Release with
+ * cli_runtime_close().
  */
-int cli_runtime_open(struct cli *cli, const char *name, const char *sandbox,
-		     const char *context_id, struct cfs_provisioner **prov_out,
+int cli_runtime_open(struct cli *cli, const char *context_id,
+		     struct cfs_provisioner **prov_out,
 		     struct cfs_runtime **rt_out);
 void cli_runtime_close(struct cfs_provisioner *prov, struct cfs_runtime *rt);
 
