@@ -229,7 +229,7 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, spipe[2] = {-1, -1};
 	const char *argv[MAX_ARGV];
 	int argc = 0, rc = 0, wstatus = 0;
-	bool timed_out = false, reaped = false;
+	bool timed_out = false, canceled = false, reaped = false;
 	int64_t deadline = timeout_ms > 0 ? cfs_monotonic_ms() + timeout_ms : 0;
 	pid_t pid = -1;
 
@@ -300,6 +300,14 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 			}
 			wait_ms = left > INT_MAX ? INT_MAX : (int)left;
 		}
+		if (rt->cancel) {
+			if (*rt->cancel) {
+				canceled = true;
+				break;
+			}
+			if (wait_ms < 0 || wait_ms > 200)
+				wait_ms = 200;
+		}
 		pr = poll(pfd, (nfds_t)n, wait_ms);
 		if (pr < 0 && errno != EINTR) {
 			rc = cfs_error_errno(errno, "poll");
@@ -327,7 +335,7 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		if (rc)
 			break;
 	}
-	if (timed_out || rc) {
+	if (timed_out || canceled || rc) {
 		kill(-pid, SIGKILL);
 		kill(pid, SIGKILL);
 	}
@@ -339,6 +347,12 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	kill(-pid, SIGKILL);
 	if (rc)
 		goto out;
+	if (canceled) {
+		rc = cfs_error_set(CFS_ECANCELED,
+				   "command interrupted (killed in sandbox %s)",
+				   l->id);
+		goto out;
+	}
 	if (timed_out) {
 		rc = cfs_error_set(CFS_ETIMEDOUT,
 				   "command timed out after %lld ms in sandbox "

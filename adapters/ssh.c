@@ -39,6 +39,7 @@
 #define MAX_ARGV 48
 #define GRACE_MS 10000
 #define TRAILER "__CONTEXTFS_EXIT_"
+#define PIDTAG "__CONTEXTFS_PID_"
 
 struct ssh_rt {
 	struct cfs_runtime base;
@@ -128,11 +129,11 @@ static int sink_drain(int fd, struct sink *k)
  */
 static int ssh_spawn(int *status, struct ssh_rt *s, const char *remote,
 		     int in_fd, struct sink *out, struct sink *err,
-		     int64_t deadline_ms)
+		     int64_t deadline_ms, volatile sig_atomic_t *cancel)
 {
 	const char *argv[MAX_ARGV];
 	int op[2] = {-1, -1}, ep[2] = {-1, -1}, rc = 0, ws = 0;
-	bool killed = false;
+	bool killed = false, canceled = false;
 	pid_t pid;
 
 	ssh_argv(argv, s, remote);
@@ -184,6 +185,14 @@ static int ssh_spawn(int *status, struct ssh_rt *s, const char *remote,
 			}
 			wait_ms = left > INT_MAX ? INT_MAX : (int)left;
 		}
+		if (cancel) {
+			if (*cancel) {
+				canceled = true;
+				break;
+			}
+			if (wait_ms < 0 || wait_ms > 200)
+				wait_ms = 200;
+		}
 		pr = poll(pfd, (nfds_t)n, wait_ms);
 		if (pr < 0 && errno != EINTR) {
 			rc = cfs_error_errno(errno, "poll");
@@ -205,12 +214,17 @@ static int ssh_spawn(int *status, struct ssh_rt *s, const char *remote,
 		if (rc)
 			break;
 	}
-	if (killed || rc)
+	if (killed || canceled || rc)
 		kill(-pid, SIGKILL);
 	while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
 		;
 	kill(-pid, SIGKILL);
-	*status = killed ? -1 : WIFEXITED(ws) ? WEXITSTATUS(ws) : 255;
+	if (canceled)
+		*status = -2;
+	else if (killed)
+		*status = -1;
+	else
+		*status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 255;
 out:
 	for (int i = 0; i < 2; i++) {
 		if (op[i] >= 0)
@@ -239,6 +253,7 @@ static int wrap(struct cfs_buf *b, const char *script, int64_t timeout_ms,
 			  &inner,
 			  "\nf=\"${TMPDIR:-/tmp}/.cfs-wd-%s\"\n"
 			  "setsid bash -c \"$c\" </dev/null & p=$!\n"
+			  "printf '%s%s=%%d\\n' \"$p\" >&2\n"
 			  "w=\nif [ %lld -gt 0 ]; then\n"
 			  "  setsid bash -c \"sleep %lld.%03lld; echo t > '$f'; "
 			  "kill -KILL -- -$p\" </dev/null >/dev/null 2>&1 & "
@@ -249,7 +264,7 @@ static int wrap(struct cfs_buf *b, const char *script, int64_t timeout_ms,
 			  "t=$(cat \"$f\" 2>/dev/null); rm -f \"$f\"; fi\n"
 			  "printf '\\n%s%s=%%d%%s\\n' \"$r\" "
 			  "\"${t:+ timeout}\" >&2\n",
-			  nonce, (long long)timeout_ms,
+			  nonce, PIDTAG, nonce, (long long)timeout_ms,
 			  (long long)(timeout_ms / 1000),
 			  (long long)(timeout_ms % 1000), TRAILER, nonce);
 	rc = rc ? rc : cfs_buf_puts(b, "exec bash -c ");
@@ -289,6 +304,46 @@ static int take_trailer(struct cfs_buf *err, const char *nonce, bool *timed_out)
 	return (int)v;
 }
 
+/*
+ * Finds and strips the wrapper's "<PIDTAG><nonce>=<pid>" line from err:
+ * the remote session id of the command, or 0.
+ */
+static long take_pid(struct cfs_buf *err, const char *nonce)
+{
+	char tag[64], *p, *q, *end;
+	long v;
+
+	if (!err->ptr)
+		return 0;
+	snprintf(tag, sizeof(tag), "%s%s=", PIDTAG, nonce);
+	p = memmem(err->ptr, err->len, tag, strlen(tag));
+	if (!p)
+		return 0;
+	v = strtol(p + strlen(tag), &q, 10);
+	end = memchr(q, '\n', err->len - (size_t)(q - err->ptr));
+	end = end ? end + 1 : err->ptr + err->len;
+	memmove(p, end, err->len - (size_t)(end - err->ptr) + 1);
+	err->len -= (size_t)(end - p);
+	return v > 1 ? v : 0;
+}
+
+/* Best effort: kills the remote command's session after a local stop. */
+static void remote_kill(struct ssh_rt *s, long pid)
+{
+	struct sink out = {CFS_BUF_INIT, false, -1};
+	struct sink err = {CFS_BUF_INIT, false, -1};
+	char cmd[64];
+	int status;
+
+	if (pid <= 1)
+		return;
+	snprintf(cmd, sizeof(cmd), "kill -KILL -- -%ld", pid);
+	ssh_spawn(&status, s, cmd, -1, &out, &err,
+		  cfs_monotonic_ms() + GRACE_MS, NULL);
+	cfs_buf_free(&out.buf);
+	cfs_buf_free(&err.buf);
+}
+
 static int conn_error(struct ssh_rt *s, const struct sink *err,
 		      const char *what)
 {
@@ -311,6 +366,7 @@ static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	char nonce[17];
 	bool timed_out;
 	int rc, status, code;
+	long rpid;
 
 	memset(res, 0, sizeof(*res));
 	if (user && *user && strcmp(user, "root") != 0)
@@ -322,13 +378,22 @@ static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	rc = wrap(&remote, command, timeout_ms > 0 ? timeout_ms : 0, nonce);
 	if (rc)
 		goto out;
-	rc = ssh_spawn(&status, s, remote.ptr, -1, &out, &err,
-		       timeout_ms > 0
-			       ? cfs_monotonic_ms() + timeout_ms + GRACE_MS
-			       : 0);
+	rc = ssh_spawn(
+		&status, s, remote.ptr, -1, &out, &err,
+		timeout_ms > 0 ? cfs_monotonic_ms() + timeout_ms + GRACE_MS : 0,
+		rt->cancel);
 	if (rc)
 		goto out;
+	rpid = take_pid(&err.buf, nonce);
 	code = take_trailer(&err.buf, nonce, &timed_out);
+	if (status < 0)
+		remote_kill(s, rpid);
+	if (status == -2) {
+		rc = cfs_error_set(CFS_ECANCELED,
+				   "command interrupted (killed on %s)",
+				   s->dest);
+		goto out;
+	}
 	if (status < 0 || timed_out) {
 		rc = cfs_error_set(CFS_ETIMEDOUT,
 				   "command timed out after %lld ms on %s "
@@ -378,7 +443,8 @@ static int transfer(struct ssh_rt *s, const char *script, int in_fd, int out_fd,
 	if (rc)
 		goto out;
 	rc = ssh_spawn(&status, s, remote.ptr, in_fd, &out, &err,
-		       cfs_monotonic_ms() + CFS_RUNTIME_DEFAULT_TIMEOUT_MS);
+		       cfs_monotonic_ms() + CFS_RUNTIME_DEFAULT_TIMEOUT_MS,
+		       NULL);
 	if (rc)
 		goto out;
 	code = take_trailer(&err.buf, nonce, &timed_out);

@@ -21,6 +21,7 @@
 #ifndef CFS_CORE_RUNTIME_H
 #define CFS_CORE_RUNTIME_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -95,6 +96,13 @@ struct cfs_runtime {
 	const char *tmp_dir;
 	/* Absolute sandbox directory under which contexts are mounted. */
 	const char *mount_base;
+	/*
+	 * Optional, set by the caller: when it points to a non-zero value,
+	 * a run() in progress kills its command (in the sandbox too) and
+	 * returns CFS_ECANCELED. Checked at least every 200 ms, so a signal
+	 * handler may set it.
+	 */
+	volatile sig_atomic_t *cancel;
 };
 
 /*

@@ -10,6 +10,7 @@
  * the sandbox holds is still saved when possible ("run failure save"),
  * then contextfs exits with the error's code.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +254,39 @@ static int ensure_context(struct cli *cli, struct cfs_store *st, const char *id,
 	return rc;
 }
 
+/*
+ * SIGINT / SIGTERM while run works: the command is stopped (the runtime
+ * watches run_cancel), what the sandbox holds is saved ("contextfs run
+ * SIGTERM save"), the lock released, and contextfs exits 128+signal (130,
+ * 143). Further signals are ignored until then.
+ */
+static volatile sig_atomic_t run_cancel;
+static volatile sig_atomic_t run_signal;
+
+static void on_signal(int sig)
+{
+	if (!run_signal)
+		run_signal = sig;
+	run_cancel = 1;
+}
+
+static void signals_install(struct sigaction old[2])
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old[0]);
+	sigaction(SIGTERM, &sa, &old[1]);
+}
+
+static void signals_restore(const struct sigaction old[2])
+{
+	sigaction(SIGINT, &old[0], NULL);
+	sigaction(SIGTERM, &old[1], NULL);
+}
+
 static void write_bytes(FILE *f, const char *p, size_t n)
 {
 	if (n)
@@ -277,6 +311,10 @@ static int run(struct cli *cli)
 	bool ran = false;
 	int rc, run_rc = 0;
 	cJSON *doc, *r;
+	struct sigaction old_sa[2];
+
+	run_cancel = run_signal = 0;
+	signals_install(old_sa);
 
 	rc = cfs_id_check(id);
 	if (rc)
@@ -306,6 +344,7 @@ static int run(struct cli *cli)
 	if (rc)
 		goto out;
 
+	rt->cancel = &run_cancel;
 	so.force_unlock = cli_flag(cli, OPT_FORCE_UNLOCK);
 	so.lock_ttl_ms = ttl;
 	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
@@ -321,6 +360,31 @@ static int run(struct cli *cli)
 
 	sv.kind = CFS_COMMIT_SAVE;
 	sv.author = cli_opt(cli, OPT_AUTHOR);
+	rt->cancel = NULL; /* the save below must run to completion */
+	if (run_signal) {
+		char msg[64];
+		int sig = run_signal;
+
+		snprintf(msg, sizeof(msg), "contextfs run %s save",
+			 sig == SIGINT ? "SIGINT" : "SIGTERM");
+		sv.message = msg;
+		rc = cfs_session_save(&cr, sess, &sv);
+		if (rc)
+			cli_warn(cli, "interrupted; saving failed: %s",
+				 cfs_error_last());
+		else if (!cli->quiet)
+			fprintf(stderr,
+				"contextfs: interrupted by %s; saved "
+				"generation %llu\n",
+				sig == SIGINT ? "SIGINT" : "SIGTERM",
+				(unsigned long long)cr.generation);
+		cfs_session_detach(sess);
+		sess = NULL;
+		ran = false;
+		rc = 0;
+		cli->exit_status = 128 + sig;
+		goto out;
+	}
 	if (run_rc) {
 		/* Keep the error; save what the sandbox holds, if it can. */
 		int code = run_rc;
@@ -383,6 +447,7 @@ out:
 		if (!rc)
 			cli->exit_status = res.exit_code;
 	}
+	signals_restore(old_sa);
 	if (sess) {
 		int keep = cfs_error_last_code();
 		char *msg = cfs_strdup(cfs_error_last());
@@ -431,5 +496,6 @@ const struct cli_command cli_cmd_run = {
 	.min_args = 1,
 	.max_args = CLI_MAX_ARGS,
 	.run = run,
-	.defer_signals = true,
+	/* run handles SIGINT / SIGTERM itself (save, then exit 130 / 143) */
+	.defer_signals = false,
 };

@@ -234,3 +234,36 @@ def test_probe(cli):
         assert p["details"]["isolated"] is (mode == "bwrap")
     r = cli.run("probe", "--runtime", "nope")
     assert r.rc == 2 and "unsupported runtime" in r.err
+
+
+@pytest.mark.parametrize("sig,code,name", [(15, 143, "SIGTERM"), (2, 130, "SIGINT")])
+def test_signal_stops_saves_and_exits(cli, ctx, store, tmp_path, sig, code, name):
+    ctx_name, _ = ctx
+    marker = "988.%d" % (os.getpid() % 100000)
+    a = subprocess.Popen([cli.binary, "run", ctx_name, "--runtime", "local", "--",
+                          "bash", "-c", "echo kept > workspace/sig.txt; sleep %s" % marker],
+                         env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_lock(store, ctx_name)
+        deadline = time.monotonic() + 20
+        while not _alive_with("sleep\0" + marker):
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        a.send_signal(sig)
+        out, err = a.communicate(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == code, err
+    assert time.monotonic() - t0 < 10
+    assert ("interrupted by %s" % name).encode() in err
+    assert _alive_with("sleep\0" + marker) == []
+    m = cli.manifest(ctx_name)
+    assert m["generation"] == 3
+    assert m["latestVersion"]["message"] == "contextfs run %s save" % name
+    assert not os.path.exists(os.path.join(store, "contexts", ctx_name, "lock.json"))
+    out = export(cli, ctx_name, str(tmp_path / "out"))
+    with open(os.path.join(out, "workspace/sig.txt")) as f:
+        assert f.read() == "kept\n"

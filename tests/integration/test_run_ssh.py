@@ -183,3 +183,27 @@ def test_ssh_probe(sshcli):
     p = r.json["probe"]
     assert p["provider"] == "ssh" and p["runtimeId"] == "ssh:127.0.0.1"
     assert p["ok"] is True and p["missingTools"] == []
+
+
+def test_ssh_sigterm_stops_the_remote_command_and_saves(sshcli, ctx, store):
+    cli = sshcli
+    name, _ = ctx
+    marker = "989.%d" % (os.getpid() % 100000)
+    a = subprocess.Popen([cli.binary, "run", name, *cli.ssh_args, "--",
+                          "bash", "-c", "echo kept > workspace/sig.txt; sleep %s" % marker],
+                         env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not _alive_with("sleep\0" + marker):
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+            time.sleep(0.05)
+        a.terminate()
+        out, err = a.communicate(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 143, err
+    assert _alive_with("sleep\0" + marker) == []
+    assert cli.manifest(name)["latestVersion"]["message"] == "contextfs run SIGTERM save"
+    assert not os.path.exists(os.path.join(store, "contexts", name, "lock.json"))
