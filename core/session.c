@@ -57,6 +57,16 @@ struct cfs_session {
 	bool hb_stop; /* protected by mu */
 	atomic_bool lock_lost;
 	atomic_int hb_failures;
+
+	/* periodic checkpoints */
+	pthread_t ck;
+	bool ck_running;
+	int64_t ck_interval_ms;
+	bool ck_stop; /* protected by mu */
+	pthread_cond_t ck_cv;
+	atomic_uint ck_count;
+	/* serializes saves and checkpoints (and s->seq) */
+	pthread_mutex_t save_mu;
 };
 
 /* ------------------------------------------------------------------ */
@@ -400,17 +410,85 @@ static int heartbeat_start(struct cfs_session *s, int64_t period)
 /* ------------------------------------------------------------------ */
 /* Attach */
 
+static void *checkpoint_main(void *arg)
+{
+	struct cfs_session *s = arg;
+	struct cfs_session_save_opts so = {.kind = CFS_COMMIT_CHECKPOINT,
+					   .reason = "periodic"};
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->ck_stop) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += s->ck_interval_ms / 1000;
+		ts.tv_nsec += (s->ck_interval_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		while (!s->ck_stop && pthread_cond_timedwait(&s->ck_cv, &s->mu,
+							     &ts) != ETIMEDOUT)
+			;
+		if (s->ck_stop)
+			break;
+		pthread_mutex_unlock(&s->mu);
+		if (cfs_session_save(NULL, s, &so) == 0)
+			atomic_fetch_add(&s->ck_count, 1);
+		else
+			cfs_log(CFS_LOG_WARN,
+				"periodic checkpoint of %s failed: %s", s->id,
+				cfs_error_last());
+		pthread_mutex_lock(&s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+int cfs_session_start_checkpoints(struct cfs_session *s, int64_t interval_ms)
+{
+	if (s->ck_running || interval_ms <= 0)
+		return 0;
+	s->ck_interval_ms = interval_ms < 100 ? 100 : interval_ms;
+	s->ck_stop = false;
+	if (pthread_create(&s->ck, NULL, checkpoint_main, s) != 0)
+		return cfs_error_set(CFS_ERROR,
+				     "cannot start periodic checkpoints");
+	s->ck_running = true;
+	return 0;
+}
+
+void cfs_session_stop_checkpoints(struct cfs_session *s)
+{
+	if (!s || !s->ck_running)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->ck_stop = true;
+	pthread_cond_signal(&s->ck_cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_join(s->ck, NULL);
+	s->ck_running = false;
+}
+
+unsigned int cfs_session_checkpoints(const struct cfs_session *s)
+{
+	return atomic_load(&((struct cfs_session *)s)->ck_count);
+}
+
 static void session_free(struct cfs_session *s)
 {
 	if (!s)
 		return;
+	cfs_session_stop_checkpoints(s);
 	heartbeat_stop(s);
 	if (s->tmpdir) {
 		cfs_rmtree_at(AT_FDCWD, s->tmpdir);
 		free(s->tmpdir);
 	}
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->save_mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->ck_cv);
 	cfs_policy_free(&s->policy);
 	free(s->id);
 	free(s->owner);
@@ -514,7 +592,16 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 	if (!s)
 		return CFS_ENOMEM;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->save_mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->ck_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	s->st = st;
 	s->keys = keys;
 	s->rt = rt;
@@ -628,8 +715,24 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 	return rc;
 }
 
+static int session_save_locked(struct cfs_commit_result *res,
+			       struct cfs_session *s,
+			       const struct cfs_session_save_opts *opts);
+
 int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
 		     const struct cfs_session_save_opts *opts)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->save_mu);
+	rc = session_save_locked(res, s, opts);
+	pthread_mutex_unlock(&s->save_mu);
+	return rc;
+}
+
+static int session_save_locked(struct cfs_commit_result *res,
+			       struct cfs_session *s,
+			       const struct cfs_session_save_opts *opts)
 {
 	struct cfs_session_save_opts def = {0};
 	struct cfs_commit_opts co;
@@ -724,6 +827,7 @@ int cfs_session_detach(struct cfs_session *s)
 
 	if (!s)
 		return 0;
+	cfs_session_stop_checkpoints(s);
 	heartbeat_stop(s);
 	script = detach_script(s);
 	if (script &&

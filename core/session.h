@@ -89,6 +89,17 @@ int cfs_session_detach(struct cfs_session *s);
  */
 void cfs_session_abandon(struct cfs_session *s);
 
+/*
+ * Starts periodic checkpoints (reason "periodic") every interval_ms while
+ * the session is attached; failures are logged, never fatal. Saves and
+ * checkpoints of one session never interleave. Stopped by
+ * cfs_session_stop_checkpoints() or at detach.
+ */
+int cfs_session_start_checkpoints(struct cfs_session *s, int64_t interval_ms);
+void cfs_session_stop_checkpoints(struct cfs_session *s);
+/* Checkpoints taken by the periodic timer so far. */
+unsigned int cfs_session_checkpoints(const struct cfs_session *s);
+
 const char *cfs_session_owner(const struct cfs_session *s);
 const char *cfs_session_mount_path(const struct cfs_session *s);
 /* True once a heartbeat found the lock taken over or gone. */

@@ -46,7 +46,7 @@ enum cli_exit {
 #define CLI_SECRET_MAX 1024 /* passphrase / hex key bytes */
 #define CLI_CONFIG_MAX (1u << 20) /* config file */
 #define CLI_MAX_ARGS 64 /* positional args per command (run: words) */
-#define CLI_MAX_OPTS 16 /* options per command */
+#define CLI_MAX_OPTS 24 /* options per command */
 
 /* A command-specific option. id indexes cli->optv / cli->optset. */
 struct cli_opt {

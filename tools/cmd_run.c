@@ -34,6 +34,7 @@ enum {
 	OPT_FORCE_UNLOCK,
 	OPT_SCRYPT_COST,
 	OPT_LOCK_TTL,
+	OPT_CHECKPOINT_INTERVAL,
 };
 
 static const struct cli_opt opts[] = {
@@ -45,6 +46,7 @@ static const struct cli_opt opts[] = {
 	{"force-unlock", 0, false, OPT_FORCE_UNLOCK},
 	{"scrypt-cost", 0, true, OPT_SCRYPT_COST},
 	{"lock-ttl", 0, true, OPT_LOCK_TTL},
+	{"checkpoint-interval", 0, true, OPT_CHECKPOINT_INTERVAL},
 	{NULL, 0, false, 0},
 };
 
@@ -307,7 +309,7 @@ static int run(struct cli *cli)
 	struct cfs_runtime *rt = NULL;
 	struct cfs_session *sess = NULL;
 	char *command = NULL;
-	int64_t timeout = 0, ttl = 0;
+	int64_t timeout = 0, ttl = 0, ckpt = 0;
 	bool ran = false;
 	int rc, run_rc = 0;
 	cJSON *doc, *r;
@@ -331,6 +333,12 @@ static int run(struct cli *cli)
 		if (rc)
 			goto out;
 	}
+	if (cli_opt(cli, OPT_CHECKPOINT_INTERVAL)) {
+		rc = parse_duration_ms(&ckpt, "--checkpoint-interval",
+				       cli_opt(cli, OPT_CHECKPOINT_INTERVAL));
+		if (rc)
+			goto out;
+	}
 	rc = build_command(&command, cli);
 	if (rc)
 		goto out;
@@ -351,6 +359,9 @@ static int run(struct cli *cli)
 	if (rc)
 		goto out;
 
+	rc = cfs_session_start_checkpoints(sess, ckpt);
+	if (rc)
+		goto out;
 	if (*command) {
 		run_rc = cfs_session_run(&res, sess, command, timeout);
 		ran = run_rc == 0;
@@ -360,6 +371,7 @@ static int run(struct cli *cli)
 
 	sv.kind = CFS_COMMIT_SAVE;
 	sv.author = cli_opt(cli, OPT_AUTHOR);
+	cfs_session_stop_checkpoints(sess);
 	rt->cancel = NULL; /* the save below must run to completion */
 	if (run_signal) {
 		char msg[64];
@@ -480,6 +492,8 @@ const struct cli_command cli_cmd_run = {
 	"owner)\n"
 	"  --timeout D              kill the command after D (500ms, "
 	"30s, 5m, 1h; default none)\n"
+	"  --checkpoint-interval D  checkpoint the sandbox's tree every "
+	"D while the command runs\n"
 	"  --lock-ttl D             lock lifetime, renewed while the "
 	"command runs (default 30m)\n"
 	"  --force-unlock           take the lock over from a dead "

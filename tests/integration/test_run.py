@@ -267,3 +267,53 @@ def test_signal_stops_saves_and_exits(cli, ctx, store, tmp_path, sig, code, name
     out = export(cli, ctx_name, str(tmp_path / "out"))
     with open(os.path.join(out, "workspace/sig.txt")) as f:
         assert f.read() == "kept\n"
+
+
+def test_periodic_checkpoints_survive_a_crash(cli, ctx, store, tmp_path):
+    """The reference's crash-recovery scenario (§12.5) without re-provisioning:
+    contextfs dies (SIGKILL) mid-command; the last periodic checkpoint is the
+    context's tree, work after it is lost, and a forced takeover carries on."""
+    name, _ = ctx
+    sandboxes = tmp_path / "sandboxes"
+    sandboxes.mkdir()
+    env = dict(cli.env, TMPDIR=str(sandboxes))
+    a = subprocess.Popen([cli.binary, "run", name, "--runtime", "local", "--checkpoint-interval", "2s", "--",
+                          "sh", "-c", "echo ck > workspace/ck.txt; sleep 2.5; echo lost > workspace/lost.txt; "
+                          "sleep 30"],
+                         env=env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            m = cli.manifest(name)
+            lost = [os.path.join(d, "mnt/contextsdk", name, "workspace/lost.txt")
+                    for d in (str(p) for p in sandboxes.iterdir()) if "contextfs-sandbox-" in d]
+            if m.get("checkpointGeneration", 0) >= 1 and any(os.path.exists(p) for p in lost):
+                break
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+            time.sleep(0.05)
+        a.kill()
+        a.wait()
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    m = cli.manifest(name)
+    assert m["checkpointGeneration"] == 1 and m["latestCheckpoint"]["reason"] == "periodic"
+    assert m["generation"] == 2
+    assert os.path.exists(os.path.join(store, "contexts", name, "lock.json"))  # left by the dead writer
+    r = cli.run("run", name, "--runtime", "local", "--", "true")
+    assert r.rc == EXIT_LOCKED
+    r = cli.run("run", name, "--runtime", "local", "--force-unlock", "--",
+                "sh", "-c", "cat workspace/ck.txt; test -e workspace/lost.txt || echo lost-is-gone")
+    assert (r.rc, r.out) == (0, "ck\nlost-is-gone\n"), r.err
+    assert cli.manifest(name)["generation"] == 3
+
+
+def test_checkpoints_then_save(cli, ctx):
+    name, _ = ctx
+    r = cli.run("run", name, "--runtime", "local", "--checkpoint-interval", "500ms", "--",
+                "sh", "-c", "echo 1 > workspace/n.txt; sleep 1.3; echo 2 > workspace/n.txt")
+    assert r.rc == 0, r.err
+    m = cli.manifest(name)
+    assert m["checkpointGeneration"] >= 1 and m["generation"] == 3
+    assert m["latestVersion"]["message"] == "contextfs run"
