@@ -303,10 +303,15 @@ def test_periodic_checkpoints_survive_a_crash(cli, ctx, store, tmp_path):
     assert os.path.exists(os.path.join(store, "contexts", name, "lock.json"))  # left by the dead writer
     r = cli.run("run", name, "--runtime", "local", "--", "true")
     assert r.rc == EXIT_LOCKED
+    # the dead run's sandbox (plaintext) is still there ...
+    assert [p.name for p in sandboxes.iterdir() if p.name.startswith("contextfs-sandbox-%d-" % a.pid)]
     r = cli.run("run", name, "--runtime", "local", "--force-unlock", "--",
-                "sh", "-c", "cat workspace/ck.txt; test -e workspace/lost.txt || echo lost-is-gone")
+                "sh", "-c", "cat workspace/ck.txt; test -e workspace/lost.txt || echo lost-is-gone",
+                env={"TMPDIR": str(sandboxes)})
     assert (r.rc, r.out) == (0, "ck\nlost-is-gone\n"), r.err
     assert cli.manifest(name)["generation"] == 3
+    # ... until the next run on this machine sweeps it
+    assert list(sandboxes.iterdir()) == []
 
 
 def test_checkpoints_then_save(cli, ctx):
