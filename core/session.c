@@ -292,9 +292,11 @@ static char *detach_script(const struct cfs_session *s)
 	return cfs_buf_detach(&b);
 }
 
-/* Runs a session script and turns a non-zero exit into a command error. */
-static int run_script(struct cfs_session *s, const char *script,
-		      const char *label)
+/*
+ * Runs a session script (taking ownership of it) and turns a non-zero exit
+ * into a command error.
+ */
+static int run_script(struct cfs_session *s, char *script, const char *label)
 {
 	struct cfs_run_result res;
 	int rc;
@@ -307,6 +309,7 @@ static int run_script(struct cfs_session *s, const char *script,
 	else
 		cfs_error_prefix("%s", label);
 	cfs_run_result_clear(&res);
+	free(script);
 	return rc;
 }
 

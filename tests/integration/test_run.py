@@ -322,3 +322,22 @@ def test_checkpoints_then_save(cli, ctx):
     m = cli.manifest(name)
     assert m["checkpointGeneration"] >= 1 and m["generation"] == 3
     assert m["latestVersion"]["message"] == "contextfs run"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hostile_sandbox_cannot_reach_the_host(cli, ctx, workdir, mode):
+    """A sandbox that plants absolute or escaping links, or swaps a root for a
+    link to the host's /, gets none of them committed and reads nothing of the
+    host through them."""
+    name, _ = ctx
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--", "sh", "-c",
+                "ln -s /etc/passwd workspace/abs; ln -s ../../../etc/passwd workspace/up; "
+                "rm -rf memory; ln -s / memory; echo ok > workspace/ok.txt")
+    assert r.rc == 0, r.err
+    out = export(cli, name, os.path.join(workdir, "hostile-" + mode))
+    assert not os.path.lexists(os.path.join(out, "workspace/abs"))
+    assert not os.path.lexists(os.path.join(out, "workspace/up"))
+    assert not os.path.lexists(os.path.join(out, "memory")) or os.path.isdir(os.path.join(out, "memory"))
+    assert not os.path.exists(os.path.join(out, "memory/etc"))
+    with open(os.path.join(out, "workspace/ok.txt")) as f:
+        assert f.read() == "ok\n"
