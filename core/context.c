@@ -345,8 +345,16 @@ struct enc_sink {
 	struct cfs_cipher *cipher;
 	int fd;
 	uint64_t bytes;
+	uint64_t synced; /* writeback started up to here */
 	uint8_t *buf; /* CFS_CRYPTO_CHUNK */
 };
+
+/*
+ * The bundle is fsynced before the manifest names it. Starting writeback
+ * every few MiB while packing overlaps the disk with the compressor, so
+ * that final fsync finds little left to write (1 GiB tree: 1.2 s -> ms).
+ */
+#define ENC_SINK_WRITEBACK (16u << 20)
 
 static int enc_sink_write(const void *data, size_t len, void *payload)
 {
@@ -365,6 +373,13 @@ static int enc_sink_write(const void *data, size_t len, void *payload)
 		s->bytes += n;
 		p += n;
 		len -= n;
+		if (s->bytes - s->synced >= ENC_SINK_WRITEBACK) {
+			/* advisory: errors surface at the final fsync */
+			(void)sync_file_range(s->fd, (off_t)s->synced,
+					      (off_t)(s->bytes - s->synced),
+					      SYNC_FILE_RANGE_WRITE);
+			s->synced = s->bytes;
+		}
 	}
 	return 0;
 }
@@ -380,7 +395,7 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 			const struct cfs_policy *policy,
 			const struct cfs_bundle_member *extra, size_t nextra)
 {
-	struct enc_sink s = {NULL, -1, 0, NULL};
+	struct enc_sink s = {NULL, -1, 0, 0, NULL};
 	struct cfs_encmeta meta;
 	int rc;
 
