@@ -31,7 +31,12 @@
 #define IO_CHUNK (128 * 1024)
 /* Most libzstd worker threads we start (each costs a few MiB). */
 #define ZSTD_MAX_WORKERS 4
-#define ZSTD_JOB_SIZE (1 << 20)
+/*
+ * Bytes a worker compresses at a time. 1 GiB / 20,000-file commit on 2
+ * cores: 1 MiB jobs 9.6-10.7 s at 37 MiB peak RSS, 2 MiB 6.4-6.8 s at
+ * 43 MiB, 4 MiB 6.5-9.2 s at 61 MiB (the cap is 64 MiB): 2 MiB.
+ */
+#define ZSTD_JOB_SIZE (2 << 20)
 /* Header bytes (tar/pax/GNU long names) tolerated per member. */
 #define HEADER_SLACK (1 << 20)
 /* Decompressed bytes tolerated after the end-of-archive marker. */
