@@ -610,8 +610,9 @@ static int cut_changed_paths(cJSON *summary, int keep)
 	if (!cJSON_GetObjectItemCaseSensitive(summary, "changedPathsTotal"))
 		rc = cfs_json_set(summary, "changedPathsTotal",
 				  cJSON_CreateNumber((double)n));
-	while (!rc && cJSON_GetArraySize(cp) > keep)
-		cJSON_DeleteItemFromArray(cp, cJSON_GetArraySize(cp) - 1);
+	/* from the tail: cJSON's head->prev is the last item, O(1) each */
+	for (; !rc && n > keep; n--)
+		cJSON_Delete(cJSON_DetachItemViaPointer(cp, cp->child->prev));
 	return rc;
 }
 
