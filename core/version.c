@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +45,157 @@ void cfs_index_free(struct cfs_file_entry *files, size_t n)
 	free(files);
 }
 
+/*
+ * Hashing every file is the index's cost (1 GiB: ~0.7 s of SHA-256 on one
+ * core), so the walk hands open files to a few threads; at most
+ * HASH_IN_FLIGHT are open at once. Results land in per-file jobs and are
+ * copied into the entries after the walk (the entries array may move while
+ * it grows).
+ */
+#define HASH_THREADS_MAX 4
+#define HASH_IN_FLIGHT 64
+
+struct hash_job {
+	size_t idx;
+	int fd;
+	int rc;
+	char *err; /* message of a failure */
+	char sha256[65];
+	struct stat st;
+	struct hash_job *next;
+};
+
+struct hash_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct hash_job *queue, *tail; /* protected by mu */
+	struct hash_job *done; /* protected by mu */
+	size_t in_flight; /* queued or hashing, protected by mu */
+	bool closing; /* protected by mu */
+	pthread_t threads[HASH_THREADS_MAX];
+	int nthreads;
+};
+
+static void *hash_worker(void *arg)
+{
+	struct hash_pool *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		struct hash_job *j = p->queue;
+
+		if (!j) {
+			if (p->closing)
+				break;
+			pthread_cond_wait(&p->cv, &p->mu);
+			continue;
+		}
+		p->queue = j->next;
+		if (!p->queue)
+			p->tail = NULL;
+		pthread_mutex_unlock(&p->mu);
+		j->rc = cfs_sha256_fd(j->sha256, j->fd);
+		/* stat after reading, as the reference does */
+		if (!j->rc && fstat(j->fd, &j->st) < 0)
+			j->rc = cfs_error_errno(errno, "cannot stat");
+		if (j->rc)
+			j->err = strdup(cfs_error_last());
+		close(j->fd);
+		j->fd = -1;
+		pthread_mutex_lock(&p->mu);
+		j->next = p->done;
+		p->done = j;
+		p->in_flight--;
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static void hash_pool_start(struct hash_pool *p)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int want = ncpu > HASH_THREADS_MAX ? HASH_THREADS_MAX : (int)ncpu;
+
+	memset(p, 0, sizeof(*p));
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	for (int i = 0; i < want && want > 1; i++) {
+		if (pthread_create(&p->threads[p->nthreads], NULL, hash_worker,
+				   p) == 0)
+			p->nthreads++;
+	}
+}
+
+/* Queues fd (owned from now on) for entry idx; waits while too many are open. */
+static int hash_pool_add(struct hash_pool *p, size_t idx, int fd)
+{
+	struct hash_job *j = calloc(1, sizeof(*j));
+
+	if (!j) {
+		close(fd);
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	}
+	j->idx = idx;
+	j->fd = fd;
+	pthread_mutex_lock(&p->mu);
+	while (p->in_flight >= HASH_IN_FLIGHT)
+		pthread_cond_wait(&p->cv, &p->mu);
+	if (p->tail)
+		p->tail->next = j;
+	else
+		p->queue = j;
+	p->tail = j;
+	p->in_flight++;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return 0;
+}
+
+/*
+ * Waits for every queued file, stops the threads and copies the results
+ * into v; returns the first failure (its message set), else rc.
+ */
+static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
+			    int rc)
+{
+	struct hash_job *j, *next;
+	int first = 0;
+
+	pthread_mutex_lock(&p->mu);
+	p->closing = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->nthreads; i++)
+		pthread_join(p->threads[i], NULL);
+	for (j = p->done; j; j = next) {
+		next = j->next;
+		if (j->rc && !first) {
+			first = cfs_error_set(j->rc, "cannot hash %s: %s",
+					      v ? v[j->idx].path : "?",
+					      j->err ? j->err : "");
+		} else if (!j->rc && v) {
+			struct cfs_file_entry *e = &v[j->idx];
+
+			memcpy(e->sha256, j->sha256, sizeof(e->sha256));
+			e->size = (uint64_t)j->st.st_size;
+			e->mode = j->st.st_mode & 07777;
+			e->mtime = j->st.st_mtim.tv_sec;
+		}
+		free(j->err);
+		free(j);
+	}
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+	return rc ? rc : first;
+}
+
 struct index_builder {
 	int rootfd;
 	const struct cfs_policy *policy;
 	struct cfs_file_entry *v;
 	size_t n, cap;
+	struct hash_pool *pool; /* NULL: hash in the walking thread */
 };
 
 static int ib_add(struct index_builder *b, const char *rel, int fd)
@@ -70,6 +217,19 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 	}
 	e = &b->v[b->n];
 	memset(e, 0, sizeof(*e));
+	if (b->pool) {
+		int dfd = dup(fd); /* the walk closes fd; the job owns dfd */
+
+		if (dfd < 0)
+			return cfs_error_errno(errno, "cannot open %s", rel);
+		e->path = cfs_strdup(rel);
+		if (!e->path) {
+			close(dfd);
+			return CFS_ENOMEM;
+		}
+		b->n++;
+		return hash_pool_add(b->pool, b->n - 1, dfd);
+	}
 	rc = cfs_sha256_fd(e->sha256, fd);
 	if (rc)
 		return rc;
@@ -188,7 +348,8 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 		    const struct cfs_policy *policy)
 {
-	struct index_builder b = {rootfd, policy, NULL, 0, 0};
+	struct hash_pool pool;
+	struct index_builder b = {rootfd, policy, NULL, 0, 0, NULL};
 	struct cfs_buf rel = CFS_BUF_INIT;
 	char **seen = cfs_calloc(policy->nroots + 1, sizeof(*seen));
 	size_t nseen = 0;
@@ -196,6 +357,9 @@ int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 
 	if (!seen)
 		return CFS_ENOMEM;
+	hash_pool_start(&pool);
+	if (pool.nthreads > 0)
+		b.pool = &pool;
 	for (size_t i = 0; i < policy->nroots && rc == 0; i++) {
 		const char *root = policy->roots[i];
 		char *copy = NULL, *save = NULL, *tok;
@@ -253,6 +417,7 @@ int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 	}
 	names_free(seen, nseen);
 	cfs_buf_free(&rel);
+	rc = hash_pool_finish(&pool, b.v, rc);
 	if (rc) {
 		cfs_index_free(b.v, b.n);
 		return rc;
