@@ -967,6 +967,8 @@ static ssize_t up_produce(struct unpacker *u)
 						     "stream");
 			return 0;
 		}
+		size_t in_before = u->zin.pos;
+
 		r = ZSTD_decompressStream(u->zd, &out, &u->zin);
 		if (ZSTD_isError(r)) {
 			if (ZSTD_getErrorCode(r) ==
@@ -980,7 +982,14 @@ static ssize_t up_produce(struct unpacker *u)
 					     "zstd decompression failed: %s",
 					     ZSTD_getErrorName(r));
 		}
-		u->last_ret = r;
+		/*
+		 * A call that neither consumed nor produced anything (the
+		 * flush probe after a frame ended exactly at a full output
+		 * buffer) returns the next frame's header hint: it must not
+		 * overwrite the 0 that said the frame was complete.
+		 */
+		if (out.pos > 0 || u->zin.pos != in_before)
+			u->last_ret = r;
 		u->maybe_more = out.pos == out.size;
 		if (out.pos) {
 			/*

@@ -1010,6 +1010,46 @@ static void test_pack_memory(void)
 }
 
 int main(void);
+/*
+ * A tar whose length is a multiple of zstd's output buffer (5 x 128 KiB =
+ * 64 x 10240-byte records): the frame ends exactly at a full buffer, and
+ * the flush probe after it must not turn into "truncated stream" (1 commit
+ * in ~64 was unreadable this way).
+ */
+static void test_frame_end_at_full_buffer(void)
+{
+	size_t out_size = ZSTD_DStreamOutSize();
+	size_t data_len = 5 * out_size - 512 - 1024; /* header + end blocks */
+	char *data = malloc(data_len + 1);
+	struct spec sp[] = {{"f.bin", AE_IFREG, NULL, NULL, NULL}};
+	struct cfs_buf tar = CFS_BUF_INIT, b = CFS_BUF_INIT;
+	struct arena ar;
+	int rc;
+
+	for (size_t i = 0; i < data_len; i++)
+		data[i] = (char)('a' + i % 23);
+	data[data_len] = '\0';
+	sp[0].data = data;
+	build_tar(&tar, ARCHIVE_FORMAT_TAR_USTAR, sp, 1);
+	TAP_EQ_INT(tar.len % out_size, 0,
+		   "tar length is a multiple of zstd's output buffer");
+	zstd_compress_into(&b, tar.ptr, tar.len);
+	arena_open(&ar, "fullbuf");
+	rc = unpack_mem(ar.destfd, &b, NULL, NULL);
+	TAP_EQ_INT(rc, 0, "a frame ending at a full output buffer unpacks");
+	if (rc)
+		tap_diag("  %s", cfs_error_last());
+	{
+		struct cfs_unpack_opts vo = {.validate_only = true};
+
+		TAP_EQ_INT(unpack_mem(-1, &b, &vo, NULL), 0, "  and validates");
+	}
+	arena_close(&ar);
+	cfs_buf_free(&tar);
+	cfs_buf_free(&b);
+	free(data);
+}
+
 int main(void)
 {
 	cfs_init();
@@ -1019,5 +1059,6 @@ int main(void)
 	test_bombs();
 	test_round_trip();
 	test_pack_memory();
+	test_frame_end_at_full_buffer();
 	return tap_done();
 }
