@@ -622,46 +622,6 @@ out:
 /* ------------------------------------------------------------------ */
 /* Lifetime */
 
-/*
- * Removes "<prefix><pid>-XXXXXX" directories under base (as cfs_mkdtemp
- * picks it) left by processes of this user that no longer exist: a run
- * killed with SIGKILL cannot clean up, and these hold plaintext. A pid
- * that is alive (or reused) keeps its directory.
- */
-static void sweep_stale(const char *base, const char *prefix)
-{
-	size_t pl = strlen(prefix);
-	struct dirent *de;
-	DIR *d;
-
-	if (!base || !base[0])
-		base = getenv("TMPDIR");
-	if (!base || !base[0])
-		base = "/tmp";
-	d = opendir(base);
-	if (!d)
-		return;
-	while ((de = readdir(d))) {
-		struct stat st;
-		char *end;
-		long pid;
-
-		if (strncmp(de->d_name, prefix, pl) != 0)
-			continue;
-		errno = 0;
-		pid = strtol(de->d_name + pl, &end, 10);
-		if (errno || pid <= 0 || *end != '-' || pid == (long)getpid())
-			continue;
-		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
-		    !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
-			continue;
-		cfs_rmtree_at(dirfd(d), de->d_name);
-	}
-	closedir(d);
-}
-
 static int local_dispose(struct cfs_runtime *rt)
 {
 	struct local_rt *l = (struct local_rt *)rt;
@@ -790,7 +750,7 @@ int cfs_local_runtime_new(struct cfs_runtime **out,
 		break;
 	}
 	l->share_net = opts->share_net;
-	sweep_stale(opts->base_dir, "contextfs-sandbox-");
+	cfs_sweep_stale_tmpdirs(opts->base_dir, "contextfs-sandbox-");
 	snprintf(prefix, sizeof(prefix), "contextfs-sandbox-%ld-",
 		 (long)getpid());
 	rc = cfs_mkdtemp(&l->root, opts->base_dir, prefix);

@@ -415,46 +415,6 @@ static int heartbeat_start(struct cfs_session *s, int64_t period)
 /* ------------------------------------------------------------------ */
 /* Attach */
 
-/*
- * Removes "<prefix><pid>-XXXXXX" directories under base (as cfs_mkdtemp
- * picks it) left by processes of this user that no longer exist: a run
- * killed with SIGKILL cannot clean up, and these hold plaintext. A pid
- * that is alive (or reused) keeps its directory.
- */
-static void sweep_stale(const char *base, const char *prefix)
-{
-	size_t pl = strlen(prefix);
-	struct dirent *de;
-	DIR *d;
-
-	if (!base || !base[0])
-		base = getenv("TMPDIR");
-	if (!base || !base[0])
-		base = "/tmp";
-	d = opendir(base);
-	if (!d)
-		return;
-	while ((de = readdir(d))) {
-		struct stat st;
-		char *end;
-		long pid;
-
-		if (strncmp(de->d_name, prefix, pl) != 0)
-			continue;
-		errno = 0;
-		pid = strtol(de->d_name + pl, &end, 10);
-		if (errno || pid <= 0 || *end != '-' || pid == (long)getpid())
-			continue;
-		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
-		    !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
-			continue;
-		cfs_rmtree_at(dirfd(d), de->d_name);
-	}
-	closedir(d);
-}
-
 static void *checkpoint_main(void *arg)
 {
 	struct cfs_session *s = arg;
@@ -702,7 +662,7 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 		goto fail;
 	locked = true;
 
-	sweep_stale(NULL, "contextfs-session-");
+	cfs_sweep_stale_tmpdirs(NULL, "contextfs-session-");
 	{
 		char prefix[48];
 

@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <openssl/evp.h>
 #include <sodium.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,8 @@
 int cfs_init(void)
 {
 	if (sodium_init() < 0)
-		return cfs_error_set(CFS_ERROR, "libsodium failed to initialise");
+		return cfs_error_set(CFS_ERROR,
+				     "libsodium failed to initialise");
 	return 0;
 }
 
@@ -257,8 +259,7 @@ static int hexval(int c)
 	return -1;
 }
 
-int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex,
-		   size_t *outn)
+int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex, size_t *outn)
 {
 	size_t n = strlen(hex), i;
 
@@ -387,8 +388,8 @@ int cfs_read_all(int fd, void *data, size_t len, size_t *got)
 	return 0;
 }
 
-int cfs_read_file_at(char **out, size_t *len_out, int dirfd,
-		     const char *path, size_t max)
+int cfs_read_file_at(char **out, size_t *len_out, int dirfd, const char *path,
+		     size_t max)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	char tmp[8192];
@@ -430,8 +431,8 @@ out:
 	return rc;
 }
 
-int cfs_write_file_at(int dirfd, const char *path, const void *data,
-		      size_t len, mode_t mode, bool durable)
+int cfs_write_file_at(int dirfd, const char *path, const void *data, size_t len,
+		      mode_t mode, bool durable)
 {
 	char suffix[17];
 	char *tmp = NULL;
@@ -633,8 +634,8 @@ int cfs_rmtree_at(int dirfd, const char *path)
 		return 0;
 	if (errno == ENOENT)
 		return 0;
-	fd = openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-					 O_CLOEXEC);
+	fd = openat(dirfd, path,
+		    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : cfs_error_errno(errno, "%s", path);
 	fchmod(fd, 0700);
@@ -658,14 +659,56 @@ int cfs_mkdtemp(char **out, const char *base, const char *prefix)
 	if (!tmpl)
 		return CFS_ENOMEM;
 	if (!mkdtemp(tmpl)) {
-		int rc = cfs_error_errno(errno, "create temporary directory "
-					 "in %s", dir);
+		int rc = cfs_error_errno(errno,
+					 "create temporary directory "
+					 "in %s",
+					 dir);
 		free(tmpl);
 		return rc;
 	}
 	chmod(tmpl, 0700);
 	*out = tmpl;
 	return 0;
+}
+
+/*
+ * Removes "<prefix><pid>-XXXXXX" directories under base (as cfs_mkdtemp
+ * picks it) left by processes of this user that no longer exist: a run
+ * killed with SIGKILL cannot clean up, and these hold plaintext. A pid
+ * that is alive (or reused) keeps its directory.
+ */
+void cfs_sweep_stale_tmpdirs(const char *base, const char *prefix)
+{
+	size_t pl = strlen(prefix);
+	struct dirent *de;
+	DIR *d;
+
+	if (!base || !base[0])
+		base = getenv("TMPDIR");
+	if (!base || !base[0])
+		base = "/tmp";
+	d = opendir(base);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		struct stat st;
+		char *end;
+		long pid;
+
+		if (strncmp(de->d_name, prefix, pl) != 0)
+			continue;
+		errno = 0;
+		pid = strtol(de->d_name + pl, &end, 10);
+		if (errno || pid <= 0 || *end != '-' || pid == (long)getpid())
+			continue;
+		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
+		    !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+			continue;
+		cfs_rmtree_at(dirfd(d), de->d_name);
+	}
+	closedir(d);
 }
 
 const char *cfs_hostname(void)

@@ -86,6 +86,12 @@ int cfs_mkdir_p_at(int dirfd, const char *path, mode_t mode);
 int cfs_rmtree_at(int dirfd, const char *path);
 /* Private (0700) temporary directory under base (or $TMPDIR, /tmp). */
 int cfs_mkdtemp(char **out, const char *base, const char *prefix);
+/*
+ * Removes "<prefix><pid>-XXXXXX" directories under base (NULL: $TMPDIR or
+ * /tmp) owned by this user whose pid no longer exists: directories of
+ * runs killed with SIGKILL, which may hold plaintext.
+ */
+void cfs_sweep_stale_tmpdirs(const char *base, const char *prefix);
 
 /* A growable list of heap strings (directory entry names). */
 struct cfs_names {
