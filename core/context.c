@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <malloc.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <sodium.h>
 
 #include "core/bundle.h"
@@ -341,13 +343,17 @@ static int apply_scrypt(struct cfs_keys *keys, const struct cfs_scrypt_opts *o,
 /* pack -> encrypt -> file                                             */
 /* ------------------------------------------------------------------ */
 
-struct enc_sink {
-	struct cfs_cipher *cipher;
-	int fd;
-	uint64_t bytes;
-	uint64_t synced; /* writeback started up to here */
-	uint8_t *buf; /* CFS_CRYPTO_CHUNK */
-};
+/*
+ * The compressed stream is encrypted and written by a thread of its own:
+ * the packing thread (walk, read, tar, feed the zstd workers) was the
+ * commit's bottleneck while it also ran AES-GCM and write(2) (1 GiB tree:
+ * main thread busy 100% of the pack, zstd workers 35%). A ring of
+ * ENC_BUFS buffers bounds memory; the packer blocks when all are full.
+ */
+#define ENC_BUFS 4
+#define ENC_BUF_SIZE (1u << 20)
+#define ENC_DIRECT_ALIGN 4096u
+#define ENC_DIRECT_FLUSH (64u << 20)
 
 /*
  * The bundle is fsynced before the manifest names it. Starting writeback
@@ -356,32 +362,235 @@ struct enc_sink {
  */
 #define ENC_SINK_WRITEBACK (16u << 20)
 
+struct enc_sink {
+	struct cfs_cipher *cipher;
+	int fd;
+	uint64_t bytes; /* handed over by the packer */
+	uint8_t *bufs[ENC_BUFS];
+	size_t lens[ENC_BUFS];
+	size_t fill; /* bytes in the buffer the packer fills */
+	/* under mu */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned head;	/* the oldest full buffer (the writer's) */
+	unsigned nfull; /* full buffers, the writer's included */
+	bool done;	/* no more buffers will come */
+	int err;	/* the writer's failure, with its message: */
+	struct saved_error why;
+	/* the writer's own */
+	uint64_t written, synced; /* writeback started up to synced */
+	bool direct;		  /* fd has O_DIRECT */
+	pthread_t thread;
+	bool started;
+};
+
+/*
+ * Encrypts and writes one buffer in place (writer thread). Whole buffers
+ * go out with O_DIRECT where the filesystem takes it: the bundle is
+ * linked or uploaded, never read back soon, and copying it through the
+ * page cache cost the 1 GiB commit a second of CPU (write(2) of 600 MB:
+ * 1.04 s of system time buffered, 0.19 s direct). A short last buffer,
+ * or a filesystem that refuses, writes through the page cache.
+ */
+static int enc_write_one(struct enc_sink *s, uint8_t *buf, size_t len)
+{
+	int rc = cfs_cipher_update(s->cipher, buf, len, buf);
+
+	if (rc)
+		return rc;
+	if (s->direct && len % ENC_DIRECT_ALIGN == 0) {
+		ssize_t n = pwrite(s->fd, buf, len, (off_t)s->written);
+
+		if (n > 0 && (size_t)n == len) {
+			s->written += len;
+			if (s->written - s->synced >= ENC_DIRECT_FLUSH) {
+				/*
+				 * The device may still cache what O_DIRECT
+				 * wrote; flushing as we go leaves the final
+				 * fsync little to wait for (advisory here).
+				 */
+				(void)fdatasync(s->fd);
+				s->synced = s->written;
+			}
+			return 0;
+		}
+		if (n < 0 && errno != EINVAL && errno != EINTR)
+			return cfs_error_errno(errno, "writing the bundle");
+		/* refused or short: the rest goes through the cache */
+		if (n > 0) {
+			s->written += (size_t)n;
+			buf += n;
+			len -= (size_t)n;
+		}
+	}
+	if (s->direct) {
+		/* pwrite left the file offset alone */
+		(void)fcntl(s->fd, F_SETFL, fcntl(s->fd, F_GETFL) & ~O_DIRECT);
+		s->direct = false;
+		if (lseek(s->fd, (off_t)s->written, SEEK_SET) < 0)
+			return cfs_error_errno(errno, "seeking in the bundle");
+	}
+	rc = cfs_write_all(s->fd, buf, len);
+	if (rc)
+		return rc;
+	s->written += len;
+	if (s->written - s->synced >= ENC_SINK_WRITEBACK) {
+		/* advisory: errors surface at the final fsync */
+		(void)sync_file_range(s->fd, (off_t)s->synced,
+				      (off_t)(s->written - s->synced),
+				      SYNC_FILE_RANGE_WRITE);
+		s->synced = s->written;
+	}
+	return 0;
+}
+
+static void *enc_writer(void *arg)
+{
+	struct enc_sink *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		unsigned i;
+		int rc;
+
+		while (s->nfull == 0 && !s->done)
+			pthread_cond_wait(&s->cv, &s->mu);
+		if (s->nfull == 0 || s->err)
+			break;
+		i = s->head;
+		pthread_mutex_unlock(&s->mu);
+		rc = enc_write_one(s, s->bufs[i], s->lens[i]);
+		pthread_mutex_lock(&s->mu);
+		if (rc) {
+			s->err = rc;
+			error_save(&s->why, rc);
+			pthread_cond_broadcast(&s->cv);
+			break;
+		}
+		s->head = (s->head + 1) % ENC_BUFS;
+		s->nfull--;
+		pthread_cond_broadcast(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static int enc_sink_init(struct enc_sink *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->fd = -1;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	for (unsigned i = 0; i < ENC_BUFS; i++) {
+		void *p = NULL;
+
+		if (posix_memalign(&p, ENC_DIRECT_ALIGN, ENC_BUF_SIZE))
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		s->bufs[i] = p;
+	}
+	return 0;
+}
+
+static int enc_sink_start(struct enc_sink *s)
+{
+	int fl = fcntl(s->fd, F_GETFL), e;
+
+	s->direct = fl >= 0 && fcntl(s->fd, F_SETFL, fl | O_DIRECT) == 0;
+	e = pthread_create(&s->thread, NULL, enc_writer, s);
+
+	if (e)
+		return cfs_error_errno(e, "cannot start the bundle writer");
+	s->started = true;
+	return 0;
+}
+
+/* Hands the filled buffer to the writer; waits for a free one. */
+static int enc_sink_handoff(struct enc_sink *s)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (!s->err) {
+		s->lens[(s->head + s->nfull) % ENC_BUFS] = s->fill;
+		s->nfull++;
+		pthread_cond_broadcast(&s->cv);
+		while (s->nfull == ENC_BUFS && !s->err)
+			pthread_cond_wait(&s->cv, &s->mu);
+	}
+	rc = s->err;
+	pthread_mutex_unlock(&s->mu);
+	s->fill = 0;
+	return rc ? error_restore(&s->why) : 0;
+}
+
 static int enc_sink_write(const void *data, size_t len, void *payload)
 {
 	struct enc_sink *s = payload;
 	const uint8_t *p = data;
 
 	while (len > 0) {
-		size_t n = len < CFS_CRYPTO_CHUNK ? len : CFS_CRYPTO_CHUNK;
-		int rc = cfs_cipher_update(s->cipher, p, n, s->buf);
+		/* the free buffer the packer fills next */
+		uint8_t *buf;
+		size_t n;
 
-		if (rc)
-			return rc;
-		rc = cfs_write_all(s->fd, s->buf, n);
-		if (rc)
-			return rc;
+		pthread_mutex_lock(&s->mu);
+		buf = s->bufs[(s->head + s->nfull) % ENC_BUFS];
+		pthread_mutex_unlock(&s->mu);
+		n = ENC_BUF_SIZE - s->fill;
+		if (n > len)
+			n = len;
+		memcpy(buf + s->fill, p, n);
+		s->fill += n;
 		s->bytes += n;
 		p += n;
 		len -= n;
-		if (s->bytes - s->synced >= ENC_SINK_WRITEBACK) {
-			/* advisory: errors surface at the final fsync */
-			(void)sync_file_range(s->fd, (off_t)s->synced,
-					      (off_t)(s->bytes - s->synced),
-					      SYNC_FILE_RANGE_WRITE);
-			s->synced = s->bytes;
+		if (s->fill == ENC_BUF_SIZE) {
+			int rc = enc_sink_handoff(s);
+
+			if (rc)
+				return rc;
 		}
 	}
 	return 0;
+}
+
+/*
+ * Ends the stream: with ok, the last partial buffer is written and the
+ * writer's failure, if any, returned; without, the writer just stops.
+ */
+static int enc_sink_finish(struct enc_sink *s, bool ok)
+{
+	int rc = 0;
+
+	if (!s->started)
+		return 0;
+	if (ok && s->fill > 0)
+		rc = enc_sink_handoff(s);
+	pthread_mutex_lock(&s->mu);
+	s->done = true;
+	if (!ok && !s->err)
+		s->err = CFS_ECANCELED;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_join(s->thread, NULL);
+	s->started = false;
+	if (ok && !rc && s->err)
+		rc = error_restore(&s->why);
+	return rc;
+}
+
+static void enc_sink_free(struct enc_sink *s)
+{
+	enc_sink_finish(s, false);
+	for (unsigned i = 0; i < ENC_BUFS; i++) {
+		if (s->bufs[i]) {
+			/* compressed plaintext passed through it */
+			sodium_memzero(s->bufs[i], ENC_BUF_SIZE);
+			free(s->bufs[i]);
+		}
+	}
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
 }
 
 /*
@@ -395,16 +604,16 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 			const struct cfs_policy *policy,
 			const struct cfs_bundle_member *extra, size_t nextra)
 {
-	struct enc_sink s = {NULL, -1, 0, 0, NULL};
+	struct enc_sink s;
 	struct cfs_encmeta meta;
 	int rc;
 
 	*fd_out = -1;
 	*enc_out = NULL;
 	*size_out = 0;
-	s.buf = cfs_malloc(CFS_CRYPTO_CHUNK);
-	if (!s.buf)
-		return CFS_ENOMEM;
+	rc = enc_sink_init(&s);
+	if (rc)
+		goto out;
 	rc = tmpdir_file(&s.fd, t, "bundle.enc");
 	if (rc)
 		goto out;
@@ -412,8 +621,17 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 	rc = cfs_cipher_encrypt_new(&s.cipher, keys, &meta);
 	if (rc)
 		goto out;
+	rc = enc_sink_start(&s);
+	if (rc)
+		goto out;
 	rc = cfs_bundle_pack(rootfd, policy, extra, nextra, enc_sink_write, &s,
 			     NULL);
+	{
+		int rc2 = enc_sink_finish(&s, rc == 0);
+
+		if (!rc)
+			rc = rc2;
+	}
 	if (rc)
 		goto out;
 	if (s.bytes == 0) {
@@ -439,9 +657,9 @@ out:
 		cJSON_Delete(*enc_out);
 		*enc_out = NULL;
 	}
+	enc_sink_free(&s);
 	cfs_cipher_free(s.cipher);
 	close_fd(&s.fd);
-	free(s.buf);
 	return rc;
 }
 

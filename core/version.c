@@ -843,8 +843,38 @@ char *cfs_version_record_print(const cJSON *record)
 					      CFS_JSON_ASCII);
 }
 
-/* Writes s to fd, each line after a newline prefixed with four spaces. */
-static int write_indented(int fd, const char *s, size_t *total)
+/*
+ * A record can list a million files: its lines go out through one 64 KiB
+ * buffer, not a write(2) each (20,000 files: 160,000 calls -> 60).
+ */
+struct recw {
+	int fd;
+	size_t total;
+	struct cfs_buf b;
+};
+
+#define RECW_FLUSH (64u << 10)
+
+static int recw_flush(struct recw *w)
+{
+	int rc = 0;
+
+	if (w->b.len)
+		rc = cfs_write_all(w->fd, w->b.ptr, w->b.len);
+	w->b.len = 0;
+	return rc;
+}
+
+static int recw_put(struct recw *w, const char *p, size_t n)
+{
+	if (cfs_buf_put(&w->b, p, n))
+		return CFS_ENOMEM;
+	w->total += n;
+	return w->b.len >= RECW_FLUSH ? recw_flush(w) : 0;
+}
+
+/* Puts s, each line after a newline prefixed with four spaces. */
+static int recw_put_indented(struct recw *w, const char *s)
 {
 	const char *p = s;
 	int rc;
@@ -853,16 +883,14 @@ static int write_indented(int fd, const char *s, size_t *total)
 		const char *nl = strchr(p, '\n');
 		size_t n = nl ? (size_t)(nl - p + 1) : strlen(p);
 
-		rc = cfs_write_all(fd, p, n);
+		rc = recw_put(w, p, n);
 		if (rc)
 			return rc;
-		*total += n;
 		p += n;
 		if (nl && *p) {
-			rc = cfs_write_all(fd, "    ", 4);
+			rc = recw_put(w, "    ", 4);
 			if (rc)
 				return rc;
-			*total += 4;
 		}
 	}
 	return 0;
@@ -873,7 +901,7 @@ int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
 {
 	static const char marker[] = "\"files\": []";
 	char *all = cfs_version_record_print(record), *at;
-	size_t total = 0, head;
+	struct recw w = {fd, 0, CFS_BUF_INIT};
 	int rc = 0;
 
 	if (!all)
@@ -885,16 +913,12 @@ int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
 						       "empty files member");
 			goto out;
 		}
-		rc = cfs_write_all(fd, all, strlen(all));
-		total = strlen(all);
+		rc = recw_put(&w, all, strlen(all));
 		goto out;
 	}
-	head = (size_t)(at - all) + sizeof(marker) - 2; /* up to "[" */
-	rc = cfs_write_all(fd, all, head);
-	if (rc)
-		goto out;
-	total += head;
-	for (size_t i = 0; i < nfiles; i++) {
+	/* up to and including "[" */
+	rc = recw_put(&w, all, (size_t)(at - all) + sizeof(marker) - 2);
+	for (size_t i = 0; i < nfiles && !rc; i++) {
 		cJSON *arr = cfs_version_files_to_json(&files[i], 1);
 		char *one;
 
@@ -910,24 +934,22 @@ int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
 			rc = CFS_ENOMEM;
 			goto out;
 		}
-		rc = cfs_write_all(fd, i ? ",\n    " : "\n    ", i ? 6 : 5);
-		total += i ? 6 : 5;
+		rc = recw_put(&w, i ? ",\n    " : "\n    ", i ? 6 : 5);
 		if (!rc)
-			rc = write_indented(fd, one, &total);
+			rc = recw_put_indented(&w, one);
 		free(one);
-		if (rc)
-			goto out;
 	}
-	rc = cfs_write_all(fd, "\n  ]", 4);
-	if (rc)
-		goto out;
-	total += 4;
+	if (!rc)
+		rc = recw_put(&w, "\n  ]", 4);
 	at += sizeof(marker) - 1; /* after "]" */
-	rc = cfs_write_all(fd, at, strlen(at));
-	total += strlen(at);
+	if (!rc)
+		rc = recw_put(&w, at, strlen(at));
 out:
+	if (!rc)
+		rc = recw_flush(&w);
+	cfs_buf_free(&w.b);
 	free(all);
 	if (!rc && len_out)
-		*len_out = total;
+		*len_out = w.total;
 	return rc;
 }

@@ -16,7 +16,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <regex.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -758,6 +760,61 @@ struct takeover {
 	struct cfs_store *st;
 	int calls;
 };
+
+/*
+ * A bundle of several MiB of incompressible data: the bundle writer's
+ * whole buffers (O_DIRECT where the filesystem takes it), its short last
+ * buffer and the switch between them must give the same bytes back.
+ */
+static void test_large_bundle(struct cfs_store *st)
+{
+	static const size_t sizes[] = {(5u << 20) + 1, (1u << 20) + 4095,
+				       3u << 20};
+	struct cfs_commit_result res;
+	char *d_src, *d_exp;
+	int rc, src, exp;
+
+	rc = cfs_context_create(NULL, st, raw_keys, "big-one", NULL);
+	TAP_EQ_INT(rc, 0, "create big-one");
+	src = export_to(st, raw_keys, "big-one", &rc);
+	if (src < 0)
+		return;
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		char name[64];
+		uint8_t *data = malloc(sizes[i]);
+		int fd;
+
+		randombytes_buf(data, sizes[i]);
+		snprintf(name, sizeof(name), "workspace/random-%zu.bin", i);
+		fd = openat(src, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		tap_ok(fd >= 0 && write(fd, data, sizes[i]) ==
+					  (ssize_t)sizes[i],
+		       "write %s", name);
+		if (fd >= 0)
+			close(fd);
+		free(data);
+	}
+	rc = commit_dir(&res, st, raw_keys, "big-one", src, "big", 0);
+	TAP_EQ_INT(rc, 0, "commit of 9 MiB of random data");
+	if (rc)
+		tap_diag("%s", cfs_error_last());
+	tap_ok(res.size_bytes > (9u << 20), "bundle of %" PRIu64 " bytes",
+	       res.size_bytes);
+	cfs_commit_result_clear(&res);
+	exp = export_to(st, raw_keys, "big-one", &rc);
+	TAP_EQ_INT(rc, 0, "export of the large bundle authenticates");
+	if (rc)
+		tap_diag("%s", cfs_error_last());
+	if (exp >= 0) {
+		d_src = digest(src);
+		d_exp = digest(exp);
+		TAP_EQ_STR(d_exp, d_src, "large files come back byte for byte");
+		free(d_src);
+		free(d_exp);
+		close(exp);
+	}
+	close(src);
+}
 
 static void take_lock(uint64_t done, uint64_t total, void *payload)
 {
@@ -1501,6 +1558,7 @@ static void engine_suite(enum bk kind)
 		tap_diag("%s: %s", b.name, cfs_store_describe(b.st));
 		test_create(b.st, b.name);
 		test_save_and_retention(b.st);
+		test_large_bundle(b.st);
 		test_verify_and_gc(b.st);
 		be_close(&b);
 	}
