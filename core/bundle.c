@@ -819,7 +819,7 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 		goto out;
 	}
 	if (archive_write_set_format_pax(p.a) != ARCHIVE_OK ||
-	    archive_write_set_bytes_per_block(p.a, 10240) != ARCHIVE_OK ||
+	    archive_write_set_bytes_per_block(p.a, 65536) != ARCHIVE_OK ||
 	    archive_write_set_bytes_in_last_block(p.a, 10240) != ARCHIVE_OK) {
 		rc = pk_archive_error(&p, "configuring tar writer");
 		goto out;
