@@ -253,6 +253,24 @@ int cfs_mount_request(cJSON **reply, const char *mountpoint, const cJSON *req)
 		return cfs_error_errno(errno, "cannot reach the daemon of %s",
 				       mountpoint);
 	path[k] = '\0';
+	{
+		/*
+		 * A commit covers what was written before it was asked for:
+		 * a writeback_cache mount's kernel may still hold some of it,
+		 * so hand those pages to the daemon first (cheap otherwise).
+		 */
+		const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+
+		if (cJSON_IsString(op) && strcmp(op->valuestring, "commit") == 0) {
+			int mfd = open(mountpoint,
+				       O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+			if (mfd >= 0) {
+				(void)syncfs(mfd);
+				close(mfd);
+			}
+		}
+	}
 	rc = sun_for(&sa, path, &dfd);
 	if (rc)
 		return rc;

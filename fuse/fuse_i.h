@@ -30,6 +30,7 @@
 #include <sys/types.h>
 
 #include "core/ids.h"
+#include "fuse/initshim.h"
 #include "fuse/mount.h"
 
 struct cfs_handle;
@@ -68,6 +69,8 @@ struct cfs_waiter {
 };
 
 struct cfs_fs {
+	/* the INIT exchange's record (fuse/initshim.h) */
+	struct cfs_initshim initshim;
 	/* immutable after start */
 	struct cfs_ref ref;
 	char *refstr;
@@ -87,6 +90,8 @@ struct cfs_fs {
 	double timeout;
 	bool ro;
 	bool fsync_local;
+	bool wb_wanted; /* -o writeback_cache */
+	bool writeback; /* ... and the kernel agreed (set by op_init) */
 	bool debug;
 	unsigned commit_interval_s;
 	unsigned checkpoint_interval_s;

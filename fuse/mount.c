@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@
 #include "core/log.h"
 #include "core/manifest.h"
 #include "core/util.h"
+#include "fuse/initshim.h"
 
 extern char **environ;
 
@@ -104,6 +106,10 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 			o->allow_other = true;
 		} else if (!v && strcmp(tok, "debug") == 0) {
 			o->debug = true;
+		} else if (!v && strcmp(tok, "writeback_cache") == 0) {
+			o->writeback_cache = true;
+		} else if (!v && strcmp(tok, "no_writeback_cache") == 0) {
+			o->writeback_cache = false;
 		} else if (!v && (strcmp(tok, "default_permissions") == 0 ||
 				  strcmp(tok, "dev") == 0 ||
 				  strcmp(tok, "suid") == 0 ||
@@ -156,7 +162,8 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 				"lock_ttl=S, attr_timeout=S, "
 				"commit_interval=S, "
 				"checkpoint_interval=S, author=A, "
-				"log_file=F, allow_other, debug)",
+				"log_file=F, allow_other, "
+				"[no_]writeback_cache, debug)",
 				tok);
 		}
 	}
@@ -439,6 +446,98 @@ out:
 
 /* ---- readiness pipe ----------------------------------------------------- */
 
+/* libfuse hands custom io the session's userdata: our cfs_fs */
+static ssize_t shim_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct cfs_fs *fs = userdata;
+
+	return cfs_initshim_read(&fs->initshim, fd, buf, len);
+}
+
+static ssize_t shim_writev(int fd, struct iovec *iov, int count,
+			   void *userdata)
+{
+	struct cfs_fs *fs = userdata;
+
+	return cfs_initshim_writev(&fs->initshim, fd, iov, count);
+}
+
+/*
+ * -o writeback_cache: SIGTERM, SIGINT and SIGHUP must not end the loop
+ * while the kernel still holds pages that write(2) accepted; ending it
+ * first would leave the kernel nobody to write them back to. The signal
+ * only wakes this thread, which syncfs()es the mount (the loop keeps
+ * serving the WRITEs that causes), then stops the loop and wakes one of
+ * its workers with a lookup nobody has cached.
+ */
+static int term_pipe[2] = {-1, -1};
+
+static void term_signal(int sig)
+{
+	char c = (char)sig;
+	int e = errno;
+
+	(void)!write(term_pipe[1], &c, 1);
+	errno = e;
+}
+
+static void *term_thread(void *arg)
+{
+	struct cfs_fs *fs = arg;
+	char c, name[PATH_MAX];
+	struct stat sb;
+	ssize_t n;
+	int fd;
+
+	while ((n = read(term_pipe[0], &c, 1)) < 0 && errno == EINTR)
+		;
+	if (n != 1)
+		return NULL; /* closed: the loop ended some other way */
+	cfs_info("%s: signal %d: writing back cached pages, then unmounting",
+		 fs->mountpoint, (int)c);
+	fd = open(fs->mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || syncfs(fd) < 0)
+		cfs_warn("%s: writing back before the final commit failed: %s",
+			 fs->mountpoint, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	fuse_session_exit(fs->se);
+	snprintf(name, sizeof(name), "%s/.contextfs-stop-%d", fs->mountpoint,
+		 (int)getpid());
+	(void)lstat(name, &sb);
+	return NULL;
+}
+
+static int term_start(struct cfs_fs *fs, pthread_t *th)
+{
+	struct sigaction sa;
+	int e;
+
+	if (pipe2(term_pipe, O_CLOEXEC) < 0)
+		return cfs_error_errno(errno, "pipe");
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = term_signal;
+	sigemptyset(&sa.sa_mask);
+	e = pthread_create(th, NULL, term_thread, fs);
+	if (e)
+		return cfs_error_errno(e, "cannot start the signal thread");
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	return 0;
+}
+
+static void term_stop(pthread_t th)
+{
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	close(term_pipe[1]);
+	pthread_join(th, NULL);
+	close(term_pipe[0]);
+	term_pipe[0] = term_pipe[1] = -1;
+}
+
 static void ready_send(int fd, int rc, const char *msg)
 {
 	char buf[4096];
@@ -522,6 +621,8 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	char *cache = NULL, *fuse_o = NULL, *dead_owner = NULL;
 	char real[PATH_MAX];
 	bool locked = false, mounted = false, handlers = false, recovered;
+	bool term = false;
+	pthread_t term_th;
 	int lockfd = -1, rc = 0, final_rc = 0;
 
 	if (!fs) {
@@ -535,6 +636,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	fs->uid = geteuid();
 	fs->timeout = o->attr_timeout;
 	fs->fsync_local = o->fsync_local;
+	fs->wb_wanted = o->writeback_cache && !o->read_only;
 	fs->debug = o->debug;
 	fs->commit_interval_s = o->commit_interval_s;
 	fs->checkpoint_interval_s = o->checkpoint_interval_s;
@@ -687,6 +789,12 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		goto out;
 	}
 	handlers = true;
+	if (fs->wb_wanted) {
+		rc = term_start(fs, &term_th);
+		if (rc)
+			goto out;
+		term = true;
+	}
 	if (fuse_session_mount(fs->se, fs->mountpoint) != 0) {
 		rc = cfs_error_set(CFS_EIO,
 				   "cannot mount on %s (is /dev/fuse "
@@ -695,6 +803,19 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		goto out;
 	}
 	mounted = true;
+	{
+		/* see fuse/initshim.h: no GETXATTR round trip per write */
+		static const struct fuse_custom_io io = {
+			.read = shim_read,
+			.writev = shim_writev,
+		};
+		int sfd = fuse_session_fd(fs->se);
+
+		if (sfd < 0 || fuse_session_custom_io(fs->se, &io, sfd) != 0)
+			cfs_warn("%s: cannot hook the FUSE INIT exchange; "
+				 "writes will ask for security.capability",
+				 fs->mountpoint);
+	}
 	rc = cfs_control_start(fs);
 	if (rc == 0)
 		rc = cfs_heartbeat_start(fs);
@@ -727,6 +848,8 @@ out:
 		fuse_session_unmount(fs->se);
 		mounted = false;
 	}
+	if (term)
+		term_stop(term_th);
 	if (handlers)
 		fuse_remove_signal_handlers(fs->se);
 	if (fs && fs->se)

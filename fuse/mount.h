@@ -35,6 +35,8 @@ struct cfs_mount_opts {
 	bool read_only; /* ro: no lock, EROFS to writers */
 	bool fsync_local; /* fsync=local: fsync only reaches the staging disk */
 	bool allow_other; /* allow_other (passed to the kernel) */
+	/* writeback_cache: the kernel buffers writes; see docs/SEMANTICS.md */
+	bool writeback_cache;
 	int64_t lock_ttl_ms; /* lock_ttl=SECONDS; <= 0 = lock default */
 	double attr_timeout; /* attr_timeout=SECONDS (default 1.0) */
 	unsigned commit_interval_s; /* commit_interval=SECONDS; 0 = off */

@@ -413,6 +413,35 @@ static int check_create(struct cfs_fs *fs, struct cfs_node *parent,
 }
 
 /* Starts a mutation: EROFS when read-only or the lock is lost. */
+/*
+ * The backing open flags. With the writeback cache the kernel may read a
+ * file opened write-only (to fill partly written pages) and sends explicit
+ * offsets for O_APPEND writes itself.
+ */
+static int backing_flags(const struct cfs_fs *fs, int flags)
+{
+	if (!fs->writeback)
+		return flags;
+	if ((flags & O_ACCMODE) == O_WRONLY)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
+	return flags & ~O_APPEND;
+}
+
+/*
+ * A WRITE the kernel sends from its page cache (writeback) was accepted by
+ * write(2) long ago: after a lost lock it still goes into the staging tree
+ * (kept for `contextfs recover`) instead of being dropped with EROFS.
+ */
+static int wr_begin_write(struct cfs_fs *fs, const struct fuse_file_info *fi)
+{
+	if (fs->ro)
+		return -EROFS;
+	if (atomic_load(&fs->lock_lost) && !fi->writepage)
+		return -EROFS;
+	pthread_rwlock_rdlock(&fs->freeze);
+	return 0;
+}
+
 static int wr_begin(struct cfs_fs *fs)
 {
 	if (fs->ro)
@@ -505,6 +534,54 @@ out:
 	return rc;
 }
 
+/* Whether the caller is in group gid (as the kernel's in_group_p). */
+static bool in_group(fuse_req_t req, const struct fuse_ctx *ctx, gid_t gid)
+{
+	gid_t list[64];
+	int n;
+
+	if (ctx->gid == gid)
+		return true;
+	n = fuse_req_getgroups(req, 64, list);
+	for (int i = 0; i < n && i < 64; i++)
+		if (list[i] == gid)
+			return true;
+	return false;
+}
+
+/*
+ * Clears setuid, and setgid where group-execute makes it one or the
+ * caller is not in the file's group (as Linux does since 6.x), after a
+ * write or truncate by a caller without CAP_FSETID, as a local filesystem
+ * does. The kernel leaves this to us (FUSE_HANDLE_KILLPRIV[_V2]: see
+ * fuse/initshim.h), and the daemon's own write would not do it: it runs as
+ * root. libfuse 3.14 does not pass the kernel's per-request kill flag, so
+ * "without CAP_FSETID" is approximated as "not uid 0".
+ */
+static bool kill_suidgid(fuse_req_t req, int fd)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+	mode_t kill = 0;
+
+	if (!ctx || ctx->uid == 0 || fd < 0 || fstat(fd, &st) < 0 ||
+	    !S_ISREG(st.st_mode))
+		return false;
+	if (st.st_mode & S_ISUID)
+		kill |= S_ISUID;
+	if ((st.st_mode & S_ISGID) &&
+	    ((st.st_mode & S_IXGRP) || !in_group(req, ctx, st.st_gid)))
+		kill |= S_ISGID;
+	if (!kill)
+		return false;
+	if (fchmod(fd, st.st_mode & 07777 & ~kill) < 0) {
+		cfs_warn("cannot clear setuid/setgid after a write: %s",
+			 strerror(errno));
+		return false;
+	}
+	return true;
+}
+
 /* ---- operations --------------------------------------------------------- */
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -524,7 +601,18 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* The staging tree changes only through us: keep caches. */
 	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
 		conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	/*
+	 * Write-through by default: every write(2) is in the staging tree
+	 * when it returns, so a commit, a SIGKILL or a lost lock never meets
+	 * data the kernel still holds. -o writeback_cache trades that for
+	 * speed (docs/SEMANTICS.md).
+	 */
+	if (fs->wb_wanted && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+		fs->writeback = true;
+	} else {
+		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	}
 	if (conn->max_write < (1u << 20))
 		conn->max_write = conn->max_write; /* keep the kernel's */
 	cfs_info("%s: serving %s (%s)", fs->mountpoint, fs->refstr,
@@ -937,12 +1025,16 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		if (h) {
 			rc = ftruncate(h->fd, attr->st_size) ? -errno : 0;
+			if (!rc)
+				kill_suidgid(req, h->fd);
 		} else {
 			int fd = loc_open(fs, &l, O_WRONLY);
 			if (fd < 0) {
 				rc = fd;
 			} else {
 				rc = ftruncate(fd, attr->st_size) ? -errno : 0;
+				if (!rc)
+					kill_suidgid(req, fd);
 				close(fd);
 			}
 		}
@@ -1367,7 +1459,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	rc = child_resolve(fs, p, name, path);
 	if (rc == 0) {
 		fd = openat(fs->root_fd, path,
-			    (fi->flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC) &
+			    (backing_flags(fs, fi->flags) | O_CREAT |
+			     O_NOFOLLOW | O_CLOEXEC) &
 				    ~O_DIRECT,
 			    mode);
 		rc = fd < 0 ? -errno : 0;
@@ -1378,7 +1471,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	pthread_rwlock_unlock(&fs->ns);
 	if (rc == 0) {
-		rc = handle_new(fs, node_of(fs, e.ino), fd, fi->flags, fi);
+		rc = handle_new(fs, node_of(fs, e.ino), fd,
+				backing_flags(fs, fi->flags), fi);
 		if (rc)
 			forget_one(fs, e.ino, 1);
 		else
@@ -1415,15 +1509,16 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = node_resolve(fs, n, &l);
 		if (rc == 0) {
 			fd = loc_open(fs, &l,
-				      fi->flags & ~(O_CREAT | O_EXCL |
-						    O_NOCTTY | O_DIRECT));
+				      backing_flags(fs, fi->flags) &
+					      ~(O_CREAT | O_EXCL | O_NOCTTY |
+						O_DIRECT));
 			rc = fd < 0 ? fd : 0;
 		}
 		loc_done(&l);
 		pthread_rwlock_unlock(&fs->ns);
 	}
 	if (rc == 0) {
-		rc = handle_new(fs, n, fd, fi->flags, fi);
+		rc = handle_new(fs, n, fd, backing_flags(fs, fi->flags), fi);
 		if (rc)
 			close(fd);
 	}
@@ -1459,8 +1554,9 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 	struct cfs_handle *h = (struct cfs_handle *)(uintptr_t)fi->fh;
 	struct cfs_node *n = h->node;
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in_buf));
+	bool killed;
 	ssize_t k;
-	int rc = wr_begin(fs);
+	int rc = wr_begin_write(fs, fi);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
@@ -1477,7 +1573,12 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
 	k = fuse_buf_copy(&out, in_buf, 0);
+	killed = k > 0 && kill_suidgid(req, h->fd);
 	pthread_rwlock_unlock(&n->rw);
+	/* the kernel's cached mode still has the bits (attributes only:
+	 * no page or inode lock is taken, so this is safe in a handler) */
+	if (killed)
+		(void)fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 	wr_end(fs, k < 0 ? (int)k : 0);
 	if (k < 0)
 		fuse_reply_err(req, (int)-k);
@@ -1554,7 +1655,17 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
 	struct cfs_handle *h = (struct cfs_handle *)(uintptr_t)fi->fh;
-	off_t r = lseek(h->fd, off, whence);
+	off_t r;
+
+	if (fs_of(req)->writeback) {
+		/*
+		 * The backing file lags the kernel's pages: let the kernel
+		 * answer from its own size (ENOSYS makes that permanent).
+		 */
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	r = lseek(h->fd, off, whence);
 	if (r < 0)
 		fuse_reply_err(req, errno);
 	else

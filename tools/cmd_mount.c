@@ -93,7 +93,7 @@ const struct cli_command cli_cmd_mount = {
 		"commit_interval=SECONDS,\n"
 		"                  checkpoint_interval=SECONDS, author=NAME, "
 		"log_file=FILE,\n"
-		"                  allow_other, debug\n"
+		"                  allow_other, writeback_cache, debug\n"
 		"  -f, --foreground  stay in the foreground (log to stderr)\n"
 		"  --log-file FILE   daemon log (default: syslog)\n"
 		"  -d, --debug       log every request\n"

@@ -107,6 +107,48 @@ def test_commit_and_status_on_mountpoint(env):
     assert env.json("status", "ctx")[1]["generation"] == 3
 
 
+# Holds a file open and writes each line it reads from stdin into it (no
+# fsync, no close): the pages stay in the kernel under -o writeback_cache.
+# A separate process, because a file the test itself holds open would be
+# flushed by every fork+exec of the CLI (the child's copy closes at exec).
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+for line in sys.stdin:
+    os.write(fd, line.encode())
+    print("ok", flush=True)
+"""
+
+
+def test_writeback_cache_commit_and_sigterm_keep_unflushed_writes(env):
+    """-o writeback_cache: the kernel holds written pages; `contextfs commit`
+    and SIGTERM must still land what write(2) accepted on a file that stays
+    open (never fsynced, never closed)."""
+    mp = env.mount("ctx", opts="writeback_cache")
+    w = subprocess.Popen(["/usr/bin/python3", "-c", WRITER, os.path.join(mp, "workspace/open.log")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        w.stdin.write("first line, still open\n")
+        w.stdin.flush()
+        assert w.stdout.readline() == "ok\n"
+        rc, doc = env.json("commit", mp, "-m", "while open")
+        assert rc == 0 and doc["generation"] == 2
+        assert ref_files(env)["workspace/open.log"]["sha256"] == sha(b"first line, still open\n")
+        w.stdin.write("second line, then SIGTERM\n")
+        w.stdin.flush()
+        assert w.stdout.readline() == "ok\n"
+        pid = env.status(mp)["pid"]
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+    finally:
+        w.kill()
+        w.wait()
+    assert not is_mounted(mp)
+    assert ref_files(env)["workspace/open.log"]["sha256"] == sha(
+        b"first line, still open\nsecond line, then SIGTERM\n")
+    assert env.json("status", "ctx")[1]["generation"] == 3
+
+
 def test_status_of_read_only_mount_and_commit_refused(env):
     ro = env.mount("ctx", name="ro", opts="ro")
     rc, st = env.json("status", ro)
