@@ -7,6 +7,7 @@
 #define CFS_ADAPTERS_ADAPTERS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "core/runtime.h"
 
@@ -34,6 +35,15 @@ struct cfs_local_opts {
 int cfs_local_runtime_new(struct cfs_runtime **out,
 			  const struct cfs_local_opts *opts);
 
+/*
+ * Reopens the sandbox root a cfs_local_runtime_new() of an earlier process
+ * created and kept (not disposed): contextfs-push --keep. The root must be
+ * a private directory of this user; it runs in the mode it was made in
+ * (opts->mode only refuses a mismatch). dispose() removes it.
+ */
+int cfs_local_runtime_open(struct cfs_runtime **out,
+			   const struct cfs_local_opts *opts, const char *root);
+
 /* The local provisioner: a fresh sandbox per create, removed by destroy. */
 int cfs_local_provisioner_new(struct cfs_provisioner **out,
 			      const struct cfs_local_opts *opts);
@@ -58,6 +68,42 @@ struct cfs_ssh_opts {
  */
 int cfs_ssh_runtime_new(struct cfs_runtime **out,
 			const struct cfs_ssh_opts *opts);
+
+struct cfs_e2b_opts {
+	const char *template_id; /* NULL = "base" */
+	int64_t lifetime_ms; /* sandbox lifetime; 0 = 30 min */
+};
+
+/*
+ * An E2B sandbox (adapters/e2b.c), created now and killed by dispose.
+ * Reads E2B_API_KEY (required; CFS_EKEY when unset), E2B_DOMAIN,
+ * E2B_API_URL and E2B_SANDBOX_URL (endpoint overrides). A rejected key is
+ * CFS_EAUTH. opts may be NULL.
+ */
+int cfs_e2b_runtime_new(struct cfs_runtime **out,
+			const struct cfs_e2b_opts *opts,
+			const char *context_id);
+/* A fresh sandbox per create, killed by destroy; opts is borrowed. */
+int cfs_e2b_provisioner_new(struct cfs_provisioner **out,
+			    const struct cfs_e2b_opts *opts);
+
+struct cfs_vercel_opts {
+	const char *runtime; /* image: NULL = "python3.13" */
+	int64_t lifetime_ms; /* session lifetime; 0 = 45 min */
+};
+
+/*
+ * A Vercel Sandbox session (adapters/vercel.c), created now and stopped
+ * by dispose. Reads VERCEL_TOKEN, VERCEL_TEAM_ID, VERCEL_PROJECT_ID (all
+ * three, or VERCEL_OIDC_TOKEN alone) and VERCEL_SANDBOX_API_URL (endpoint
+ * override). opts may be NULL.
+ */
+int cfs_vercel_runtime_new(struct cfs_runtime **out,
+			   const struct cfs_vercel_opts *opts,
+			   const char *context_id);
+/* A fresh sandbox per create, stopped by destroy; opts is borrowed. */
+int cfs_vercel_provisioner_new(struct cfs_provisioner **out,
+			       const struct cfs_vercel_opts *opts);
 
 /* True when bubblewrap is installed and can create a sandbox here. */
 bool cfs_local_bwrap_usable(void);

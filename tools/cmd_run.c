@@ -100,11 +100,26 @@ static int open_ssh(struct cli *cli, struct cfs_runtime **rt_out)
 	return cfs_ssh_runtime_new(rt_out, &so);
 }
 
+static int local_provisioner(struct cfs_provisioner **prov, const char *sandbox)
+{
+	struct cfs_local_opts lo = {0};
+
+	if (!sandbox || strcmp(sandbox, "auto") == 0)
+		lo.mode = CFS_LOCAL_AUTO;
+	else if (strcmp(sandbox, "bwrap") == 0)
+		lo.mode = CFS_LOCAL_BWRAP;
+	else if (strcmp(sandbox, "plain") == 0)
+		lo.mode = CFS_LOCAL_PLAIN;
+	else
+		return cfs_error_set(CFS_EINVAL,
+				     "--sandbox must be auto, bwrap or plain");
+	return cfs_local_provisioner_new(prov, &lo);
+}
+
 int cli_runtime_open(struct cli *cli, const char *context_id,
 		     struct cfs_provisioner **prov_out,
 		     struct cfs_runtime **rt_out)
 {
-	struct cfs_local_opts lo = {0};
 	struct cfs_provisioner *prov = NULL;
 	const char *name = cli_opt(cli, RT_OPT_RUNTIME);
 	const char *sandbox = cli_opt(cli, RT_OPT_SANDBOX);
@@ -121,21 +136,25 @@ int cli_runtime_open(struct cli *cli, const char *context_id,
 				     "file");
 	if (strcmp(name, "ssh") == 0)
 		return open_ssh(cli, rt_out);
-	if (strcmp(name, "local") != 0)
+	if (strcmp(name, "e2b") == 0) {
+		/* the provisioner borrows its options: static storage */
+		static struct cfs_e2b_opts eo;
+
+		eo.template_id = cli_opt(cli, RT_OPT_E2B_TEMPLATE);
+		rc = cfs_e2b_provisioner_new(&prov, &eo);
+	} else if (strcmp(name, "vercel") == 0) {
+		static struct cfs_vercel_opts vo;
+
+		vo.runtime = cli_opt(cli, RT_OPT_VERCEL_RUNTIME);
+		rc = cfs_vercel_provisioner_new(&prov, &vo);
+	} else if (strcmp(name, "local") != 0) {
 		return cfs_error_set(CFS_EINVAL,
 				     "unsupported runtime: %s (available: "
-				     "local, ssh)",
+				     "local, ssh, e2b, vercel)",
 				     name);
-	if (!sandbox || strcmp(sandbox, "auto") == 0)
-		lo.mode = CFS_LOCAL_AUTO;
-	else if (strcmp(sandbox, "bwrap") == 0)
-		lo.mode = CFS_LOCAL_BWRAP;
-	else if (strcmp(sandbox, "plain") == 0)
-		lo.mode = CFS_LOCAL_PLAIN;
-	else
-		return cfs_error_set(CFS_EINVAL,
-				     "--sandbox must be auto, bwrap or plain");
-	rc = cfs_local_provisioner_new(&prov, &lo);
+	} else {
+		rc = local_provisioner(&prov, sandbox);
+	}
 	if (rc)
 		return rc;
 	rc = prov->create(rt_out, prov, context_id);
@@ -480,7 +499,8 @@ out:
 
 const struct cli_command cli_cmd_run = {
 	.name = "run",
-	.args = "ID --runtime local|ssh [options] -- COMMAND [ARG...]",
+	.args = "ID --runtime local|ssh|e2b|vercel [options] -- COMMAND "
+		"[ARG...]",
 	.summary = "run a command in a sandbox holding the context, save the "
 		   "result",
 	.help = CLI_RUNTIME_HELP

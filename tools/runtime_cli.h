@@ -1,7 +1,7 @@
 /*
  * Runtime selection shared by `contextfs run` and `contextfs probe`:
- * --runtime NAME (or the config's defaultRuntime) and the local adapter's
- * --sandbox auto|bwrap|plain.
+ * --runtime NAME (or the config's defaultRuntime), the local adapter's
+ * --sandbox auto|bwrap|plain and the ssh / e2b / vercel options.
  */
 #ifndef CFS_TOOLS_RUNTIME_CLI_H
 #define CFS_TOOLS_RUNTIME_CLI_H
@@ -20,6 +20,8 @@ enum {
 	RT_OPT_SSH_KNOWN_HOSTS,
 	RT_OPT_SSH_ACCEPT_NEW,
 	RT_OPT_SSH_DIR,
+	RT_OPT_E2B_TEMPLATE,
+	RT_OPT_VERCEL_RUNTIME,
 	RT_OPT_COUNT,
 };
 
@@ -32,12 +34,15 @@ enum {
 		{"ssh-key", 0, true, RT_OPT_SSH_KEY},                         \
 		{"ssh-known-hosts", 0, true, RT_OPT_SSH_KNOWN_HOSTS},         \
 		{"ssh-accept-new-host-key", 0, false, RT_OPT_SSH_ACCEPT_NEW}, \
+		{"ssh-dir", 0, true, RT_OPT_SSH_DIR},                         \
+		{"e2b-template", 0, true, RT_OPT_E2B_TEMPLATE},               \
 	{                                                                     \
-		"ssh-dir", 0, true, RT_OPT_SSH_DIR                            \
+		"vercel-runtime", 0, true, RT_OPT_VERCEL_RUNTIME              \
 	}
 
 #define CLI_RUNTIME_HELP                                                      \
-	"  --runtime R              local or ssh (default: the config's "     \
+	"  --runtime R              local, ssh, e2b or vercel (default: the " \
+	"config's "                                                           \
 	"defaultRuntime)\n"                                                   \
 	"  --sandbox MODE           local: auto (bubblewrap when it works), " \
 	"bwrap, plain\n"                                                      \
@@ -48,7 +53,12 @@ enum {
 	"(default ~/.ssh/known_hosts)\n"                                      \
 	"  --ssh-accept-new-host-key  ssh: record an unknown host's key\n"    \
 	"  --ssh-dir DIR            ssh: remote base for tmp/ and mnt/ "      \
-	"(default ~/.contextsdk)\n"
+	"(default ~/.contextsdk)\n"                                           \
+	"  --e2b-template T         e2b: sandbox template (default base; "    \
+	"key in E2B_API_KEY)\n"                                               \
+	"  --vercel-runtime R       vercel: image (default python3.13; "      \
+	"VERCEL_TOKEN, _TEAM_ID,\n"                                           \
+	"                           _PROJECT_ID or VERCEL_OIDC_TOKEN)\n"
 
 /*
  * Creates the runtime the RT_OPT_* options (or the config's
