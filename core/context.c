@@ -4,8 +4,9 @@
  * compare-and-swap-last protocol (REFERENCE.md §2.3), exports, verifies,
  * restores and garbage-collects. Every plaintext byte lives in a private
  * temp directory (0700, files 0600) that is removed on every path; bundles
- * stream pack -> encrypt -> file -> store and store -> file -> decrypt ->
- * file -> unpack, so no bundle is ever held in memory.
+ * stream pack -> encrypt -> file -> store (an S3 upload follows the file as
+ * it grows) and store -> pipe -> decrypt -> unpack, so no bundle is ever
+ * held in memory and downloads overlap unpacking.
  */
 #include "core/context.h"
 
@@ -21,6 +22,7 @@
 #include <unistd.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <sodium.h>
 
@@ -380,6 +382,7 @@ struct enc_sink {
 	/* the writer's own */
 	uint64_t written, synced; /* writeback started up to synced */
 	bool direct;		  /* fd has O_DIRECT */
+	struct cfs_growing *growing; /* told each write (streamed upload) */
 	pthread_t thread;
 	bool started;
 };
@@ -403,6 +406,8 @@ static int enc_write_one(struct enc_sink *s, uint8_t *buf, size_t len)
 
 		if (n > 0 && (size_t)n == len) {
 			s->written += len;
+			if (s->growing)
+				cfs_growing_advance(s->growing, s->written);
 			if (s->written - s->synced >= ENC_DIRECT_FLUSH) {
 				/*
 				 * The device may still cache what O_DIRECT
@@ -434,6 +439,8 @@ static int enc_write_one(struct enc_sink *s, uint8_t *buf, size_t len)
 	if (rc)
 		return rc;
 	s->written += len;
+	if (s->growing)
+		cfs_growing_advance(s->growing, s->written);
 	if (s->written - s->synced >= ENC_SINK_WRITEBACK) {
 		/* advisory: errors surface at the final fsync */
 		(void)sync_file_range(s->fd, (off_t)s->synced,
@@ -594,6 +601,68 @@ static void enc_sink_free(struct enc_sink *s)
 }
 
 /*
+ * A bundle uploaded while it is packed (stores with CFS_STORE_STREAMS_PUT:
+ * S3 multipart): the upload follows the temp file as the writer thread
+ * extends it, so a commit costs about max(pack, upload) instead of their
+ * sum. The temp file stays the source of every part (retries re-read it),
+ * so memory does not grow with the bundle.
+ */
+struct uploader {
+	struct cfs_store *st;
+	const char *key;
+	struct cfs_cond cond;
+	int fd; /* our own descriptor of the temp file */
+	struct cfs_growing growing;
+	pthread_t thread;
+	bool started;
+	int rc;
+	struct saved_error why;
+};
+
+static void *upload_thread(void *arg)
+{
+	struct uploader *u = arg;
+
+	u->rc = cfs_store_put_growing(u->st, u->key, u->fd, &u->growing,
+				      &u->cond, NULL);
+	if (u->rc)
+		error_save(&u->why, u->rc);
+	return NULL;
+}
+
+static int uploader_start(struct uploader *u, int bundle_fd)
+{
+	char proc[64];
+	int e;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", bundle_fd);
+	u->fd = open(proc, O_RDONLY | O_CLOEXEC);
+	if (u->fd < 0)
+		return cfs_error_errno(errno, "reopen the bundle for upload");
+	cfs_growing_init(&u->growing);
+	e = pthread_create(&u->thread, NULL, upload_thread, u);
+	if (e) {
+		cfs_growing_destroy(&u->growing);
+		close_fd(&u->fd);
+		return cfs_error_errno(e, "cannot start the upload");
+	}
+	u->started = true;
+	return 0;
+}
+
+/* Waits for the upload; its result (ok: the object is stored). */
+static int uploader_finish(struct uploader *u)
+{
+	if (!u->started)
+		return 0;
+	pthread_join(u->thread, NULL);
+	u->started = false;
+	cfs_growing_destroy(&u->growing);
+	close_fd(&u->fd);
+	return u->rc ? error_restore(&u->why) : 0;
+}
+
+/*
  * Packs rootfd (policy, extra members) and encrypts the stream into the
  * new private file "bundle.enc" of t. *fd_out is that file (rewound),
  * *enc_out its encryption metadata as JSON, *size_out the ciphertext (=
@@ -602,7 +671,8 @@ static void enc_sink_free(struct enc_sink *s)
 static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 			struct tmpdir *t, struct cfs_keys *keys, int rootfd,
 			const struct cfs_policy *policy,
-			const struct cfs_bundle_member *extra, size_t nextra)
+			const struct cfs_bundle_member *extra, size_t nextra,
+			struct uploader *up)
 {
 	struct enc_sink s;
 	struct cfs_encmeta meta;
@@ -621,6 +691,12 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 	rc = cfs_cipher_encrypt_new(&s.cipher, keys, &meta);
 	if (rc)
 		goto out;
+	if (up) {
+		rc = uploader_start(up, s.fd);
+		if (rc)
+			goto out;
+		s.growing = &up->growing;
+	}
 	rc = enc_sink_start(&s);
 	if (rc)
 		goto out;
@@ -658,13 +734,15 @@ out:
 		*enc_out = NULL;
 	}
 	enc_sink_free(&s);
+	if (up && up->started)
+		cfs_growing_end(&up->growing, rc ? rc : 0);
 	cfs_cipher_free(s.cipher);
 	close_fd(&s.fd);
 	return rc;
 }
 
 /* ------------------------------------------------------------------ */
-/* store -> file -> decrypt -> file                                    */
+/* store -> pipe -> decrypt -> unpack                                  */
 /* ------------------------------------------------------------------ */
 
 struct progress_scope {
@@ -759,30 +837,107 @@ static int decrypt_unpack(int *unpack_rc, struct decrypt_source *d,
 }
 
 /*
- * Downloads key (ciphertext) into a private temp file of t and streams it
- * through AES-GCM into the unpacker: extraction into destdirfd, or
- * validation only (destdirfd < 0). No plaintext bundle ever reaches the
- * disk. GCM authenticates only at the end, so a caller that extracts must
- * extract into a private staging directory and publish it only when this
+ * A download streamed through a pipe: the store writes into one end on a
+ * thread of its own while the caller decrypts and unpacks from the other,
+ * so the transfer overlaps the unpacking and no copy of the bundle is
+ * written to disk first. Bundle keys are never rewritten, so a broken
+ * connection resumes with a Range request, which a pipe allows (only a
+ * restart from byte 0 would not, and fails cleanly).
+ */
+struct fetch_stream {
+	struct cfs_store *st;
+	const char *key;
+	int wfd;
+	int rc;
+	struct saved_error why;
+	uint64_t bytes;
+	pthread_t thread;
+	bool started;
+};
+
+static void *fetch_thread(void *arg)
+{
+	struct fetch_stream *f = arg;
+	struct cfs_objinfo info;
+	sigset_t set;
+
+	/* a reader that stopped early must give EPIPE, not kill us */
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	memset(&info, 0, sizeof(info));
+	f->rc = cfs_store_get_fd(f->st, f->key, f->wfd, &info);
+	if (f->rc)
+		error_save(&f->why, f->rc);
+	else
+		f->bytes = info.size;
+	close_fd(&f->wfd);
+	return NULL;
+}
+
+static int fetch_stream_start(struct fetch_stream *f, int *rfd,
+			      struct cfs_store *st, const char *key)
+{
+	int p[2], e;
+
+	memset(f, 0, sizeof(*f));
+	f->st = st;
+	f->key = key;
+	f->wfd = -1;
+	*rfd = -1;
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return cfs_error_errno(errno, "cannot create a pipe");
+	(void)fcntl(p[1], F_SETPIPE_SZ, 1 << 20); /* fewer wakeups */
+	f->wfd = p[1];
+	e = pthread_create(&f->thread, NULL, fetch_thread, f);
+	if (e) {
+		close(p[0]);
+		close_fd(&f->wfd);
+		return cfs_error_errno(e, "cannot start the download");
+	}
+	f->started = true;
+	*rfd = p[0];
+	return 0;
+}
+
+/*
+ * Closes the reading end (a download still running stops with EPIPE),
+ * waits for the download and returns its result, which explains a short
+ * stream better than the decryption's "truncated".
+ */
+static int fetch_stream_finish(struct fetch_stream *f, int *rfd)
+{
+	close_fd(rfd);
+	if (!f->started)
+		return 0;
+	pthread_join(f->thread, NULL);
+	f->started = false;
+	return f->rc ? error_restore(&f->why) : 0;
+}
+
+/*
+ * Streams key (ciphertext) from the store through AES-GCM into the
+ * unpacker (fetch_stream): extraction into destdirfd, or validation only
+ * (destdirfd < 0). No bundle, plaintext or not, is written to disk. GCM
+ * authenticates only at the end, so a caller that extracts must extract
+ * into a private staging directory and publish it only when this
  * returns 0; an authentication failure wins over any unpack error (a wrong
  * key yields garbage that fails to decompress first).
  */
-static int fetch_unpack(uint64_t *bytes, struct tmpdir *t, struct cfs_store *st,
+static int fetch_unpack(uint64_t *bytes, struct cfs_store *st,
 			struct cfs_keys *keys, const char *key,
-			const cJSON *enc, const char *name, int destdirfd,
+			const cJSON *enc, int destdirfd,
 			cfs_progress_fn progress, void *payload)
 {
 	struct decrypt_source d = {NULL, -1, false, 0};
+	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct progress_scope ps;
 	struct cfs_encmeta meta;
-	struct cfs_objinfo info;
-	char cname[64];
-	int rc, urc;
+	int rc, rc2, urc = 0;
 
 	if (bytes)
 		*bytes = 0;
-	snprintf(cname, sizeof(cname), "%s.enc", name);
 	if (!enc)
 		return cfs_error_set(CFS_ECORRUPT,
 				     "no encryption metadata recorded for %s",
@@ -792,32 +947,26 @@ static int fetch_unpack(uint64_t *bytes, struct tmpdir *t, struct cfs_store *st,
 		cfs_error_prefix("%s", key);
 		return rc;
 	}
-	rc = tmpdir_file(&d.fd, t, cname);
-	if (rc)
-		goto out;
-	memset(&info, 0, sizeof(info));
-	progress_push(&ps, st, progress, payload);
-	rc = cfs_store_get_fd(st, key, d.fd, &info);
-	progress_pop(&ps);
-	if (rc)
-		goto out;
-	if (bytes) {
-		struct stat sb;
-
-		if (fstat(d.fd, &sb) == 0)
-			*bytes = (uint64_t)sb.st_size;
-	}
-	rc = rewind_fd(d.fd);
-	if (rc)
-		goto out;
+	/* the key (scrypt) before the download */
 	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
 	if (rc)
 		goto out;
-	memset(&uo, 0, sizeof(uo));
-	uo.validate_only = destdirfd < 0;
-	rc = decrypt_unpack(&urc, &d, destdirfd, &uo);
+	progress_push(&ps, st, progress, payload);
+	rc = fetch_stream_start(&f, &d.fd, st, key);
+	if (!rc) {
+		memset(&uo, 0, sizeof(uo));
+		uo.validate_only = destdirfd < 0;
+		rc = decrypt_unpack(&urc, &d, destdirfd, &uo);
+	}
+	rc2 = fetch_stream_finish(&f, &d.fd);
+	progress_pop(&ps);
+	/* a cut download explains a "truncated" object better */
+	if (rc2 && !rc)
+		rc = rc2;
 	if (rc)
 		goto out;
+	if (bytes)
+		*bytes = f.bytes;
 	if (d.final_rc == CFS_EAUTH) {
 		rc = cfs_error_set(CFS_EAUTH,
 				   "%s: authentication failed (wrong key, or "
@@ -830,8 +979,6 @@ static int fetch_unpack(uint64_t *bytes, struct tmpdir *t, struct cfs_store *st,
 		cfs_error_prefix("%s", key);
 out:
 	cfs_cipher_free(d.cipher);
-	close_fd(&d.fd);
-	unlinkat(t->fd, cname, 0);
 	return rc;
 }
 
@@ -847,15 +994,15 @@ out:
  * context whose data was lost can still be committed over.
  */
 static int check_key(char **prev_index, struct cfs_store *st,
-		     struct cfs_keys *keys, const struct cfs_manifest *m,
-		     struct tmpdir *t)
+		     struct cfs_keys *keys, const struct cfs_manifest *m)
 {
 	const char *key = cfs_manifest_tree_key(m);
 	const cJSON *enc = cfs_manifest_tree_encryption(m);
 	struct decrypt_source d = {NULL, -1, false, 0};
+	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
-	int rc, urc;
+	int rc, rc2, urc = 0;
 
 	*prev_index = NULL;
 	if (!key || !enc)
@@ -865,32 +1012,31 @@ static int check_key(char **prev_index, struct cfs_store *st,
 		cfs_error_prefix("%s", key);
 		return rc;
 	}
-	rc = tmpdir_file(&d.fd, t, "keycheck.enc");
+	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
 	if (rc)
-		return rc;
-	rc = cfs_store_get_fd(st, key, d.fd, NULL);
-	if (rc == CFS_ENOTFOUND) {
+		goto out;
+	rc = fetch_stream_start(&f, &d.fd, st, key);
+	if (!rc) {
+		memset(&uo, 0, sizeof(uo));
+		uo.validate_only = true;
+		uo.capture_path = CFS_META_DIR "/index.json";
+		uo.capture_out = prev_index;
+		uo.capture_max = CFS_SMALL_OBJECT_MAX;
+		rc = decrypt_unpack(&urc, &d, -1, &uo);
+	}
+	rc2 = fetch_stream_finish(&f, &d.fd);
+	if (rc2 == CFS_ENOTFOUND && !rc) {
 		cfs_warn("cannot check the key against %s: the object is "
 			 "missing",
 			 key);
 		cfs_error_clear();
+		free(*prev_index);
+		*prev_index = NULL;
 		rc = 0;
 		goto out;
 	}
-	if (rc)
-		goto out;
-	rc = rewind_fd(d.fd);
-	if (rc)
-		goto out;
-	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
-	if (rc)
-		goto out;
-	memset(&uo, 0, sizeof(uo));
-	uo.validate_only = true;
-	uo.capture_path = CFS_META_DIR "/index.json";
-	uo.capture_out = prev_index;
-	uo.capture_max = CFS_SMALL_OBJECT_MAX;
-	rc = decrypt_unpack(&urc, &d, -1, &uo);
+	if (rc2 && !rc)
+		rc = rc2;
 	if (rc)
 		goto out;
 	if (d.final_rc == CFS_EAUTH) {
@@ -922,8 +1068,6 @@ out:
 		*prev_index = NULL;
 	}
 	cfs_cipher_free(d.cipher);
-	close_fd(&d.fd);
-	unlinkat(t->fd, "keycheck.enc", 0);
 	return rc;
 }
 
@@ -1173,9 +1317,6 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 	rc = resolve_ref(&key, &enc, info, m, &ref);
 	if (rc)
 		goto out;
-	rc = tmpdir_open(&t, "contextfs-export-");
-	if (rc)
-		goto out;
 	/* extract privately; publish only once GCM has authenticated */
 	cfs_random_hex(hex, 8);
 	snprintf(stage, sizeof(stage), ".contextfs-export-%s", hex);
@@ -1191,7 +1332,7 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		rc = cfs_error_errno(errno, "open %s", stage);
 		goto out;
 	}
-	rc = fetch_unpack(&bytes, &t, st, keys, key, enc, "tree", sfd, progress,
+	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, progress,
 			  progress_payload);
 	if (rc) {
 		cfs_error_prefix("export %s", refstr);
@@ -1238,7 +1379,6 @@ static int verify_one(struct verify_state *vs, const char *key,
 		      const cJSON *enc, const char *role)
 {
 	struct cfs_verify_item item;
-	char name[32];
 	uint64_t bytes = 0;
 	int rc, stop = 0;
 
@@ -1247,9 +1387,8 @@ static int verify_one(struct verify_state *vs, const char *key,
 	rc = keylist_add(&vs->seen, key);
 	if (rc)
 		return rc;
-	snprintf(name, sizeof(name), "v%u", vs->n++);
-	rc = fetch_unpack(&bytes, vs->t, vs->st, vs->keys, key, enc, name, -1,
-			  NULL, NULL);
+	vs->n++;
+	rc = fetch_unpack(&bytes, vs->st, vs->keys, key, enc, -1, NULL, NULL);
 	memset(&item, 0, sizeof(item));
 	item.key = key;
 	item.role = role;
@@ -1998,7 +2137,7 @@ int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
 	if (rc)
 		goto out;
 	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, rootfd, &policy, NULL,
-			  0);
+			  0, NULL);
 	if (rc)
 		goto out;
 	/* The plaintext seed is no longer needed. */
@@ -2287,6 +2426,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	struct cfs_bundle_member extra[2];
 	struct progress_scope ps;
 	struct saved_error err;
+	struct uploader up = {0};
 	struct tmpdir t;
 	char etag[CFS_ETAG_MAX], key[CFS_KEY_MAX], vpath[64];
 	char attempt[CFS_ATTEMPT_LEN + 1];
@@ -2376,7 +2516,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (rc)
 		goto out;
 	if (!opts->key_verified) {
-		rc = check_key(&prev_index, st, keys, old, &t);
+		rc = check_key(&prev_index, st, keys, old);
 		if (rc)
 			goto out;
 	}
@@ -2420,8 +2560,20 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			  cfs_manifest_tree_encryption(old));
 	if (rc)
 		goto out;
+	/*
+	 * A store that uploads while the bundle grows gets it now: a save's
+	 * fresh key is rolled back on any later failure like any written one
+	 * (a checkpoint's create-only key only once its put succeeded).
+	 */
+	if (cfs_store_streams_put(st)) {
+		up.st = st;
+		up.key = key;
+		up.cond = (struct cfs_cond){NULL, !save};
+		if (save && (rc = keylist_add(&written, key)))
+			goto out;
+	}
 	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, srcdirfd, &policy, extra,
-			  nextra);
+			  nextra, up.st ? &up : NULL);
 	if (rc) {
 		if (rc == CFS_ENOTFOUND)
 			cfs_error_prefix("nothing to %s", what);
@@ -2475,13 +2627,15 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		goto out;
 
 	/* 5. data first, under its fresh key */
-	if (save) {
+	if (save && !keylist_has(&written, key)) {
 		rc = keylist_add(&written, key);
 		if (rc)
 			goto out;
 	}
 	progress_push(&ps, st, opts->progress, opts->progress_payload);
-	{
+	if (up.st) {
+		rc = uploader_finish(&up);
+	} else {
 		struct cfs_cond cond = {NULL, !save};
 
 		rc = cfs_store_put_tmpfile(st, key, bfd, &cond, NULL);
@@ -2560,6 +2714,13 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		}
 	}
 out:
+	if (up.started) {
+		/* failed before step 5: the upload ends (or is aborted) first */
+		error_save(&err, rc);
+		if (uploader_finish(&up) == 0 && !save && rc)
+			(void)keylist_add(&written, key);
+		error_restore(&err);
+	}
 	if (rc) {
 		/* 9. roll back what this call wrote */
 		error_save(&err, rc);

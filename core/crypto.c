@@ -184,7 +184,7 @@ static int uint_member(uint64_t *out, const cJSON *obj, const char *name,
 int cfs_encmeta_from_json(struct cfs_encmeta *out, const cJSON *obj)
 {
 	const cJSON *v;
-	uint64_t u;
+	uint64_t u = 0;
 	double d;
 	int rc;
 

@@ -73,7 +73,7 @@ static int put(struct cfs_store *st, const char *key,
 int cfs_store_put_fd(struct cfs_store *st, const char *key, int fd,
 		     const struct cfs_cond *cond, char etag_out[CFS_ETAG_MAX])
 {
-	struct cfs_source src = {NULL, 0, fd, false};
+	struct cfs_source src = {NULL, 0, fd, false, NULL};
 
 	if (fd < 0)
 		return cfs_error_set(CFS_EINVAL, "put %s: invalid input fd",
@@ -85,7 +85,7 @@ int cfs_store_put_tmpfile(struct cfs_store *st, const char *key, int fd,
 			  const struct cfs_cond *cond,
 			  char etag_out[CFS_ETAG_MAX])
 {
-	struct cfs_source src = {NULL, 0, fd, true};
+	struct cfs_source src = {NULL, 0, fd, true, NULL};
 
 	if (fd < 0)
 		return cfs_error_set(CFS_EINVAL, "put %s: invalid input fd",
@@ -93,11 +93,89 @@ int cfs_store_put_tmpfile(struct cfs_store *st, const char *key, int fd,
 	return put(st, key, &src, cond, etag_out);
 }
 
+void cfs_growing_init(struct cfs_growing *g)
+{
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	g->size = 0;
+	g->ended = false;
+	g->failed = 0;
+}
+
+void cfs_growing_destroy(struct cfs_growing *g)
+{
+	pthread_mutex_destroy(&g->mu);
+	pthread_cond_destroy(&g->cv);
+}
+
+void cfs_growing_advance(struct cfs_growing *g, uint64_t size)
+{
+	pthread_mutex_lock(&g->mu);
+	g->size = size;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+void cfs_growing_end(struct cfs_growing *g, int rc)
+{
+	pthread_mutex_lock(&g->mu);
+	g->ended = true;
+	g->failed = rc;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+int cfs_growing_wait(struct cfs_growing *g, uint64_t want, uint64_t *size,
+		     bool *ended)
+{
+	int failed;
+
+	pthread_mutex_lock(&g->mu);
+	while (!g->ended && g->size < want)
+		pthread_cond_wait(&g->cv, &g->mu);
+	*size = g->size;
+	*ended = g->ended;
+	failed = g->failed;
+	pthread_mutex_unlock(&g->mu);
+	if (failed)
+		return cfs_error_set(CFS_ECANCELED,
+				     "the data being uploaded could not be "
+				     "produced");
+	return 0;
+}
+
+bool cfs_store_streams_put(const struct cfs_store *st)
+{
+	return st && st->ops && (st->ops->flags & CFS_STORE_STREAMS_PUT);
+}
+
+int cfs_store_put_growing(struct cfs_store *st, const char *key, int fd,
+			  struct cfs_growing *g, const struct cfs_cond *cond,
+			  char etag_out[CFS_ETAG_MAX])
+{
+	struct cfs_source src = {NULL, 0, fd, true, g};
+
+	if (fd < 0 || !g)
+		return cfs_error_set(CFS_EINVAL, "put %s: invalid input",
+				     key ? key : "");
+	if (!cfs_store_streams_put(st)) {
+		uint64_t size;
+		bool ended;
+		int rc = cfs_growing_wait(g, UINT64_MAX, &size, &ended);
+
+		if (rc)
+			return rc;
+		src.growing = NULL;
+	}
+	return put(st, key, &src, cond, etag_out);
+}
+
 int cfs_store_put_buf(struct cfs_store *st, const char *key, const void *buf,
 		      size_t len, const struct cfs_cond *cond,
 		      char etag_out[CFS_ETAG_MAX])
 {
-	struct cfs_source src = {buf ? buf : "", buf ? len : 0, -1, false};
+	struct cfs_source src = {buf ? buf : "", buf ? len : 0, -1, false,
+				 NULL};
 
 	return put(st, key, &src, cond, etag_out);
 }

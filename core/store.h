@@ -17,6 +17,7 @@
 #ifndef CFS_CORE_STORE_H
 #define CFS_CORE_STORE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,7 +50,39 @@ struct cfs_source {
 	 * into place instead of copying it.
 	 */
 	bool may_link;
+	/*
+	 * fd is still being written by another thread (the commit engine's
+	 * bundle while it packs): a backend with CFS_STORE_STREAMS_PUT reads
+	 * it as it grows (cfs_growing_wait); the dispatcher waits for the end
+	 * before handing it to any other backend. NULL: fd is complete.
+	 */
+	struct cfs_growing *growing;
 };
+
+/*
+ * The length of a file one thread appends to while another reads it. The
+ * writer advances it and ends it (rc 0: complete; else it failed and the
+ * reader must give up).
+ */
+struct cfs_growing {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t size;
+	bool ended;
+	int failed;
+};
+
+void cfs_growing_init(struct cfs_growing *g);
+void cfs_growing_destroy(struct cfs_growing *g);
+void cfs_growing_advance(struct cfs_growing *g, uint64_t size);
+void cfs_growing_end(struct cfs_growing *g, int rc);
+/*
+ * Blocks until the file holds at least want bytes or has ended. *size gets
+ * its length, *ended whether that is final. Returns 0, or CFS_ECANCELED
+ * with a message when the writer failed.
+ */
+int cfs_growing_wait(struct cfs_growing *g, uint64_t want, uint64_t *size,
+		     bool *ended);
 
 /* Compare-and-swap conditions of a put; both unset = unconditional. */
 struct cfs_cond {
@@ -89,7 +122,11 @@ struct cfs_store_ops {
 	/* A short human description ("/root/.contextsdk/storage"). */
 	const char *(*describe)(struct cfs_store *st);
 	void (*free)(struct cfs_store *st);
+	unsigned flags; /* CFS_STORE_* below */
 };
+
+/* put takes a cfs_source with growing != NULL (uploads while it grows). */
+#define CFS_STORE_STREAMS_PUT 1u
 
 /* Every backend embeds this as its first member. */
 struct cfs_store {
@@ -110,6 +147,16 @@ int cfs_store_put_fd(struct cfs_store *st, const char *key, int fd,
 int cfs_store_put_tmpfile(struct cfs_store *st, const char *key, int fd,
 			  const struct cfs_cond *cond,
 			  char etag_out[CFS_ETAG_MAX]);
+/*
+ * cfs_store_put_tmpfile of a file still being written (see
+ * cfs_source.growing). Returns once the whole file is stored, or the
+ * writer's failure.
+ */
+int cfs_store_put_growing(struct cfs_store *st, const char *key, int fd,
+			  struct cfs_growing *g, const struct cfs_cond *cond,
+			  char etag_out[CFS_ETAG_MAX]);
+/* Whether puts of growing files overlap the writing (else they wait). */
+bool cfs_store_streams_put(const struct cfs_store *st);
 int cfs_store_put_buf(struct cfs_store *st, const char *key, const void *buf,
 		      size_t len, const struct cfs_cond *cond,
 		      char etag_out[CFS_ETAG_MAX]);

@@ -95,7 +95,7 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 	     tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
 		const char *v = eq ? eq + 1 : NULL;
-		uint64_t n;
+		uint64_t n = 0;
 		if (eq)
 			*eq = '\0';
 		if (!v && strcmp(tok, "ro") == 0) {

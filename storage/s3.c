@@ -1272,8 +1272,9 @@ struct mp {
 	struct s3_store *s;
 	const char *fkey, *key, *upload_id;
 	int fd;
-	uint64_t size, part_size;
-	unsigned nparts;
+	uint64_t size, part_size; /* size: 0 while growing */
+	unsigned nparts; /* while growing: the arrays' capacity */
+	struct cfs_growing *growing; /* NULL: fd is complete */
 	uint8_t (*md5)[16];
 	char (*etags)[CFS_ETAG_MAX];
 	_Atomic uint64_t done;
@@ -1283,11 +1284,9 @@ struct mp {
 	char msg[512]; /* its message, protected by mu */
 };
 
-static int upload_part(struct mp *m, unsigned n)
+static int upload_part(struct mp *m, unsigned n, uint64_t len)
 {
 	uint64_t off = (uint64_t)(n - 1) * m->part_size;
-	uint64_t len =
-		off + m->part_size > m->size ? m->size - off : m->part_size;
 	struct body b = {.fd = m->fd,
 			 .off = off,
 			 .size = len,
@@ -1329,22 +1328,59 @@ static int upload_part(struct mp *m, unsigned n)
 	return rc;
 }
 
+/*
+ * The length of part n, 0 when it does not exist. A growing file is waited
+ * for until the part is complete or the writer ended.
+ */
+static int part_len(uint64_t *len, struct mp *m, unsigned n)
+{
+	uint64_t off = (uint64_t)(n - 1) * m->part_size, size = m->size;
+	bool ended = true;
+
+	if (m->growing) {
+		int rc = cfs_growing_wait(m->growing, off + m->part_size,
+					  &size, &ended);
+
+		if (rc)
+			return rc;
+		if (!ended && size < off + m->part_size)
+			return cfs_error_set(CFS_EIO, "growing upload stalled");
+	}
+	if (off >= size)
+		*len = 0;
+	else
+		*len = off + m->part_size > size ? size - off : m->part_size;
+	if (*len && n > m->nparts)
+		return cfs_error_set(CFS_EINVAL,
+				     "%s is too large for a multipart upload "
+				     "(%u parts of %llu bytes)",
+				     m->key, m->nparts,
+				     (unsigned long long)m->part_size);
+	return 0;
+}
+
 static void *part_worker(void *arg)
 {
 	struct mp *m = arg;
 
 	for (;;) {
+		uint64_t len = 0;
 		unsigned n;
 		int rc;
 
 		pthread_mutex_lock(&m->mu);
-		if (m->rc || m->next > m->nparts) {
+		if (m->rc || (!m->growing && m->next > m->nparts) ||
+		    m->next > MAX_PARTS) {
 			pthread_mutex_unlock(&m->mu);
 			return NULL;
 		}
 		n = m->next++;
 		pthread_mutex_unlock(&m->mu);
-		rc = upload_part(m, n);
+		rc = part_len(&len, m, n);
+		if (!rc && len == 0)
+			return NULL; /* past the end of a grown file */
+		if (!rc)
+			rc = upload_part(m, n, len);
 		if (rc) {
 			pthread_mutex_lock(&m->mu);
 			if (!m->rc) {
@@ -1478,14 +1514,16 @@ out:
 }
 
 static int put_multipart(struct s3_store *s, const char *fkey, const char *key,
-			 int fd, uint64_t size, const struct cfs_cond *cond,
+			 int fd, uint64_t size, struct cfs_growing *growing,
+			 const struct cfs_cond *cond,
 			 char etag_out[CFS_ETAG_MAX])
 {
 	struct mp m = {.s = s,
 		       .fkey = fkey,
 		       .key = key,
 		       .fd = fd,
-		       .size = size,
+		       .size = growing ? 0 : size,
+		       .growing = growing,
 		       .next = 1};
 	struct req q = {.method = "POST", .key = fkey, .what = key};
 	struct resp r = {0};
@@ -1510,9 +1548,16 @@ static int put_multipart(struct s3_store *s, const char *fkey, const char *key,
 		cfs_error_clear();
 	}
 	m.part_size = s->part_size;
-	while ((size + m.part_size - 1) / m.part_size > MAX_PARTS)
-		m.part_size *= 2;
-	m.nparts = (unsigned)((size + m.part_size - 1) / m.part_size);
+	if (growing) {
+		/* size unknown: room for the largest bundle (AES-GCM's 64 GiB) */
+		while (m.part_size * MAX_PARTS < ((uint64_t)64 << 30))
+			m.part_size *= 2;
+		m.nparts = MAX_PARTS;
+	} else {
+		while ((size + m.part_size - 1) / m.part_size > MAX_PARTS)
+			m.part_size *= 2;
+		m.nparts = (unsigned)((size + m.part_size - 1) / m.part_size);
+	}
 	m.md5 = cfs_calloc(m.nparts, sizeof(*m.md5));
 	m.etags = cfs_calloc(m.nparts, sizeof(*m.etags));
 	if (!m.md5 || !m.etags) {
@@ -1538,6 +1583,8 @@ static int put_multipart(struct s3_store *s, const char *fkey, const char *key,
 	m.upload_id = upload_id;
 
 	nthreads = s->parallel_parts < m.nparts ? s->parallel_parts : m.nparts;
+	if (growing) /* parts come at the packer's pace: fewer connections */
+		nthreads = nthreads > 2 ? 2 : nthreads;
 	for (; started < nthreads; started++)
 		if (pthread_create(&tids[started], NULL, part_worker, &m))
 			break;
@@ -1546,11 +1593,26 @@ static int put_multipart(struct s3_store *s, const char *fkey, const char *key,
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
 	rc = m.rc;
-	if (rc) {
+	if (!rc && growing) {
+		uint64_t total;
+		bool ended;
+
+		rc = cfs_growing_wait(growing, UINT64_MAX, &total, &ended);
+		if (!rc) {
+			m.size = total;
+			m.nparts = (unsigned)((total + m.part_size - 1) /
+					      m.part_size);
+		}
+		if (!rc && (m.nparts == 0 || m.next <= m.nparts))
+			rc = cfs_error_set(CFS_EIO,
+					   "S3 multipart upload of %s: parts "
+					   "missing",
+					   key);
+	} else if (rc) {
 		cfs_error_set(rc, "S3 multipart upload of %s: %s", key, m.msg);
-	} else {
-		rc = mp_complete(&m, etag_out);
 	}
+	if (!rc)
+		rc = mp_complete(&m, etag_out);
 	if (rc) {
 		char saved[512];
 
@@ -1625,8 +1687,28 @@ static int s3_put(struct cfs_store *st, const char *key,
 		b.progress_done = &done;
 		b.progress_total = b.size;
 	}
+	if (src->growing) {
+		/* start once it is clear the file will be multipart */
+		uint64_t have;
+		bool ended;
+
+		rc = cfs_growing_wait(src->growing, s->multipart_threshold,
+				      &have, &ended);
+		if (rc)
+			goto out;
+		if (ended) {
+			b.size = have;
+			b.progress_total = st->progress ? have : 0;
+		} else {
+			b.progress_total = 0;
+			rc = put_multipart(s, fkey, key, b.fd, 0, src->growing,
+					   cond, etag_out);
+			goto out;
+		}
+	}
 	if (b.fd >= 0 && b.size >= s->multipart_threshold)
-		rc = put_multipart(s, fkey, key, b.fd, b.size, cond, etag_out);
+		rc = put_multipart(s, fkey, key, b.fd, b.size, NULL, cond,
+				   etag_out);
 	else
 		rc = put_single(s, fkey, key, &b, cond, etag_out);
 	if (!rc && st->progress && b.size == 0)
@@ -1823,6 +1905,7 @@ static const struct cfs_store_ops s3_ops = {
 	.list = s3_list,
 	.describe = s3_describe,
 	.free = s3_free,
+	.flags = CFS_STORE_STREAMS_PUT,
 };
 
 static bool valid_bucket(const char *b, bool dns)

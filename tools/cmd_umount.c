@@ -176,7 +176,9 @@ void cli_mount_doctor(struct cli *cli, cJSON *res)
 		{
 			const cJSON *alive =
 				cJSON_GetObjectItemCaseSensitive(it, "alive");
-			printf("  %s  %s  %s\n", str_of(it, "mountpoint"),
+			printf("  %s  %s  %s\n",
+			       str_of(it, "mountpoint") ? str_of(it, "mountpoint")
+							: "?",
 			       str_of(it, "id") ? str_of(it, "id") : "?",
 			       !cJSON_IsTrue(alive)  ? "DEAD (contextfs umount "
 						       "it, then contextfs "

@@ -397,7 +397,8 @@ static const struct cfs_store_ops faulty_ops = {CFS_STORE_OPS_VERSION,
 						f_del,
 						f_list,
 						f_describe,
-						f_free};
+						f_free,
+						0};
 
 /* One store of a kind, fresh and empty: what a test runs on. */
 struct backend {
@@ -995,7 +996,8 @@ static const struct cfs_store_ops blind_ops = {CFS_STORE_OPS_VERSION,
 					       b_del,
 					       b_list,
 					       b_describe,
-					       b_free};
+					       b_free,
+						0};
 
 static void test_create_race_and_force(struct backend *b)
 {

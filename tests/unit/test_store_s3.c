@@ -832,6 +832,111 @@ static void test_multipart(struct cfs_store *st)
 	close(dst);
 }
 
+/*
+ * A put that follows a file while another thread still writes it (the
+ * commit engine's streamed bundle): parts go out as the file grows, the
+ * object equals the finished file; a writer that fails aborts the upload
+ * and leaves no object; a file that ends small is one plain PUT.
+ */
+struct grower {
+	int fd;
+	size_t size;
+	int fail_at; /* MiB after which the writer gives up; -1: never */
+	struct cfs_growing *g;
+};
+
+static void *grow_thread(void *arg)
+{
+	struct grower *w = arg;
+	char *chunk = malloc(MIB);
+	size_t off = 0;
+
+	while (off < w->size) {
+		size_t n = w->size - off < MIB ? w->size - off : MIB;
+
+		if (w->fail_at >= 0 && off >= (size_t)w->fail_at * MIB) {
+			cfs_growing_end(w->g, CFS_EIO);
+			free(chunk);
+			return NULL;
+		}
+		cfs_random_bytes(chunk, n);
+		if (pwrite(w->fd, chunk, n, (off_t)off) != (ssize_t)n)
+			break;
+		off += n;
+		cfs_growing_advance(w->g, off);
+		usleep(2000); /* slower than the upload: parts must wait */
+	}
+	free(chunk);
+	cfs_growing_end(w->g, off == w->size ? 0 : CFS_EIO);
+	return NULL;
+}
+
+static int grow_put(struct cfs_store *st, const char *key, size_t size,
+		    int fail_at, int *fd_out)
+{
+	char t[] = "/tmp/cfs-s3-grow-XXXXXX";
+	struct cfs_growing g;
+	struct grower w;
+	pthread_t th;
+	int fd = mkstemp(t), rc;
+
+	unlink(t);
+	cfs_growing_init(&g);
+	w = (struct grower){fd, size, fail_at, &g};
+	pthread_create(&th, NULL, grow_thread, &w);
+	rc = cfs_store_put_growing(st, key, fd, &g, NULL, NULL);
+	pthread_join(th, NULL);
+	cfs_growing_destroy(&g);
+	*fd_out = fd;
+	return rc;
+}
+
+static void test_growing_put(const struct cfs_s3_config *base)
+{
+	struct cfs_s3_config c = *base;
+	struct cfs_store *st;
+	struct cfs_objinfo info;
+	char h1[65], h2[65], dt[] = "/tmp/cfs-s3-growd-XXXXXX";
+	int fd = -1, dst, rc;
+
+	c.multipart_threshold = 5 * MIB;
+	c.part_size = 5 * MIB;
+	st = s3h_open(&c);
+	if (!st)
+		return;
+	tap_ok(cfs_store_streams_put(st), "the S3 store uploads growing files");
+	rc = grow_put(st, "grow/23mib", 23 * MIB + 777, -1, &fd);
+	TAP_EQ_INT(rc, 0, "23 MiB uploaded while it was written");
+	if (rc)
+		tap_diag("%s", cfs_error_last());
+	dst = mkstemp(dt);
+	unlink(dt);
+	rc = cfs_store_get_fd(st, "grow/23mib", dst, &info);
+	cfs_sha256_fd(h1, fd);
+	cfs_sha256_fd(h2, dst);
+	TAP_OK(rc == 0 && info.size == 23 * MIB + 777 && !strcmp(h1, h2),
+	       "the object is the finished file, byte for byte");
+	close(fd);
+	close(dst);
+
+	rc = grow_put(st, "grow/failed", 20 * MIB, 12, &fd);
+	TAP_EQ_INT(rc, CFS_ECANCELED,
+		   "a writer that fails cancels the upload");
+	TAP_EQ_INT(cfs_store_head(st, "grow/failed", &info), CFS_ENOTFOUND,
+		   "... and leaves no object behind");
+	close(fd);
+
+	rc = grow_put(st, "grow/small", 3 * MIB + 1, -1, &fd);
+	TAP_EQ_INT(rc, 0, "a file that ends below the threshold");
+	rc = cfs_store_head(st, "grow/small", &info);
+	TAP_OK(rc == 0 && info.size == 3 * MIB + 1 && !strchr(info.etag, '-'),
+	       "... is one plain PUT (ETag %s)", info.etag);
+	close(fd);
+	cfs_store_delete(st, "grow/23mib");
+	cfs_store_delete(st, "grow/small");
+	cfs_store_free(st);
+}
+
 /* ---- errors ------------------------------------------------------------- */
 
 static void test_errors(void)
@@ -1383,7 +1488,8 @@ static const struct cfs_store_ops lax_ops = {CFS_STORE_OPS_VERSION,
 					     lax_del,
 					     lax_list,
 					     lax_describe,
-					     lax_free};
+					     lax_free,
+						0};
 
 static void test_probe_offline(void)
 {
@@ -1452,6 +1558,7 @@ int main(void)
 	test_races(st, 8, rounds);
 	test_races(st, 16, rounds);
 	test_multipart(st);
+	test_growing_put(&base_cfg);
 	test_errors();
 	test_faults();
 	test_lock(st);
