@@ -827,6 +827,88 @@ fail:
 	return rc;
 }
 
+int cfs_local_runtime_open(struct cfs_runtime **out,
+			   const struct cfs_local_opts *opts, const char *root)
+{
+	struct cfs_local_opts def = {0};
+	struct local_rt *l = NULL;
+	struct stat sb;
+	const char *name;
+	int rc;
+
+	*out = NULL;
+	if (!opts)
+		opts = &def;
+	if (!root || root[0] != '/')
+		return cfs_error_set(CFS_EINVAL,
+				     "sandbox root must be an absolute path");
+	l = cfs_calloc(1, sizeof(*l));
+	if (!l)
+		return CFS_ENOMEM;
+	l->root = cfs_strdup(root);
+	if (!l->root) {
+		rc = CFS_ENOMEM;
+		goto fail;
+	}
+	l->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (l->rootfd < 0) {
+		rc = cfs_error_errno(errno, "opening sandbox %s", root);
+		goto fail;
+	}
+	/* Ours and private, as cfs_local_runtime_new made it. */
+	if (fstat(l->rootfd, &sb) != 0 || sb.st_uid != geteuid() ||
+	    (sb.st_mode & 077)) {
+		rc = cfs_error_set(CFS_EUNSAFE,
+				   "sandbox %s is not a private directory of "
+				   "this user",
+				   root);
+		goto fail;
+	}
+	/* The mode it was created in: bubblewrap roots have /bin links. */
+	l->bwrap = faccessat(l->rootfd, "bin", F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+	if (l->bwrap &&
+	    (opts->mode == CFS_LOCAL_PLAIN || !cfs_local_bwrap_usable())) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "sandbox %s was made for bubblewrap, which "
+				   "cannot run here (or --sandbox plain)",
+				   root);
+		goto fail;
+	}
+	if (!l->bwrap && opts->mode == CFS_LOCAL_BWRAP) {
+		rc = cfs_error_set(CFS_EUNSUPPORTED,
+				   "sandbox %s is a plain sandbox", root);
+		goto fail;
+	}
+	l->share_net = opts->share_net;
+	name = strrchr(l->root, '/') + 1;
+	if (strncmp(name, "contextfs-sandbox-", 18) == 0)
+		name += 18;
+	l->id = cfs_asprintf("local:%s", name);
+	if (l->bwrap) {
+		l->tmp_dir = cfs_strdup("/tmp");
+		l->mount_base = cfs_strdup("/mnt/contextsdk");
+	} else {
+		l->tmp_dir = cfs_asprintf("%s/tmp", l->root);
+		l->mount_base = cfs_asprintf("%s/mnt/contextsdk", l->root);
+	}
+	if (!l->id || !l->tmp_dir || !l->mount_base) {
+		rc = CFS_ENOMEM;
+		goto fail;
+	}
+	l->base.ops = &local_ops;
+	l->base.id = l->id;
+	l->base.provider = "local";
+	l->base.caps.directory_bundle = true;
+	l->base.caps.root_links = l->bwrap;
+	l->base.tmp_dir = l->tmp_dir;
+	l->base.mount_base = l->mount_base;
+	*out = &l->base;
+	return 0;
+fail:
+	local_free(&l->base);
+	return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* Provisioner */
 

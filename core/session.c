@@ -48,7 +48,10 @@ struct cfs_session {
 	int64_t ttl_ms;
 	int64_t cmd_timeout_ms;
 	bool adopted;
+	bool detached; /* src_dir: no lock, no save */
+	bool keep_excluded;
 	unsigned int seq; /* names local save dirs */
+	unsigned int fetch_seq; /* names downloaded bundles */
 
 	/* heartbeat */
 	pthread_t hb;
@@ -112,12 +115,33 @@ static const char unpack_py[] = PY_COMMON
 	"mount = os.path.realpath(os.environ['CONTEXTSDK_MOUNT'])\n"
 	"def inside(p):\n"
 	"    return p == mount or p.startswith(mount + os.sep)\n"
+	"keep = os.environ.get('CONTEXTSDK_KEEP_EXCLUDED') == '1'\n"
+	"excl = list(policy.get('exclude') or [])\n"
+	"def excluded(rel):\n"
+	"    for p in excl:\n"
+	"        t = p[:-3] if p.endswith('/**') else p\n"
+	"        if fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel, t):\n"
+	"            return True\n"
+	"        tt = t.rstrip('/')\n"
+	"        if tt and rel.startswith(tt + '/'):\n"
+	"            return True\n"
+	"    return False\n"
+	"def clear(p, rel):\n"
+	"    if keep and excluded(rel):\n"
+	"        return\n"
+	"    if os.path.islink(p) or not os.path.isdir(p):\n"
+	"        os.unlink(p)\n"
+	"    elif not keep:\n"
+	"        shutil.rmtree(p)\n"
+	"    else:\n"
+	"        for c in os.listdir(p):\n"
+	"            clear(os.path.join(p, c), rel + '/' + c)\n"
+	"        if not os.listdir(p):\n"
+	"            os.rmdir(p)\n"
 	"for n in items:\n"
 	"    p = os.path.join(mount, n)\n"
-	"    if os.path.islink(p) or os.path.isfile(p):\n"
-	"        os.unlink(p)\n"
-	"    elif os.path.isdir(p):\n"
-	"        shutil.rmtree(p)\n"
+	"    if os.path.lexists(p):\n"
+	"        clear(p, n)\n"
 	"z = subprocess.Popen(['zstd', '-dc', '--', sys.argv[1]], "
 	"stdout=subprocess.PIPE)\n"
 	"count = 0\n"
@@ -216,8 +240,11 @@ static char *unpack_script(const struct cfs_session *s)
 	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "mkdir -p -- \"$mount\"\n"
-				   "CONTEXTSDK_POLICY=\"$policy\" "
-				   "CONTEXTSDK_MOUNT=\"$mount\" "
+				   "CONTEXTSDK_POLICY=\"$policy\" ");
+	if (!rc && s->keep_excluded)
+		rc = cfs_buf_puts(&b, "CONTEXTSDK_KEEP_EXCLUDED=1 ");
+	rc = rc ? rc
+		: cfs_buf_puts(&b, "CONTEXTSDK_MOUNT=\"$mount\" "
 				   "python3 - \"$bundle\" <<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, unpack_py);
 	rc = rc ? rc
@@ -340,7 +367,8 @@ static void *heartbeat_main(void *arg)
 			break;
 		pthread_mutex_unlock(&s->mu);
 
-		rc = atomic_load(&s->lock_lost)
+		rc = s->detached ? 0
+		     : atomic_load(&s->lock_lost)
 			     ? CFS_ELOCKED
 			     : cfs_lock_renew(NULL, s->st, s->id, s->owner,
 					      s->ttl_ms);
@@ -524,17 +552,26 @@ static int open_subdir(int *fd_out, const char *tmpdir, const char *name)
 	return 0;
 }
 
-/* Exports the current tree and packs it into <tmpdir>/attach.tar.zst. */
-static int build_bundle(struct cfs_session *s, char **path_out)
+/*
+ * Exports the current tree (or opens src_dir) and packs it into
+ * <tmpdir>/attach.tar.zst.
+ */
+static int build_bundle(struct cfs_session *s, const char *src_dir,
+			char **path_out)
 {
 	int treefd = -1, bfd = -1, rc;
 	char *path = NULL;
 
-	rc = open_subdir(&treefd, s->tmpdir, "attach");
-	if (rc)
-		goto out;
-	rc = cfs_context_export(NULL, s->st, s->keys, s->id, treefd, NULL,
-				NULL);
+	if (src_dir) {
+		treefd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rc = treefd < 0 ? cfs_error_errno(errno, "opening %s", src_dir)
+				: 0;
+	} else {
+		rc = open_subdir(&treefd, s->tmpdir, "attach");
+		if (!rc)
+			rc = cfs_context_export(NULL, s->st, s->keys, s->id,
+						treefd, NULL, NULL);
+	}
 	if (rc)
 		goto out;
 	path = cfs_asprintf("%s/attach.tar.zst", s->tmpdir);
@@ -556,7 +593,7 @@ out:
 		close(bfd);
 	if (treefd >= 0)
 		close(treefd);
-	{
+	if (!src_dir) {
 		/* The exported plaintext tree is not needed any more. */
 		char *t = cfs_asprintf("%s/attach", s->tmpdir);
 
@@ -615,6 +652,8 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 	s->cmd_timeout_ms = opts->command_timeout_ms > 0
 				    ? opts->command_timeout_ms
 				    : CFS_RUNTIME_DEFAULT_TIMEOUT_MS;
+	s->detached = opts->src_dir || opts->reuse;
+	s->keep_excluded = opts->keep_excluded;
 	s->id = cfs_strdup(id);
 	s->owner = opts->owner ? cfs_strdup(opts->owner) : NULL;
 	if (!s->id || (opts->owner && !s->owner)) {
@@ -656,11 +695,13 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 		goto fail;
 	}
 
-	rc = cfs_lock_acquire(NULL, &s->adopted, st, id, rt->id, s->owner,
-			      s->ttl_ms, opts->force_unlock);
-	if (rc)
-		goto fail;
-	locked = true;
+	if (!s->detached) {
+		rc = cfs_lock_acquire(NULL, &s->adopted, st, id, rt->id,
+				      s->owner, s->ttl_ms, opts->force_unlock);
+		if (rc)
+			goto fail;
+		locked = true;
+	}
 
 	cfs_sweep_stale_tmpdirs(NULL, "contextfs-session-");
 	{
@@ -672,18 +713,21 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 	}
 	if (rc)
 		goto fail;
-	rc = build_bundle(s, &bundle);
-	if (rc)
-		goto fail;
-	rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
-	unlink(bundle);
-	if (rc) {
-		cfs_error_prefix("uploading the context to %s", rt->id);
-		goto fail;
+	if (!opts->reuse) {
+		rc = build_bundle(s, opts->src_dir, &bundle);
+		if (rc)
+			goto fail;
+		rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
+		unlink(bundle);
+		if (rc) {
+			cfs_error_prefix("uploading the context to %s",
+					 rt->id);
+			goto fail;
+		}
+		rc = run_script(s, unpack_script(s), "mount context bundle");
+		if (rc)
+			goto fail;
 	}
-	rc = run_script(s, unpack_script(s), "mount context bundle");
-	if (rc)
-		goto fail;
 	rc = heartbeat_start(s, opts->heartbeat_ms);
 	if (rc)
 		goto fail;
@@ -730,6 +774,18 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 static int session_save_locked(struct cfs_commit_result *res,
 			       struct cfs_session *s,
 			       const struct cfs_session_save_opts *opts);
+static int session_fetch(struct cfs_session *s, int treefd,
+			 const char *label);
+
+int cfs_session_fetch(struct cfs_session *s, int destdirfd)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->save_mu);
+	rc = session_fetch(s, destdirfd, "pack context tree");
+	pthread_mutex_unlock(&s->save_mu);
+	return rc;
+}
 
 int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
 		     const struct cfs_session_save_opts *opts)
@@ -748,14 +804,16 @@ static int session_save_locked(struct cfs_commit_result *res,
 {
 	struct cfs_session_save_opts def = {0};
 	struct cfs_commit_opts co;
-	struct cfs_bundle_stats stats;
 	bool ckpt;
-	char name[32], *local = NULL;
-	int treefd = -1, bfd = -1, rc;
+	char name[32];
+	int treefd = -1, rc;
 
 	if (!opts)
 		opts = &def;
 	ckpt = opts->kind == CFS_COMMIT_CHECKPOINT;
+	if (s->detached)
+		return cfs_error_set(CFS_EINVAL,
+				     "a detached session cannot save");
 	if (atomic_load(&s->lock_lost))
 		return cfs_error_set(CFS_ELOCKED,
 				     "lock on %s was lost while the session "
@@ -766,13 +824,51 @@ static int session_save_locked(struct cfs_commit_result *res,
 	rc = cfs_lock_assert_owner(s->st, s->id, s->owner);
 	if (rc)
 		return rc;
-	rc = run_script(s, pack_script(s),
-			ckpt ? "checkpoint context tree" : "pack context tree");
+	s->seq++;
+	snprintf(name, sizeof(name), "save-%u", s->seq);
+	rc = open_subdir(&treefd, s->tmpdir, name);
 	if (rc)
 		return rc;
+	rc = session_fetch(s, treefd,
+			   ckpt ? "checkpoint context tree"
+				: "pack context tree");
+	if (rc)
+		goto out;
+	cfs_commit_opts_init(&co);
+	co.kind = opts->kind;
+	co.owner = s->owner;
+	co.author = opts->author;
+	co.message = opts->message;
+	co.reason = opts->reason;
+	co.key_verified = true; /* attach authenticated the tree */
+	rc = cfs_context_commit(res, s->st, s->keys, s->id, treefd, &co);
+out:
+	close(treefd);
+	{
+		char *p = cfs_asprintf("%s/%s", s->tmpdir, name);
 
-	s->seq++;
-	local = cfs_asprintf("%s/save-%u.tar.zst", s->tmpdir, s->seq);
+		if (p)
+			cfs_rmtree_at(AT_FDCWD, p);
+		free(p);
+	}
+	return rc;
+}
+
+/*
+ * Packs in the sandbox, downloads, removes the sandbox's copy and
+ * validates by unpacking into treefd. Callers hold save_mu.
+ */
+static int session_fetch(struct cfs_session *s, int treefd, const char *label)
+{
+	struct cfs_bundle_stats stats;
+	char *local = NULL;
+	int bfd = -1, rc;
+
+	rc = run_script(s, pack_script(s), label);
+	if (rc)
+		return rc;
+	s->fetch_seq++;
+	local = cfs_asprintf("%s/fetch-%u.tar.zst", s->tmpdir, s->fetch_seq);
 	if (!local)
 		return CFS_ENOMEM;
 	rc = cfs_runtime_download(s->rt, s->bundle_path, local);
@@ -797,33 +893,11 @@ static int session_save_locked(struct cfs_commit_result *res,
 		rc = cfs_error_errno(errno, "opening %s", local);
 		goto out;
 	}
-	snprintf(name, sizeof(name), "save-%u", s->seq);
-	rc = open_subdir(&treefd, s->tmpdir, name);
-	if (rc)
-		goto out;
 	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &bfd, NULL,
 			       &stats);
-	if (rc) {
+	if (rc)
 		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
-		goto out;
-	}
-	cfs_commit_opts_init(&co);
-	co.kind = opts->kind;
-	co.owner = s->owner;
-	co.author = opts->author;
-	co.message = opts->message;
-	co.reason = opts->reason;
-	co.key_verified = true; /* attach authenticated the tree */
-	rc = cfs_context_commit(res, s->st, s->keys, s->id, treefd, &co);
 out:
-	if (treefd >= 0) {
-		close(treefd);
-		char *p = cfs_asprintf("%s/%s", s->tmpdir, name);
-
-		if (p)
-			cfs_rmtree_at(AT_FDCWD, p);
-		free(p);
-	}
 	if (bfd >= 0)
 		close(bfd);
 	unlink(local);
@@ -846,7 +920,8 @@ int cfs_session_detach(struct cfs_session *s)
 	    cfs_runtime_run(&res, s->rt, script, NULL, s->cmd_timeout_ms) == 0)
 		cfs_run_result_clear(&res);
 	free(script);
-	rc = cfs_lock_release(s->st, s->id, s->owner, false);
+	rc = s->detached ? 0
+			 : cfs_lock_release(s->st, s->id, s->owner, false);
 	session_free(s);
 	return rc;
 }
@@ -864,6 +939,11 @@ const char *cfs_session_owner(const struct cfs_session *s)
 const char *cfs_session_mount_path(const struct cfs_session *s)
 {
 	return s->mount_path;
+}
+
+const struct cfs_policy *cfs_session_policy(const struct cfs_session *s)
+{
+	return &s->policy;
 }
 
 bool cfs_session_lock_lost(const struct cfs_session *s)

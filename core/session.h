@@ -33,6 +33,7 @@
 #include "core/store.h"
 
 struct cfs_keys;
+struct cfs_policy;
 struct cfs_session;
 
 struct cfs_session_opts {
@@ -47,6 +48,21 @@ struct cfs_session_opts {
 	 * sandbox lifetime), at least 1 s; < 0 = no heartbeat thread.
 	 */
 	int64_t heartbeat_ms;
+	/*
+	 * Detached sessions (contextfs-push): attach the tree of this local
+	 * directory (a snapshot the caller exported) instead of the current
+	 * one. The session takes no lock and cannot save; the caller brings
+	 * the sandbox's tree back with cfs_session_fetch().
+	 */
+	const char *src_dir;
+	/* Detached: the sandbox already holds the tree (a kept sandbox);
+	 * upload nothing. */
+	bool reuse;
+	/*
+	 * Clearing the managed roots before extracting leaves the policy's
+	 * excluded paths (node_modules, .venv, ...) of a kept sandbox alone.
+	 */
+	bool keep_excluded;
 };
 
 /*
@@ -78,6 +94,13 @@ int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
 		     const struct cfs_session_save_opts *opts);
 
 /*
+ * Packs what the sandbox holds (the same packer as save), downloads it and
+ * unpacks it into destdirfd (empty, the caller's) with the archive safety
+ * rules. Nothing is committed. Works for detached and locked sessions.
+ */
+int cfs_session_fetch(struct cfs_session *s, int destdirfd);
+
+/*
  * Detaches (best effort in the sandbox), stops the heartbeat, releases the
  * lock and frees the session. Returns the lock release's result. NULL-safe.
  */
@@ -102,6 +125,8 @@ unsigned int cfs_session_checkpoints(const struct cfs_session *s);
 
 const char *cfs_session_owner(const struct cfs_session *s);
 const char *cfs_session_mount_path(const struct cfs_session *s);
+/* The context's resolved persistence policy. */
+const struct cfs_policy *cfs_session_policy(const struct cfs_session *s);
 /* True once a heartbeat found the lock taken over or gone. */
 bool cfs_session_lock_lost(const struct cfs_session *s);
 /* Consecutive failed heartbeats (renewal or keep-alive). */

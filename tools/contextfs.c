@@ -3,7 +3,9 @@
  * table; each command lives in tools/cmd_<name>.c and the shared plumbing
  * (parsing, keys, output, exit codes) in tools/cli.c.
  */
+#include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "tools/cli.h"
 #include "tools/mount_cli.h"
@@ -14,6 +16,16 @@ extern const struct cli_command cli_cmd_umount;
 extern const struct cli_command cli_cmd_sync;
 extern const struct cli_command cli_cmd_mount_status;
 extern const struct cli_command cli_cmd_recover;
+extern const struct cli_command cli_cmd_push;
+
+/* Installed as contextfs-push: `contextfs-push ARGS` = `contextfs push ARGS`. */
+static bool push_name(const char *argv0)
+{
+	const char *base = argv0 ? strrchr(argv0, '/') : NULL;
+
+	base = base ? base + 1 : argv0;
+	return base && strcmp(base, "contextfs-push") == 0;
+}
 
 const struct cli_command *const cli_commands[] = {
 	&cli_cmd_init,
@@ -35,6 +47,7 @@ const struct cli_command *const cli_commands[] = {
 	&cli_cmd_recover, /* tools/cmd_recover.c */
 	&cli_cmd_run, /* tools/cmd_run.c */
 	&cli_cmd_probe,
+	&cli_cmd_push, /* tools/cmd_push.c, also contextfs-push */
 	NULL,
 };
 
@@ -43,5 +56,14 @@ int main(int argc, char **argv)
 	/* Installed as mount.contextfs / mount.fuse.contextfs too. */
 	if (argc > 0 && cli_mount_helper_name(argv[0]))
 		return cli_mount_helper_main(argc, argv);
+	if (argc > 0 && argc < CLI_MAX_ARGS && push_name(argv[0])) {
+		char *args[CLI_MAX_ARGS + 2];
+
+		args[0] = argv[0];
+		args[1] = (char *)"push";
+		for (int i = 1; i <= argc; i++)
+			args[i + 1] = argv[i];
+		return cli_main(argc + 1, args);
+	}
 	return cli_main(argc, argv);
 }

@@ -1,0 +1,316 @@
+"""contextfs push / contextfs-push on real FUSE mounts with the local runtime:
+a live mount's snapshot carried into a sandbox, a command run there, and the
+sandbox's changes merged back into the mount three-way (base = the pushed
+generation, theirs = the sandbox, ours = the mount now).
+
+Asserted on contents: sha256 and modes through the mountpoint, then again
+after an unmount and a fresh mount of the committed generation. To change
+the mount "while the sandbox runs", the command waits for a marker file the
+test creates (the local sandbox root is a host directory) after it changed
+the mount.
+"""
+import glob
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+
+from test_mount import BIN, Env, is_mounted  # noqa: F401 (skip marker)
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def listing(root):
+    """{rel: (kind, mode, sha256-or-target)} of the managed roots."""
+    out = {}
+    for top in ["workspace", "memory", "artifacts", "logs", "config"]:
+        for d, dirs, files in os.walk(os.path.join(root, top)):
+            for n in dirs + files:
+                p = os.path.join(d, n)
+                rel = os.path.relpath(p, root)
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = ("symlink", None, os.readlink(p))
+                elif stat.S_ISREG(st.st_mode):
+                    out[rel] = ("file", stat.S_IMODE(st.st_mode), sha(p))
+    return out
+
+
+def write(root, rel, data, mode=0o644):
+    p = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+    os.chmod(p, mode)
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(str(tmp_path))
+    e.env["XDG_CACHE_HOME"] = os.path.join(str(tmp_path), "xdg")
+    e.env["TMPDIR"] = os.path.join(str(tmp_path), "tmp")
+    os.makedirs(e.env["TMPDIR"])
+    e.run("init", "ctx")
+    yield e
+    e.cleanup()
+    assert e.log_errors() == []
+
+
+def push(env, mp, *args, cmd, check=None, timeout=180):
+    p = env.run("push", mp, "--runtime", "local", *args, "--", "bash", "-c", cmd,
+                check=False, timeout=timeout)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def push_json(env, mp, *args, cmd=None, check=0):
+    argv = ["--json", "push", mp, "--runtime", "local", *args]
+    if cmd is not None:
+        argv += ["--", "bash", "-c", cmd]
+    p = env.run(*argv, check=False)
+    assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return json.loads(p.stdout)
+
+
+def remount(env, mp):
+    env.umount(mp)
+    return env.mount("ctx", name="again")
+
+
+def seed(mp):
+    write(mp, "workspace/keep.txt", "keep me\n")
+    write(mp, "workspace/tool.sh", "#!/bin/sh\necho tool\n", 0o755)
+    write(mp, "workspace/secret.bin", os.urandom(100000), 0o600)
+    write(mp, "workspace/gone.txt", "delete me\n")
+    write(mp, "workspace/sub/deep/x.txt", "deep\n", 0o640)
+    write(mp, "memory/notes.md", "notes\n")
+    os.symlink("keep.txt", os.path.join(mp, "workspace/link"))
+
+
+def test_round_trip(env):
+    mp = env.mount("ctx")
+    seed(mp)
+    before = listing(mp)
+    new_bin = os.urandom(70000)
+    src = os.path.join(env.tmp, "new.bin")
+    with open(src, "wb") as f:
+        f.write(new_bin)
+    script = r"""
+set -e
+test "$(cat workspace/keep.txt)" = "keep me"
+test "$(readlink workspace/link)" = keep.txt
+printf 'changed\n' >> workspace/keep.txt
+rm workspace/gone.txt workspace/link
+rm -r workspace/sub
+chmod 700 workspace/tool.sh
+printf 'fresh\n' > workspace/new.txt; chmod 640 workspace/new.txt
+ln -s tool.sh workspace/link2
+mkdir -p workspace/node_modules/pkg artifacts/out
+echo 'module.exports = 1' > workspace/node_modules/pkg/index.js
+echo report > artifacts/out/report.txt
+echo out-line
+echo err-line >&2
+"""
+    p = push(env, mp, cmd=script, check=0)
+    assert p.stdout.startswith("out-line\n")
+    assert "err-line" in p.stderr
+
+    got = listing(mp)
+    want = dict(before)
+    del want["workspace/gone.txt"], want["workspace/link"], want["workspace/sub/deep/x.txt"]
+    want["workspace/keep.txt"] = ("file", 0o644,
+                                  hashlib.sha256(b"keep me\nchanged\n").hexdigest())
+    want["workspace/tool.sh"] = ("file", 0o700, before["workspace/tool.sh"][2])
+    want["workspace/new.txt"] = ("file", 0o640, hashlib.sha256(b"fresh\n").hexdigest())
+    want["workspace/link2"] = ("symlink", None, "tool.sh")
+    want["artifacts/out/report.txt"] = ("file", 0o644, hashlib.sha256(b"report\n").hexdigest())
+    assert got == want
+    assert not os.path.exists(os.path.join(mp, "workspace/node_modules"))
+    assert not os.path.exists(os.path.join(mp, "workspace/sub"))
+
+    # committed with a message naming the command, readable after a remount
+    log = env.run("log", "ctx").stdout
+    assert "push: bash -c" in log
+    mp2 = remount(env, mp)
+    assert listing(mp2) == want
+
+
+def test_exit_code_and_output_pass_through(env):
+    mp = env.mount("ctx")
+    p = push(env, mp, cmd="echo to-out; echo to-err >&2; echo made > workspace/f; exit 7",
+             check=7)
+    assert "to-out" in p.stdout and "to-err" in p.stderr
+    # a failing command's changes are still merged and committed
+    assert open(os.path.join(mp, "workspace/f")).read() == "made\n"
+    doc = push_json(env, mp, cmd="echo hi; exit 3", check=3)
+    assert doc["result"] == {"exitCode": 3, "stdout": "hi\n", "stderr": ""}
+    assert doc["ok"] is False and doc["conflicts"] == []
+
+
+def test_contextfs_push_name(env, tmp_path):
+    mp = env.mount("ctx")
+    link = os.path.join(str(tmp_path), "contextfs-push")
+    os.symlink(BIN, link)
+    p = subprocess.run([link, "--store", env.store, mp, "--runtime", "local", "--",
+                        "bash", "-c", "echo via-name > memory/n.md; exit 4"],
+                       env=env.env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 4, p.stderr
+    assert open(os.path.join(mp, "memory/n.md")).read() == "via-name\n"
+
+
+def concurrent_push(env, mp, sandbox_cmd, change_mount, *args):
+    """Runs a push whose command waits for a marker; meanwhile change_mount()
+    edits the mount. Returns the finished process."""
+    marker = "go.marker"
+    # <root>/tmp seen from the mount dir <root>/mnt/contextsdk/ctx (the
+    # sandbox's /tmp under bubblewrap, a host path without it)
+    m = "../../../tmp/" + marker
+    cmd = ("for i in $(seq 600); do [ -e %s ] && break; sleep 0.1; done\n"
+           "[ -e %s ] || exit 99\n" % (m, m)) + sandbox_cmd
+    p = subprocess.Popen([BIN, "--store", env.store, "--json", "push", mp, "--runtime",
+                          "local", *args, "--", "bash", "-c", cmd],
+                         env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 60
+    roots = []
+    while time.time() < deadline and not roots:
+        roots = [r for r in glob.glob(os.path.join(env.env["TMPDIR"], "contextfs-sandbox-*"))
+                 + glob.glob(os.path.join(env.env["XDG_CACHE_HOME"], "contextfs/push/*/contextfs-sandbox-*"))
+                 if os.path.isdir(os.path.join(r, "mnt/contextsdk/ctx/workspace"))]
+        time.sleep(0.05)
+    assert roots, "the sandbox never got the context"
+    change_mount()
+    open(os.path.join(roots[0], "tmp", marker), "w").close()
+    out, err = p.communicate(timeout=180)
+    return p.returncode, json.loads(out), err
+
+
+def test_disjoint_changes_both_land(env):
+    mp = env.mount("ctx")
+    write(mp, "workspace/a.txt", "a0\n")
+    write(mp, "workspace/b.txt", "b0\n")
+    rc, doc, err = concurrent_push(
+        env, mp, "echo b-sandbox > workspace/b.txt\n",
+        lambda: write(mp, "workspace/a.txt", "a-mount\n"))
+    assert rc == 0, err
+    assert doc["conflicts"] == [] and doc["modified"] == 1
+    assert open(os.path.join(mp, "workspace/a.txt")).read() == "a-mount\n"
+    assert open(os.path.join(mp, "workspace/b.txt")).read() == "b-sandbox\n"
+    mp2 = remount(env, mp)
+    assert sha(os.path.join(mp2, "workspace/a.txt")) == hashlib.sha256(b"a-mount\n").hexdigest()
+    assert sha(os.path.join(mp2, "workspace/b.txt")) == hashlib.sha256(b"b-sandbox\n").hexdigest()
+
+
+def test_conflict_keeps_mount_version(env):
+    mp = env.mount("ctx")
+    write(mp, "workspace/c.txt", "base\n")
+    write(mp, "workspace/d.txt", "base-d\n")
+    write(mp, "workspace/e.txt", "base-e\n")
+
+    def change():
+        write(mp, "workspace/c.txt", "mount\n")
+        write(mp, "workspace/d.txt", "mount-d\n")   # sandbox deletes it
+        os.unlink(os.path.join(mp, "workspace/e.txt"))  # sandbox modifies it
+    rc, doc, err = concurrent_push(
+        env, mp,
+        "echo sandbox > workspace/c.txt\nrm workspace/d.txt\n"
+        "echo sandbox-e > workspace/e.txt\n", change)
+    assert rc == 0, err
+    byp = {c["path"]: c for c in doc["conflicts"]}
+    assert set(byp) == {"workspace/c.txt", "workspace/d.txt", "workspace/e.txt"}
+    assert byp["workspace/c.txt"]["sandboxCopy"] == "workspace/c.txt.contextfs-sandbox"
+    assert byp["workspace/d.txt"]["sandboxCopy"] is None
+    assert "deleted in the sandbox" in byp["workspace/d.txt"]["kind"]
+    assert "deleted in the mount" in byp["workspace/e.txt"]["kind"]
+    for path in byp:
+        assert "conflict: " + path in err
+    # c: mount's version in place, sandbox's beside it
+    assert open(os.path.join(mp, "workspace/c.txt")).read() == "mount\n"
+    assert open(os.path.join(mp, "workspace/c.txt.contextfs-sandbox")).read() == "sandbox\n"
+    # d: deleted in the sandbox, modified in the mount: the modification stays
+    assert open(os.path.join(mp, "workspace/d.txt")).read() == "mount-d\n"
+    # e: modified in the sandbox, deleted in the mount: stays deleted, copy beside
+    assert not os.path.lexists(os.path.join(mp, "workspace/e.txt"))
+    assert open(os.path.join(mp, "workspace/e.txt.contextfs-sandbox")).read() == "sandbox-e\n"
+    mp2 = remount(env, mp)
+    assert open(os.path.join(mp2, "workspace/c.txt")).read() == "mount\n"
+    assert open(os.path.join(mp2, "workspace/c.txt.contextfs-sandbox")).read() == "sandbox\n"
+
+
+def test_deletion_vs_unchanged(env):
+    """Deleted in the sandbox, untouched in the mount: deleted; modified in
+    the mount, untouched in the sandbox: kept."""
+    mp = env.mount("ctx")
+    write(mp, "workspace/del.txt", "x\n")
+    write(mp, "workspace/mine.txt", "0\n")
+    rc, doc, err = concurrent_push(
+        env, mp, "rm workspace/del.txt\n",
+        lambda: write(mp, "workspace/mine.txt", "mount-edit\n"))
+    assert rc == 0, err
+    assert doc["deleted"] == 1 and doc["conflicts"] == []
+    assert not os.path.exists(os.path.join(mp, "workspace/del.txt"))
+    assert open(os.path.join(mp, "workspace/mine.txt")).read() == "mount-edit\n"
+
+
+def test_keep_then_pull_and_node_modules(env):
+    mp = env.mount("ctx")
+    write(mp, "workspace/app.js", "v1\n")
+    doc = push_json(env, mp, "--keep", cmd=(
+        "mkdir -p workspace/node_modules/dep && echo dep > workspace/node_modules/dep/i.js\n"
+        "echo built > artifacts/b1\n"))
+    sid = doc["sandbox"]
+    assert sid and sid.startswith("push-")
+    assert open(os.path.join(mp, "artifacts/b1")).read() == "built\n"
+    assert not os.path.exists(os.path.join(mp, "workspace/node_modules"))
+
+    # change the kept sandbox behind push's back, then --pull it
+    roots = glob.glob(os.path.join(env.env["XDG_CACHE_HOME"], "contextfs/push", sid,
+                                   "contextfs-sandbox-*"))
+    assert len(roots) == 1
+    ws = os.path.join(roots[0], "mnt/contextsdk/ctx")
+    if not os.path.isdir(ws):  # plain sandbox paths are host paths
+        pytest.fail("kept sandbox has no context at " + ws)
+    write(ws, "memory/from-sandbox.md", "pulled\n")
+    doc = push_json(env, mp, "--pull", "--sandbox-id", sid, "--keep")
+    assert "result" not in doc and doc["added"] == 1 and doc["conflicts"] == []
+    assert open(os.path.join(mp, "memory/from-sandbox.md")).read() == "pulled\n"
+    # nothing pulled twice: the base moved on
+    doc = push_json(env, mp, "--pull", "--sandbox-id", sid, "--keep")
+    assert doc["added"] == doc["modified"] == doc["deleted"] == 0
+
+    # a new push into the kept sandbox keeps its node_modules
+    write(mp, "workspace/app.js", "v2\n")
+    doc = push_json(env, mp, "--sandbox-id", sid, cmd=(
+        "test \"$(cat workspace/app.js)\" = v2 || exit 10\n"
+        "test -f workspace/node_modules/dep/i.js || exit 11\n"
+        "echo ok > logs/run.log\n"))
+    assert doc["result"]["exitCode"] == 0, doc
+    assert open(os.path.join(mp, "logs/run.log")).read() == "ok\n"
+    # without --keep the sandbox is gone now
+    assert not os.path.exists(os.path.join(env.env["XDG_CACHE_HOME"], "contextfs/push", sid))
+    p = env.run("push", mp, "--pull", "--sandbox-id", sid, check=False)
+    assert p.returncode == 3, p.stderr
+    mp2 = remount(env, mp)
+    assert open(os.path.join(mp2, "memory/from-sandbox.md")).read() == "pulled\n"
+    assert not os.path.exists(os.path.join(mp2, "workspace/node_modules"))
+
+
+def test_usage_errors(env):
+    mp = env.mount("ctx")
+    assert env.run("push", mp, "--runtime", "local", check=False).returncode == 2
+    assert env.run("push", env.tmp, "--runtime", "local", "--", "true",
+                   check=False).returncode == 2
+    assert env.run("push", mp, "--pull", "--sandbox-id", "../x",
+                   check=False).returncode == 2

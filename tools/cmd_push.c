@@ -1,0 +1,1423 @@
+/*
+ * contextfs push (also installed as contextfs-push): carries a consistent
+ * snapshot of a LIVE mount into a sandbox, runs a command there and
+ * merges what the sandbox changed back into the mount, three-way:
+ *
+ *   base   = the snapshot pushed (a committed generation of the mount);
+ *   theirs = the sandbox's managed roots after the command (packed there,
+ *            downloaded and validated here as every session save is);
+ *   ours   = the mount as it is now (it stayed writable throughout).
+ *
+ * The snapshot: we ask the daemon to commit (`contextfs commit MP`; a
+ * clean mount answers at once) and export the generation it reports with
+ * the engine. That is the sound choice: the daemon's commit is the only
+ * point-in-time view of the staging tree (it freezes writers while it
+ * mirrors the tree), the export is authenticated and validated like any
+ * read, and it needs no private access to the daemon's staging area,
+ * which another process must not read while writers run. A generation is
+ * also exactly what the persistence policy keeps, so excluded paths and
+ * cache/ are never pushed, and the base stays reproducible.
+ *
+ * The mount keeps the context lock: the session is detached (no lock, no
+ * save; core/session.h src_dir), and every change lands through the
+ * mountpoint path with ordinary system calls, so the daemon stages and
+ * commits them itself (`push: COMMAND`). Paths are walked one component
+ * at a time with O_NOFOLLOW: a symlink in the mount or in the sandbox's
+ * tree never redirects a write.
+ *
+ * --keep leaves the sandbox (state under <cache>/contextfs/push/<ID>/:
+ * state.json, the base for the next merge as a plaintext bundle in a 0700
+ * directory, and a local sandbox's root); --sandbox ID reuses it
+ * (extracting the new snapshot there keeps excluded paths such as
+ * node_modules), --pull merges what it holds without running anything.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "adapters/adapters.h"
+#include "core/bundle.h"
+#include "core/context.h"
+#include "core/crypto.h"
+#include "core/error.h"
+#include "core/ids.h"
+#include "core/manifest.h"
+#include "core/policy.h"
+#include "core/session.h"
+#include "core/util.h"
+#include "fuse/mount.h"
+#include "tools/cli.h"
+#include "tools/mount_cli.h"
+#include "tools/runtime_cli.h"
+
+#define CONFLICT_SUFFIX ".contextfs-sandbox"
+#define PUSH_ENTRIES_MAX 1000000
+#define STATE_MAX (64u << 10)
+#define MESSAGE_MAX 200
+
+enum {
+	OPT_KEEP = RT_OPT_COUNT,
+	OPT_PULL,
+	OPT_SANDBOX,
+	OPT_TIMEOUT,
+};
+
+static const struct cli_opt opts[] = {
+	CLI_RUNTIME_OPTS,
+	{"keep", 0, false, OPT_KEEP},
+	{"pull", 0, false, OPT_PULL},
+	{"sandbox-id", 0, true, OPT_SANDBOX},
+	{"timeout", 0, true, OPT_TIMEOUT},
+	{NULL, 0, false, 0},
+};
+
+/* ------------------------------------------------------------------ */
+/* Trees: the entries of the managed roots of a directory */
+
+struct ent {
+	char *path;
+	mode_t mode; /* st_mode: type and permission bits */
+	off_t size;
+	struct timespec mtime;
+};
+
+struct tree {
+	int fd; /* the tree's root directory */
+	struct ent *v;
+	size_t n, cap;
+};
+
+static void tree_clear(struct tree *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->v[i].path);
+	free(t->v);
+	if (t->fd >= 0)
+		close(t->fd);
+	t->v = NULL;
+	t->n = t->cap = 0;
+	t->fd = -1;
+}
+
+static int tree_add(struct tree *t, const char *path, const struct stat *sb)
+{
+	if (t->n >= PUSH_ENTRIES_MAX)
+		return cfs_error_set(CFS_EUNSAFE,
+				     "more than %d entries to merge",
+				     PUSH_ENTRIES_MAX);
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 256;
+		struct ent *v = realloc(t->v, cap * sizeof(*v));
+
+		if (!v)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		t->v = v;
+		t->cap = cap;
+	}
+	t->v[t->n].path = cfs_strdup(path);
+	if (!t->v[t->n].path)
+		return CFS_ENOMEM;
+	t->v[t->n].mode = sb->st_mode;
+	t->v[t->n].size = sb->st_size;
+	t->v[t->n].mtime = sb->st_mtim;
+	t->n++;
+	return 0;
+}
+
+/* True when rel is merged: not excluded by the policy, not under cache/. */
+static bool managed(const struct cfs_policy *pol, const char *rel)
+{
+	return strcmp(rel, "cache") != 0 && strncmp(rel, "cache/", 6) != 0 &&
+	       !cfs_policy_excluded(pol, rel);
+}
+
+static int walk(struct tree *t, const struct cfs_policy *pol, int dfd,
+		const char *rel)
+{
+	DIR *d;
+	struct dirent *de;
+	int rc = 0, fd;
+
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return cfs_error_errno(errno, "opening %s", rel);
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return cfs_error_errno(errno, "reading %s", rel);
+	}
+	while (!rc && (de = readdir(d))) {
+		struct stat sb;
+		char *p;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		p = cfs_asprintf("%s/%s", rel, de->d_name);
+		if (!p)
+			rc = CFS_ENOMEM;
+		else if (!managed(pol, p))
+			;
+		else if (fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW))
+			rc = cfs_error_errno(errno, "stat %s", p);
+		else if (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode) ||
+			 S_ISDIR(sb.st_mode))
+			rc = tree_add(t, p, &sb);
+		if (!rc && p && S_ISDIR(sb.st_mode) && managed(pol, p) &&
+		    !cfs_policy_prunes(pol, p)) {
+			int cfd = openat(dfd, de->d_name,
+					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+						 O_CLOEXEC);
+
+			if (cfd < 0) {
+				rc = cfs_error_errno(errno, "opening %s", p);
+			} else {
+				rc = walk(t, pol, cfd, p);
+				close(cfd);
+			}
+		}
+		free(p);
+	}
+	closedir(d);
+	return rc;
+}
+
+static int ent_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct ent *)a)->path,
+		      ((const struct ent *)b)->path);
+}
+
+/* Loads contextsdk.json and the policy roots of the directory path. */
+static int tree_load(struct tree *t, const struct cfs_policy *pol,
+		     const char *path)
+{
+	int rc = 0;
+
+	t->fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (t->fd < 0)
+		return cfs_error_errno(errno, "opening %s", path);
+	for (size_t i = 0; !rc && i <= pol->nroots; i++) {
+		const char *top = i ? pol->roots[i - 1] : CFS_CONTEXT_JSON;
+		struct stat sb;
+		int cfd;
+
+		if (strchr(top, '/') || !managed(pol, top) ||
+		    fstatat(t->fd, top, &sb, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode) &&
+		    !S_ISLNK(sb.st_mode))
+			continue;
+		rc = tree_add(t, top, &sb);
+		if (rc || !S_ISDIR(sb.st_mode))
+			continue;
+		cfd = openat(t->fd, top,
+			     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (cfd < 0)
+			return cfs_error_errno(errno, "opening %s", top);
+		rc = walk(t, pol, cfd, top);
+		close(cfd);
+	}
+	if (!rc && t->n)
+		qsort(t->v, t->n, sizeof(*t->v), ent_cmp);
+	return rc;
+}
+
+/*
+ * Opens the parent directory of rel below rootfd, one component at a
+ * time with O_NOFOLLOW (a symlink on the way is ENOTDIR/ELOOP, never
+ * followed). create: make missing directories (0755). *leaf points into
+ * rel. Returns the fd or -errno.
+ */
+static int open_parent(int rootfd, const char *rel, bool create,
+		       const char **leaf)
+{
+	const char *p = rel, *slash;
+	int fd = dup(rootfd);
+
+	if (fd < 0)
+		return -errno;
+	while ((slash = strchr(p, '/'))) {
+		char name[256];
+		size_t n = (size_t)(slash - p);
+		int nfd;
+
+		if (n == 0 || n >= sizeof(name)) {
+			close(fd);
+			return -ENAMETOOLONG;
+		}
+		memcpy(name, p, n);
+		name[n] = '\0';
+		nfd = openat(fd, name,
+			     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0 && errno == ENOENT && create) {
+			if (mkdirat(fd, name, 0755) && errno != EEXIST) {
+				int e = errno;
+
+				close(fd);
+				return -e;
+			}
+			nfd = openat(fd, name,
+				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+					     O_CLOEXEC);
+		}
+		if (nfd < 0) {
+			int e = errno == ELOOP ? ENOTDIR : errno;
+
+			close(fd);
+			return -e;
+		}
+		close(fd);
+		fd = nfd;
+		p = slash + 1;
+	}
+	*leaf = p;
+	return fd;
+}
+
+/* lstat of rel below rootfd without following any symlink; false = absent */
+static bool stat_rel(int rootfd, const char *rel, struct stat *sb)
+{
+	const char *leaf;
+	int pfd = open_parent(rootfd, rel, false, &leaf);
+	bool ok;
+
+	if (pfd < 0)
+		return false;
+	ok = fstatat(pfd, leaf, sb, AT_SYMLINK_NOFOLLOW) == 0;
+	close(pfd);
+	return ok;
+}
+
+static int open_rel(int rootfd, const char *rel)
+{
+	const char *leaf;
+	int pfd = open_parent(rootfd, rel, false, &leaf), fd;
+
+	if (pfd < 0)
+		return -1;
+	fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	close(pfd);
+	return fd;
+}
+
+static char *readlink_rel(int rootfd, const char *rel)
+{
+	const char *leaf;
+	char buf[4096];
+	int pfd = open_parent(rootfd, rel, false, &leaf);
+	ssize_t n;
+
+	if (pfd < 0)
+		return NULL;
+	n = readlinkat(pfd, leaf, buf, sizeof(buf) - 1);
+	close(pfd);
+	if (n < 0)
+		return NULL;
+	return cfs_strndup(buf, (size_t)n);
+}
+
+/* Byte-for-byte equality of two regular files (same size known). */
+static bool same_content(int afd, const char *a, int bfd, const char *b)
+{
+	char x[65536], y[65536];
+	int fa = open_rel(afd, a), fb = open_rel(bfd, b);
+	bool same = fa >= 0 && fb >= 0;
+
+	while (same) {
+		size_t gx = 0, gy = 0;
+
+		if (cfs_read_all(fa, x, sizeof(x), &gx) ||
+		    cfs_read_all(fb, y, sizeof(y), &gy) || gx != gy ||
+		    memcmp(x, y, gx)) {
+			same = false;
+			break;
+		}
+		if (gx < sizeof(x))
+			break;
+	}
+	if (fa >= 0)
+		close(fa);
+	if (fb >= 0)
+		close(fb);
+	return same;
+}
+
+/*
+ * What the sandbox's extractor (python tarfile, filter='data') makes of a
+ * file mode: group/other write and set-id bits dropped, owner rw added,
+ * x bits dropped when the owner has none. A sandbox file whose mode equals
+ * this of the base's did not chmod: the mount keeps its mode.
+ */
+static mode_t sandbox_mode(mode_t m)
+{
+	m &= 0755;
+	if (!(m & 0100))
+		m &= ~(mode_t)0111;
+	return m | 0600;
+}
+
+/* A side of the merge: one entry (or none) of a tree. */
+struct side {
+	bool present;
+	struct stat sb;
+	int rootfd;
+	const char *path;
+};
+
+static bool same_link(const struct side *a, const struct side *b)
+{
+	char *x = readlink_rel(a->rootfd, a->path);
+	char *y = readlink_rel(b->rootfd, b->path);
+	bool same = x && y && strcmp(x, y) == 0;
+
+	free(x);
+	free(y);
+	return same;
+}
+
+/*
+ * Equality of two sides. loose_mode: a file mode also matches what the
+ * sandbox's extractor makes of the other one (comparing with the sandbox).
+ * Directories compare by type only: their modes are not merged.
+ */
+static bool same_side(const struct side *a, const struct side *b,
+		      bool loose_mode)
+{
+	mode_t ma, mb;
+
+	if (a->present != b->present)
+		return false;
+	if (!a->present)
+		return true;
+	if ((a->sb.st_mode & S_IFMT) != (b->sb.st_mode & S_IFMT))
+		return false;
+	if (S_ISDIR(a->sb.st_mode))
+		return true;
+	if (S_ISLNK(a->sb.st_mode))
+		return same_link(a, b);
+	ma = a->sb.st_mode & 07777;
+	mb = b->sb.st_mode & 07777;
+	if (ma != mb && !(loose_mode && sandbox_mode(ma) == mb))
+		return false;
+	return a->sb.st_size == b->sb.st_size &&
+	       same_content(a->rootfd, a->path, b->rootfd, b->path);
+}
+
+/* ------------------------------------------------------------------ */
+/* Applying to the mount */
+
+struct merge {
+	struct cli *cli;
+	int mountfd;
+	cJSON *conflicts; /* [{path, kind, sandboxCopy}] */
+	unsigned added, modified, deleted, kept;
+	int error; /* first failure to apply (reported, merge continues) */
+};
+
+static void merge_fail(struct merge *m, const char *what, const char *path,
+		       int err)
+{
+	cli_warn(m->cli, "could not %s %s in the mount: %s", what, path,
+		 strerror(err));
+	if (!m->error)
+		m->error = cfs_error_errno(err, "%s %s in the mount", what,
+					   path);
+}
+
+/* Writes theirs' file or symlink at dst (replacing a file or link there). */
+static int put_entry(struct merge *m, const struct side *t, const char *dst,
+		     mode_t mode)
+{
+	const char *leaf;
+	struct stat sb;
+	int pfd = open_parent(m->mountfd, dst, true, &leaf);
+	int in = -1, out = -1, rc = 0;
+
+	if (pfd < 0)
+		return -pfd;
+	if (fstatat(pfd, leaf, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (S_ISLNK(t->sb.st_mode) || !S_ISREG(sb.st_mode)) &&
+	    unlinkat(pfd, leaf, S_ISDIR(sb.st_mode) ? AT_REMOVEDIR : 0)) {
+		rc = errno;
+		goto out;
+	}
+	if (S_ISLNK(t->sb.st_mode)) {
+		char *target = readlink_rel(t->rootfd, t->path);
+
+		if (!target || symlinkat(target, pfd, leaf))
+			rc = target ? errno : EIO;
+		free(target);
+		goto out;
+	}
+	in = open_rel(t->rootfd, t->path);
+	if (in < 0) {
+		rc = errno;
+		goto out;
+	}
+	out = openat(pfd, leaf,
+		     O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+		     mode & 0777);
+	if (out < 0) {
+		rc = errno;
+		goto out;
+	}
+	for (;;) {
+		char buf[65536];
+		ssize_t n = read(in, buf, sizeof(buf));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		if (cfs_write_all(out, buf, (size_t)n)) {
+			rc = EIO;
+			break;
+		}
+	}
+	if (!rc && fchmod(out, mode & 07777))
+		rc = errno;
+	if (!rc) {
+		struct timespec ts[2] = {t->sb.st_mtim, t->sb.st_mtim};
+
+		(void)futimens(out, ts);
+	}
+	if (close(out) && !rc)
+		rc = errno;
+	out = -1;
+out:
+	if (in >= 0)
+		close(in);
+	close(pfd);
+	return rc;
+}
+
+static void add_conflict(struct merge *m, const char *path, const char *kind,
+			 const char *copy)
+{
+	cJSON *c = cJSON_CreateObject();
+
+	if (c) {
+		cJSON_AddStringToObject(c, "path", path);
+		cJSON_AddStringToObject(c, "kind", kind);
+		cli_json_add_str_or_null(c, "sandboxCopy", copy);
+		cJSON_AddItemToArray(m->conflicts, c);
+	}
+	if (copy)
+		fprintf(stderr,
+			"contextfs-push: conflict: %s: %s; the mount's "
+			"version is kept, the sandbox's is in %s\n",
+			path, kind, copy);
+	else
+		fprintf(stderr,
+			"contextfs-push: conflict: %s: %s; the mount's "
+			"version is kept\n",
+			path, kind);
+}
+
+/* Both sides changed path differently: keep ours, put theirs beside it. */
+static void conflict(struct merge *m, const struct side *b,
+		     const struct side *t, const struct side *o)
+{
+	const char *kind = !t->present	 ? "deleted in the sandbox, changed "
+					   "in the mount"
+			   : !o->present ? "changed in the sandbox, deleted "
+					   "in the mount"
+			   : b->present	 ? "changed in the sandbox and in "
+					   "the mount"
+					 : "added in the sandbox and in the "
+					   "mount";
+	char *copy = NULL;
+	int err;
+
+	if (t->present && !S_ISDIR(t->sb.st_mode)) {
+		copy = cfs_asprintf("%s%s", t->path, CONFLICT_SUFFIX);
+		if (!copy) {
+			m->error = m->error ? m->error : CFS_ENOMEM;
+			return;
+		}
+		err = put_entry(m, t, copy, t->sb.st_mode);
+		if (err) {
+			merge_fail(m, "write", copy, err);
+			free(copy);
+			copy = NULL;
+		}
+	}
+	add_conflict(m, t->path, kind, copy);
+	free(copy);
+}
+
+static void remove_entry(struct merge *m, const struct side *o)
+{
+	const char *leaf;
+	int pfd = open_parent(m->mountfd, o->path, false, &leaf);
+	bool dir = S_ISDIR(o->sb.st_mode);
+
+	if (pfd < 0) {
+		merge_fail(m, "remove", o->path, -pfd);
+		return;
+	}
+	if (unlinkat(pfd, leaf, dir ? AT_REMOVEDIR : 0) == 0) {
+		if (!dir)
+			m->deleted++;
+	} else if (dir && (errno == ENOTEMPTY || errno == EEXIST)) {
+		/* The mount added files there (or keeps excluded ones). */
+		m->kept++;
+		cli_warn(m->cli,
+			 "%s was removed in the sandbox but is not empty in "
+			 "the mount; kept",
+			 o->path);
+	} else {
+		merge_fail(m, "remove", o->path, errno);
+	}
+	close(pfd);
+}
+
+enum action { ACT_SKIP, ACT_APPLY, ACT_CONFLICT };
+
+struct item {
+	const char *path;
+	struct side b, t, o;
+	enum action act;
+};
+
+static void decide(struct item *it)
+{
+	/* theirs unchanged, or both made the same change: nothing to do */
+	if (same_side(&it->b, &it->t, true) || same_side(&it->o, &it->t, true))
+		it->act = ACT_SKIP;
+	else if (same_side(&it->b, &it->o, false))
+		it->act = ACT_APPLY;
+	else
+		it->act = ACT_CONFLICT;
+}
+
+static void apply(struct merge *m, struct item *it)
+{
+	mode_t mode;
+	int err;
+
+	if (S_ISDIR(it->t.sb.st_mode)) {
+		const char *leaf;
+		int pfd;
+
+		if (it->o.present && S_ISDIR(it->o.sb.st_mode))
+			return;
+		pfd = open_parent(m->mountfd, it->path, true, &leaf);
+		if (pfd >= 0 && it->o.present)
+			(void)unlinkat(pfd, leaf, 0); /* theirs: file -> dir */
+		if (pfd < 0 || mkdirat(pfd, leaf, it->t.sb.st_mode & 0777))
+			merge_fail(m, "create", it->path,
+				   pfd < 0 ? -pfd : errno);
+		if (pfd >= 0)
+			close(pfd);
+		return;
+	}
+	/* A chmod in the sandbox is applied; the extractor's own is not. */
+	mode = it->t.sb.st_mode & 07777;
+	if (it->b.present && S_ISREG(it->b.sb.st_mode) &&
+	    sandbox_mode(it->b.sb.st_mode & 07777) == mode)
+		mode = it->b.sb.st_mode & 07777;
+	err = put_entry(m, &it->t, it->path, mode);
+	if (err)
+		merge_fail(m, "write", it->path, err);
+	else if (it->o.present)
+		m->modified++;
+	else
+		m->added++;
+}
+
+/*
+ * The three-way merge of the managed roots. Decisions are taken first on
+ * the state of all three trees; removals then run children first, and
+ * creations and updates parents first.
+ */
+static int merge_trees(struct merge *m, const struct tree *base,
+		       const struct tree *theirs)
+{
+	struct item *items = NULL;
+	size_t n = 0, i = 0, j = 0;
+	int rc = 0;
+
+	if (base->n + theirs->n == 0)
+		return 0;
+	items = cfs_calloc(base->n + theirs->n, sizeof(*items));
+	if (!items)
+		return CFS_ENOMEM;
+	/* the sorted union of both trees' paths */
+	while (i < base->n || j < theirs->n) {
+		int c = i >= base->n	? 1
+			: j >= theirs->n ? -1
+					 : strcmp(base->v[i].path,
+						  theirs->v[j].path);
+		struct item *it = &items[n++];
+
+		it->path = c <= 0 ? base->v[i].path : theirs->v[j].path;
+		it->b.rootfd = base->fd;
+		it->t.rootfd = theirs->fd;
+		it->o.rootfd = m->mountfd;
+		it->b.path = it->t.path = it->o.path = it->path;
+		if (c <= 0) {
+			it->b.present = true;
+			it->b.sb.st_mode = base->v[i].mode;
+			it->b.sb.st_size = base->v[i].size;
+			it->b.sb.st_mtim = base->v[i].mtime;
+			i++;
+		}
+		if (c >= 0) {
+			it->t.present = true;
+			it->t.sb.st_mode = theirs->v[j].mode;
+			it->t.sb.st_size = theirs->v[j].size;
+			it->t.sb.st_mtim = theirs->v[j].mtime;
+			j++;
+		}
+		it->o.present = stat_rel(m->mountfd, it->path, &it->o.sb);
+		decide(it);
+	}
+	/* removals (theirs deleted it, or changed its type), deepest first */
+	for (size_t k = n; k-- > 0;) {
+		struct item *it = &items[k];
+
+		if (it->act != ACT_APPLY || !it->o.present)
+			continue;
+		if (!it->t.present ||
+		    (S_ISDIR(it->o.sb.st_mode) && !S_ISDIR(it->t.sb.st_mode)))
+			remove_entry(m, &it->o);
+	}
+	for (size_t k = 0; k < n; k++) {
+		struct item *it = &items[k];
+
+		if (it->act == ACT_CONFLICT)
+			conflict(m, &it->b, &it->t, &it->o);
+		else if (it->act == ACT_APPLY && it->t.present)
+			apply(m, it);
+	}
+	free(items);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Kept sandboxes: <cache>/contextfs/push/<ID>/ */
+
+static bool sandbox_id_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 6 || n > 64 || strncmp(s, "push-", 5) != 0)
+		return false;
+	for (size_t i = 5; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') ||
+		      (s[i] >= '0' && s[i] <= '9')))
+			return false;
+	return true;
+}
+
+static char *state_dir(const char *sid)
+{
+	char *cache = cfs_mount_default_cache();
+	char *p = cache ? cfs_asprintf("%s/contextfs/push/%s", cache, sid)
+			: NULL;
+
+	free(cache);
+	return p;
+}
+
+/* The local sandbox root inside a kept sandbox's state directory. */
+static char *local_root_in(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	char *root = NULL;
+
+	if (!d)
+		return NULL;
+	while ((de = readdir(d)))
+		if (strncmp(de->d_name, "contextfs-sandbox-", 18) == 0) {
+			root = cfs_asprintf("%s/%s", dir, de->d_name);
+			break;
+		}
+	closedir(d);
+	return root;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int state_read(cJSON **out, const char *dir)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
+
+	if (dfd < 0)
+		return errno == ENOENT
+			       ? cfs_error_set(CFS_ENOTFOUND,
+					       "no kept sandbox %s (%s)",
+					       strrchr(dir, '/') + 1, dir)
+			       : cfs_error_errno(errno, "opening %s", dir);
+	rc = cfs_read_file_at(&text, &len, dfd, "state.json", STATE_MAX);
+	close(dfd);
+	if (rc)
+		return rc;
+	*out = cJSON_Parse(text);
+	free(text);
+	if (!*out || !cJSON_IsObject(*out)) {
+		cJSON_Delete(*out);
+		*out = NULL;
+		return cfs_error_set(CFS_ECORRUPT, "%s/state.json is corrupt",
+				     dir);
+	}
+	return 0;
+}
+
+/*
+ * Records the sandbox and the next merge's base (the tree in treefd, as
+ * pulled from the sandbox or pushed into it) as a plaintext bundle.
+ */
+static int state_write(const char *dir, const cJSON *state, int treefd,
+		       const struct cfs_policy *pol)
+{
+	char *text = cJSON_Print(state);
+	int dfd = -1, bfd = -1, rc;
+
+	if (!text)
+		return CFS_ENOMEM;
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		rc = cfs_error_errno(errno, "opening %s", dir);
+		goto out;
+	}
+	bfd = openat(dfd, "base.tar.zst.tmp",
+		     O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+		     0600);
+	if (bfd < 0) {
+		rc = cfs_error_errno(errno, "creating %s/base.tar.zst", dir);
+		goto out;
+	}
+	rc = cfs_bundle_pack(treefd, pol, NULL, 0, cfs_bundle_fd_sink, &bfd,
+			     NULL);
+	if (!rc && renameat(dfd, "base.tar.zst.tmp", dfd, "base.tar.zst"))
+		rc = cfs_error_errno(errno, "writing %s/base.tar.zst", dir);
+	if (!rc)
+		rc = cfs_write_file_at(dfd, "state.json", text, strlen(text),
+				       0600, true);
+out:
+	if (bfd >= 0)
+		close(bfd);
+	if (dfd >= 0)
+		close(dfd);
+	free(text);
+	return rc;
+}
+
+static int base_from_state(const char *dir, int destfd)
+{
+	char *p = cfs_asprintf("%s/base.tar.zst", dir);
+	int fd, rc;
+
+	if (!p)
+		return CFS_ENOMEM;
+	fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	free(p);
+	if (fd < 0)
+		return cfs_error_errno(errno, "opening %s/base.tar.zst", dir);
+	rc = cfs_bundle_unpack(destfd, cfs_bundle_fd_source, &fd, NULL, NULL);
+	close(fd);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+static volatile sig_atomic_t push_cancel;
+static volatile sig_atomic_t push_signal;
+
+static void on_signal(int sig)
+{
+	if (!push_signal)
+		push_signal = sig;
+	push_cancel = 1;
+}
+
+static int mount_op(cJSON **reply, const char *mp, const char *op,
+		    const char *msg)
+{
+	cJSON *req = cJSON_CreateObject();
+	int rc;
+
+	if (!req)
+		return CFS_ENOMEM;
+	cJSON_AddStringToObject(req, "op", op);
+	if (msg)
+		cJSON_AddStringToObject(req, "message", msg);
+	rc = cfs_mount_request(reply, mp, req);
+	cJSON_Delete(req);
+	return rc;
+}
+
+static double jnum(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+
+	return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+/* The words after the mountpoint, each single-quoted, joined by spaces. */
+static int build_command(char **out, char **words, struct cli *cli)
+{
+	struct cfs_buf b = CFS_BUF_INIT, w = CFS_BUF_INIT;
+	int rc = cfs_buf_puts(&b, "");
+
+	rc = rc ? rc : cfs_buf_puts(&w, "");
+	for (int i = 1; i < cli->argc && !rc; i++) {
+		if (i > 1)
+			rc = cfs_buf_puts(&b, " ");
+		if (!rc)
+			rc = cfs_shell_quote(&b, cli->argv[i]);
+		if (!rc && w.len < MESSAGE_MAX)
+			rc = cfs_buf_printf(&w, "%s%s", i > 1 ? " " : "",
+					    cli->argv[i]);
+	}
+	if (rc) {
+		cfs_buf_free(&b);
+		cfs_buf_free(&w);
+		return rc;
+	}
+	*out = cfs_buf_detach(&b);
+	*words = cfs_buf_detach(&w);
+	if (strlen(*words) > MESSAGE_MAX)
+		memcpy(*words + MESSAGE_MAX - 3, "...", 4);
+	return 0;
+}
+
+static int parse_timeout(int64_t *out, const char *s)
+{
+	uint64_t v = 0;
+	const char *p = s;
+	int64_t unit = 1000;
+
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > (uint64_t)INT64_MAX / 86400000)
+			goto bad;
+	}
+	if (p == s)
+		goto bad;
+	if (!strcmp(p, "ms"))
+		unit = 1;
+	else if (!*p || !strcmp(p, "s"))
+		unit = 1000;
+	else if (!strcmp(p, "m"))
+		unit = 60000;
+	else if (!strcmp(p, "h"))
+		unit = 3600000;
+	else
+		goto bad;
+	*out = (int64_t)v * unit;
+	return 0;
+bad:
+	return cfs_error_set(CFS_EINVAL, "invalid duration for --timeout: %s",
+			     s);
+}
+
+static int subdir(int *fd, const char *tmp, const char *name, char **path)
+{
+	*path = cfs_asprintf("%s/%s", tmp, name);
+	if (!*path)
+		return CFS_ENOMEM;
+	if (mkdir(*path, 0700))
+		return cfs_error_errno(errno, "creating %s", *path);
+	*fd = open(*path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0)
+		return cfs_error_errno(errno, "opening %s", *path);
+	return 0;
+}
+
+static int run(struct cli *cli)
+{
+	const char *mp = cli->argv[0];
+	const char *sid = cli_opt(cli, OPT_SANDBOX);
+	bool keep = cli_flag(cli, OPT_KEEP), pull = cli_flag(cli, OPT_PULL);
+	struct cfs_session_opts so = {0};
+	struct cfs_run_result res = {0};
+	struct cfs_policy pol = {0};
+	struct cfs_store *st = NULL;
+	struct cfs_keys *keys = NULL;
+	struct cfs_manifest *man = NULL;
+	struct cfs_provisioner *prov = NULL;
+	struct cfs_runtime *rt = NULL;
+	struct cfs_session *sess = NULL;
+	struct tree base = {.fd = -1}, theirs = {.fd = -1};
+	struct merge m = {0};
+	cJSON *status = NULL, *reply = NULL, *state = NULL;
+	char *command = NULL, *words = NULL, *tmp = NULL, *sdir = NULL;
+	char *base_path = NULL, *theirs_path = NULL, *mount_path = NULL;
+	char *msg = NULL, *root = NULL, newsid[24];
+	const char *id;
+	int64_t timeout = 0;
+	double base_gen = -1, gen = -1;
+	int basefd = -1, theirsfd = -1, rc;
+	bool ran = false, new_state = false, dispose = !keep;
+	struct sigaction sa, old[2];
+
+	push_cancel = push_signal = 0;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old[0]);
+	sigaction(SIGTERM, &sa, &old[1]);
+	m.mountfd = -1;
+	m.cli = cli;
+
+	/* ---- arguments */
+	if (!cfs_mount_is_mountpoint(mp)) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "%s is not the root of a live contextfs "
+				   "mount",
+				   mp);
+		goto out;
+	}
+	rc = build_command(&command, &words, cli);
+	if (rc)
+		goto out;
+	if (pull && (cli->argc > 1 || !sid)) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "--pull takes --sandbox-id ID and no "
+				   "command");
+		goto out;
+	}
+	if (!pull && !*command) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "push needs -- COMMAND (or --pull "
+				   "--sandbox-id ID)");
+		goto out;
+	}
+	if (sid && !sandbox_id_valid(sid)) {
+		rc = cfs_error_set(CFS_EINVAL, "invalid sandbox id: %s", sid);
+		goto out;
+	}
+	if (cli_opt(cli, OPT_TIMEOUT)) {
+		rc = parse_timeout(&timeout, cli_opt(cli, OPT_TIMEOUT));
+		if (rc)
+			goto out;
+	}
+
+	/* ---- the mount, the context, the keys */
+	rc = mount_op(&status, mp, "status", NULL);
+	if (rc)
+		goto out;
+	id = jstr(status, "id");
+	if (!id || cfs_id_check(id)) {
+		rc = cfs_error_set(CFS_ECORRUPT,
+				   "the mount at %s did not name its context",
+				   mp);
+		goto out;
+	}
+	if (strchr(jstr(status, "ref") ? jstr(status, "ref") : "", '@')) {
+		rc = cfs_error_set(CFS_EINVAL,
+				   "%s is a read-only mount of an older state",
+				   mp);
+		goto out;
+	}
+	rc = cli_store_open(cli, &st);
+	rc = rc ? rc : cli_manifest_read(cli, &man, st, id);
+	rc = rc ? rc : cli_keys(cli, false, &keys);
+	rc = rc ? rc : cfs_policy_from_json(&pol, cfs_manifest_policy(man));
+	if (rc)
+		goto out;
+	m.mountfd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (m.mountfd < 0) {
+		rc = cfs_error_errno(errno, "opening %s", mp);
+		goto out;
+	}
+	m.conflicts = cJSON_CreateArray();
+	if (!m.conflicts) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+
+	/* ---- private plaintext area (swept like a session's if we die) */
+	{
+		char prefix[48];
+
+		cfs_sweep_stale_tmpdirs(NULL, "contextfs-session-");
+		snprintf(prefix, sizeof(prefix), "contextfs-session-%ld-",
+			 (long)getpid());
+		rc = cfs_mkdtemp(&tmp, NULL, prefix);
+	}
+	rc = rc ? rc : subdir(&basefd, tmp, "base", &base_path);
+	rc = rc ? rc : subdir(&theirsfd, tmp, "theirs", &theirs_path);
+	if (rc)
+		goto out;
+
+	/* ---- a kept sandbox's state */
+	if (sid) {
+		sdir = state_dir(sid);
+		if (!sdir) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		rc = state_read(&state, sdir);
+		if (rc)
+			goto out;
+		if (!jstr(state, "contextId") ||
+		    strcmp(jstr(state, "contextId"), id) != 0) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "sandbox %s holds context %s, not "
+					   "%s",
+					   sid,
+					   jstr(state, "contextId")
+						   ? jstr(state, "contextId")
+						   : "?",
+					   id);
+			goto out;
+		}
+	} else if (keep) {
+		char hex[9];
+
+		cfs_random_hex(hex, 4);
+		snprintf(newsid, sizeof(newsid), "push-%s", hex);
+		sid = newsid;
+		sdir = state_dir(sid);
+		if (!sdir) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		rc = cfs_mkdir_p_at(AT_FDCWD, sdir, 0700);
+		if (rc)
+			goto out;
+		new_state = true;
+		state = cJSON_CreateObject();
+		if (!state) {
+			rc = CFS_ENOMEM;
+			goto out;
+		}
+		cJSON_AddStringToObject(state, "sandbox", sid);
+		cJSON_AddStringToObject(state, "contextId", id);
+	}
+
+	/* ---- the snapshot: a commit of the mount, read back by generation */
+	if (pull) {
+		rc = base_from_state(sdir, basefd);
+		if (rc)
+			goto out;
+		base_gen = jnum(state, "baseGeneration");
+	} else {
+		char ref[CFS_ID_MAX + 32];
+
+		msg = cfs_asprintf("push: snapshot for %s", words);
+		rc = msg ? mount_op(&reply, mp, "commit", msg) : CFS_ENOMEM;
+		if (rc) {
+			cfs_error_prefix("committing %s before the push", mp);
+			goto out;
+		}
+		base_gen = jnum(reply, "generation");
+		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
+		rc = cfs_context_export(NULL, st, keys, ref, basefd, NULL,
+					NULL);
+		if (rc)
+			goto out;
+		cJSON_Delete(reply);
+		reply = NULL;
+	}
+
+	/* ---- the sandbox */
+	{
+		const char *want = cli_opt(cli, RT_OPT_RUNTIME);
+		const char *had = state ? jstr(state, "runtime") : NULL;
+
+		if (had && want && strcmp(had, want) != 0) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "sandbox %s runs on %s, not %s", sid,
+					   had, want);
+			goto out;
+		}
+		if (!had && keep && !want) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "--keep needs --runtime local|ssh");
+			goto out;
+		}
+		if (had && strcmp(had, "local") == 0) {
+			root = local_root_in(sdir);
+			rc = root ? cfs_local_runtime_open(&rt, NULL, root)
+				  : cfs_error_set(CFS_ENOTFOUND,
+						  "sandbox %s is gone", sid);
+		} else if (!had && keep && strcmp(want, "local") == 0) {
+			struct cfs_local_opts lo = {0};
+			const char *mode = cli_opt(cli, RT_OPT_SANDBOX);
+
+			lo.mode = !mode || !strcmp(mode, "auto")
+					  ? CFS_LOCAL_AUTO
+				  : !strcmp(mode, "bwrap") ? CFS_LOCAL_BWRAP
+							   : CFS_LOCAL_PLAIN;
+			lo.base_dir = sdir;
+			rc = cfs_local_runtime_new(&rt, &lo);
+		} else {
+			if (had && !want) {
+				rc = cfs_error_set(CFS_EINVAL,
+						   "sandbox %s runs on %s: "
+						   "pass --runtime %s and its "
+						   "options again",
+						   sid, had, had);
+				goto out;
+			}
+			rc = cli_runtime_open(cli, id, &prov, &rt);
+		}
+		if (rc)
+			goto out;
+		if (state && jstr(state, "runtimeId") &&
+		    strcmp(jstr(state, "runtimeId"), rt->id) != 0) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "sandbox %s is on %s, not %s", sid,
+					   jstr(state, "runtimeId"), rt->id);
+			goto out;
+		}
+	}
+	if (state && jstr(state, "mountPath")) {
+		mount_path = cfs_strdup(jstr(state, "mountPath"));
+	} else {
+		/* A host that is not disposable (ssh) gets its own dir. */
+		char hex[9];
+
+		cfs_random_hex(hex, 4);
+		mount_path = strcmp(rt->provider, "local") == 0
+				     ? cfs_asprintf("%s/%s", rt->mount_base, id)
+				     : cfs_asprintf("%s/%s-push-%s",
+						    rt->mount_base, id, hex);
+	}
+	if (!mount_path) {
+		rc = CFS_ENOMEM;
+		goto out;
+	}
+	if (new_state) {
+		cJSON_AddStringToObject(state, "runtime", rt->provider);
+		cJSON_AddStringToObject(state, "runtimeId", rt->id);
+		cJSON_AddStringToObject(state, "mountPath", mount_path);
+		cJSON_AddStringToObject(state, "mountpoint", mp);
+	}
+	rt->cancel = &push_cancel;
+	so.mount_path = mount_path;
+	so.src_dir = pull ? NULL : base_path;
+	so.reuse = pull;
+	so.keep_excluded = state && !new_state;
+	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
+	if (rc)
+		goto out;
+
+	/* ---- run */
+	if (!pull) {
+		rc = cfs_session_run(&res, sess, command, timeout);
+		if (rc)
+			goto out;
+		ran = true;
+		if (!cli->json) {
+			if (res.out_len)
+				fwrite(res.out, 1, res.out_len, stdout);
+			fflush(stdout);
+			if (res.err_len)
+				fwrite(res.err, 1, res.err_len, stderr);
+			fflush(stderr);
+		}
+	}
+
+	/* ---- pull and merge */
+	rc = cfs_session_fetch(sess, theirsfd);
+	rc = rc ? rc : tree_load(&base, &pol, base_path);
+	rc = rc ? rc : tree_load(&theirs, &pol, theirs_path);
+	if (rc)
+		goto out;
+	rc = merge_trees(&m, &base, &theirs);
+	if (rc)
+		goto out;
+
+	/* ---- commit the mount */
+	free(msg);
+	msg = pull ? cfs_asprintf("push: pull from sandbox %s", sid)
+		   : cfs_asprintf("push: %s", words);
+	rc = msg ? mount_op(&reply, mp, "commit", msg) : CFS_ENOMEM;
+	if (rc) {
+		cfs_error_prefix("committing the merged changes in %s", mp);
+		goto out;
+	}
+	gen = jnum(reply, "generation");
+	if (state) {
+		cJSON_DeleteItemFromObjectCaseSensitive(state,
+							"baseGeneration");
+		cJSON_AddNumberToObject(state, "baseGeneration", gen);
+		rc = state_write(sdir, state, theirs.fd, &pol);
+		if (rc)
+			goto out;
+	}
+	if (m.error)
+		rc = cfs_error_set(m.error, "some sandbox changes could not "
+					    "be applied to the mount (see "
+					    "above)");
+
+out:
+	if (rt)
+		rt->cancel = NULL; /* cleanup below must run */
+	if (sess) {
+		int keep_code = cfs_error_last_code();
+		char *keep_msg = rc ? cfs_strdup(cfs_error_last()) : NULL;
+
+		cfs_session_detach(sess);
+		if (rc)
+			cfs_error_set(keep_code ? keep_code : rc, "%s",
+				      keep_msg ? keep_msg : "");
+		free(keep_msg);
+	}
+	if (rt && dispose && !prov) {
+		/* Ours to remove: a kept sandbox now let go, or an ssh dir. */
+		if (strcmp(rt->provider, "local") == 0) {
+			cfs_runtime_dispose(rt);
+		} else if (mount_path) {
+			struct cfs_buf b = CFS_BUF_INIT;
+			struct cfs_run_result rr;
+
+			rt->cancel = NULL;
+			if (!cfs_buf_puts(&b, "rm -rf -- ") &&
+			    !cfs_shell_quote(&b, mount_path) &&
+			    cfs_runtime_run(&rr, rt, b.ptr, NULL, 600000) == 0)
+				cfs_run_result_clear(&rr);
+			cfs_buf_free(&b);
+		}
+		if (sdir)
+			cfs_rmtree_at(AT_FDCWD, sdir);
+	} else if (new_state && rc) {
+		/* A --keep push that failed before it kept anything. */
+		if (rt && !prov)
+			cfs_runtime_dispose(rt);
+		cfs_rmtree_at(AT_FDCWD, sdir);
+		sid = NULL;
+	}
+	cli_runtime_close(prov, rt);
+	if (push_signal && !rc) {
+		rc = cfs_error_set(CFS_ECANCELED, "interrupted");
+	}
+	if (cli->json) {
+		cJSON *doc = cli_result(cli), *r;
+
+		if (doc) {
+			if (ran && (r = cJSON_AddObjectToObject(doc, "result"))) {
+				cJSON_AddNumberToObject(r, "exitCode",
+							res.exit_code);
+				cJSON_AddStringToObject(r, "stdout",
+							res.out ? res.out : "");
+				cJSON_AddStringToObject(r, "stderr",
+							res.err ? res.err : "");
+				if (res.exit_code)
+					cJSON_ReplaceItemInObjectCaseSensitive(
+						doc, "ok", cJSON_CreateFalse());
+			}
+			cJSON_AddStringToObject(doc, "mountpoint", mp);
+			if (base_gen >= 0)
+				cJSON_AddNumberToObject(doc, "baseGeneration",
+							base_gen);
+			if (gen >= 0)
+				cJSON_AddNumberToObject(doc, "generation", gen);
+			cJSON_AddNumberToObject(doc, "added", m.added);
+			cJSON_AddNumberToObject(doc, "modified", m.modified);
+			cJSON_AddNumberToObject(doc, "deleted", m.deleted);
+			if (m.conflicts) {
+				cJSON_AddItemToObject(doc, "conflicts",
+						      m.conflicts);
+				m.conflicts = NULL;
+			}
+			cli_json_add_str_or_null(doc, "sandbox",
+						 keep && !rc ? sid : NULL);
+		}
+	} else if (!rc && !cli->quiet) {
+		fprintf(stderr,
+			"contextfs-push: %u added, %u modified, %u deleted, "
+			"%d conflict%s; generation %.0f of %s\n",
+			m.added, m.modified, m.deleted,
+			cJSON_GetArraySize(m.conflicts),
+			cJSON_GetArraySize(m.conflicts) == 1 ? "" : "s", gen,
+			id ? id : "?");
+		if (keep)
+			fprintf(stderr,
+				"contextfs-push: sandbox %s kept (reuse: "
+				"--sandbox-id %s)\n",
+				sid, sid);
+	}
+	if (!rc && ran)
+		cli->exit_status = res.exit_code;
+	if (push_signal)
+		cli->exit_status = 128 + push_signal;
+	sigaction(SIGINT, &old[0], NULL);
+	sigaction(SIGTERM, &old[1], NULL);
+	tree_clear(&base);
+	tree_clear(&theirs);
+	if (basefd >= 0)
+		close(basefd);
+	if (theirsfd >= 0)
+		close(theirsfd);
+	if (m.mountfd >= 0)
+		close(m.mountfd);
+	if (tmp) {
+		cfs_rmtree_at(AT_FDCWD, tmp);
+		free(tmp);
+	}
+	cJSON_Delete(m.conflicts);
+	cJSON_Delete(status);
+	cJSON_Delete(reply);
+	cJSON_Delete(state);
+	cfs_run_result_clear(&res);
+	cfs_policy_free(&pol);
+	cfs_manifest_free(man);
+	cfs_keys_free(keys);
+	cfs_store_free(st);
+	free(command);
+	free(words);
+	free(sdir);
+	free(root);
+	free(base_path);
+	free(theirs_path);
+	free(mount_path);
+	free(msg);
+	return rc;
+}
+
+const struct cli_command cli_cmd_push = {
+	.name = "push",
+	.args = "MOUNTPOINT --runtime local|ssh [--keep] [--sandbox-id ID] "
+		"[--pull] -- COMMAND [ARG...]",
+	.summary = "run a command in a sandbox on a snapshot of a live mount, "
+		   "merge the result back",
+	.help = CLI_RUNTIME_HELP
+	"  --keep                   leave the sandbox for the next push "
+	"(prints its id)\n"
+	"  --sandbox-id ID          push into (or --pull from) a kept "
+	"sandbox\n"
+	"  --pull                   merge what the kept sandbox holds, "
+	"run nothing\n"
+	"  --timeout D              kill the command after D (500ms, "
+	"30s, 5m, 1h)\n"
+	"\nAlso installed as contextfs-push. The mount commits, that "
+	"generation goes into the\nsandbox, COMMAND runs there (output "
+	"passes through, its exit code becomes push's),\nand the "
+	"sandbox's changes are merged into the mount three-way: changes "
+	"on one side\nland, changes on both sides keep the mount's "
+	"version and put the sandbox's\nbeside it as NAME"
+	CONFLICT_SUFFIX ". The mount then commits \"push: COMMAND\".\n"
+	"With --json: {ok, result: {exitCode, stdout, stderr}, "
+	"baseGeneration, generation,\nadded, modified, deleted, "
+	"conflicts: [{path, kind, sandboxCopy}], sandbox}.\n",
+	.opts = opts,
+	.min_args = 1,
+	.max_args = CLI_MAX_ARGS,
+	.run = run,
+	.defer_signals = false,
+};
