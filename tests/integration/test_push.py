@@ -314,3 +314,49 @@ def test_usage_errors(env):
                    check=False).returncode == 2
     assert env.run("push", mp, "--pull", "--sandbox-id", "../x",
                    check=False).returncode == 2
+
+
+def test_push_over_ssh(env, tmp_path):
+    """The same round trip through the ssh adapter (a real sshd in its own
+    network namespace, test_run_ssh.py's fixture); the remote push
+    directory is removed afterwards."""
+    import test_run_ssh
+    gen = test_run_ssh.sshd.__wrapped__(tmp_path_factory=_Factory(tmp_path))
+    d = next(gen)
+    try:
+        mp = env.mount("ctx")
+        write(mp, "workspace/a.txt", "a\n")
+        write(mp, "workspace/x.sh", "#!/bin/sh\n", 0o755)
+        remote = os.path.join(str(tmp_path), "remote")
+        e = dict(env.env, CONTEXTFS_REAL_BIN=BIN)
+        p = subprocess.run(
+            [d["wrapper"], "--store", env.store, "--json", "push", mp, "--runtime", "ssh",
+             "--ssh-host", "127.0.0.1", "--ssh-port", str(test_run_ssh.PORT),
+             "--ssh-key", os.path.join(d["dir"], "id"),
+             "--ssh-known-hosts", os.path.join(d["dir"], "known_hosts"),
+             "--ssh-dir", remote, "--", "bash", "-c",
+             "test -x workspace/x.sh || exit 9; echo ssh >> workspace/a.txt; "
+             "ln -s a.txt workspace/l; rm workspace/x.sh; exit 5"],
+            env=e, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 5, p.stderr
+        doc = json.loads(p.stdout)
+        assert doc["result"]["exitCode"] == 5 and doc["conflicts"] == []
+        assert open(os.path.join(mp, "workspace/a.txt")).read() == "a\nssh\n"
+        assert os.readlink(os.path.join(mp, "workspace/l")) == "a.txt"
+        assert not os.path.exists(os.path.join(mp, "workspace/x.sh"))
+        assert os.path.isdir(remote)
+        assert glob.glob(os.path.join(remote, "**", "ctx-push-*"), recursive=True) == []
+        mp2 = remount(env, mp)
+        assert sha(os.path.join(mp2, "workspace/a.txt")) == hashlib.sha256(b"a\nssh\n").hexdigest()
+    finally:
+        gen.close()
+
+
+class _Factory:
+    def __init__(self, base):
+        self.base = base
+
+    def mktemp(self, name):
+        p = os.path.join(str(self.base), name)
+        os.makedirs(p)
+        return p
