@@ -3,8 +3,10 @@
  * sandbox created through E2B's REST control plane, driven through the
  * in-sandbox daemon "envd".
  *
- *   create     POST {api}/sandboxes (X-API-Key), secure, so envd wants the
- *              returned access token (X-Access-Token) on every call;
+ *   create     POST {api}/v2/sandboxes (X-API-Key; the path the e2b SDK
+ *              2.51 uses, the notes' v1 POST /sandboxes takes the same
+ *              body), secure, so envd wants the returned access token
+ *              (X-Access-Token) on every call;
  *   run        Connect server stream process.Process/Start (JSON codec):
  *              envelopes of {"event":{start|data|end|keepalive}} and an
  *              end-stream envelope; output bytes are base64 (binary safe).
@@ -459,6 +461,15 @@ static int e2b_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 					   s->sandbox_id);
 		goto out;
 	}
+	if (rc == CFS_EIO && resp.status == 200) {
+		rc = cfs_error_set(
+			CFS_EIO,
+			"e2b run: the command stream of sandbox %s was cut "
+			"before the command ended (the sandbox "
+			"was killed or the connection dropped)",
+			s->sandbox_id);
+		goto out;
+	}
 	if (rc)
 		goto out;
 	if (resp.status != 200) {
@@ -741,7 +752,7 @@ static int create_sandbox(struct e2b_rt *s, const struct cfs_e2b_opts *o,
 	cJSON_AddStringToObject(meta, "contextsdk", "true");
 	if (context_id)
 		cJSON_AddStringToObject(meta, "contextId", context_id);
-	rc = api_call(&doc, s, "POST", "/sandboxes", body, "create sandbox",
+	rc = api_call(&doc, s, "POST", "/v2/sandboxes", body, "create sandbox",
 		      false);
 	if (rc)
 		goto out;

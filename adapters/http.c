@@ -181,6 +181,16 @@ int cfs_http_do(struct cfs_http_resp *resp, const struct cfs_http_req *req,
 		rc = x.rc;
 		goto out;
 	}
+	curl_easy_getinfo(x.h, CURLINFO_RESPONSE_CODE, &resp->status);
+	if (cc != CURLE_OK && resp->status) {
+		/* a response had started: the peer went away mid-body */
+		rc = cfs_error_set(CFS_EIO,
+				   "%s: the connection to %.*s dropped "
+				   "mid-response: %s",
+				   what, url_shown(req->url), req->url,
+				   curl_easy_strerror(cc));
+		goto out;
+	}
 	if (cc != CURLE_OK) {
 		rc = cfs_error_set(CFS_EAGAIN,
 				   "%s: cannot reach %.*s: %s (check the "
@@ -189,7 +199,6 @@ int cfs_http_do(struct cfs_http_resp *resp, const struct cfs_http_req *req,
 				   curl_easy_strerror(cc));
 		goto out;
 	}
-	curl_easy_getinfo(x.h, CURLINFO_RESPONSE_CODE, &resp->status);
 	if (curl_easy_getinfo(x.h, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK &&
 	    ct)
 		snprintf(resp->content_type, sizeof(resp->content_type), "%s",

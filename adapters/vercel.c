@@ -361,6 +361,15 @@ static int vercel_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 					   s->session_id);
 		goto out;
 	}
+	if (rc == CFS_EIO && resp.status == 200) {
+		rc = cfs_error_set(
+			CFS_EIO,
+			"vercel run: the command stream of session %s was cut "
+			"before the command ended (the sandbox "
+			"was killed or the connection dropped)",
+			s->session_id);
+		goto out;
+	}
 	if (rc)
 		goto out;
 	if (resp.status < 200 || resp.status >= 300) {
