@@ -1059,9 +1059,23 @@ static int s3_tunables(struct cfs_s3_config *c, bool *retries_set)
 	return 0;
 }
 
+/* The AWS shared files' profile, read at most once per run. */
+static int aws_profile(struct cli *cli, struct aws_profile **out)
+{
+	int rc = 0;
+
+	if (!cli->aws_prof_loaded) {
+		rc = aws_profile_load(&cli->aws_prof);
+		cli->aws_prof_loaded = rc == 0;
+	}
+	*out = rc ? NULL : &cli->aws_prof;
+	return rc;
+}
+
 /*
  * Credentials: an explicit CONTEXTSDK_S3_* pair (either set -> both
- * required, as the reference), else the AWS_* pair and session token.
+ * required, as the reference), else the AWS_* pair and session token,
+ * else the AWS shared files' profile (AWS_PROFILE or "default").
  */
 static int s3_credentials(struct cli *cli, struct cli_store_spec *sp)
 {
@@ -1094,11 +1108,44 @@ static int s3_credentials(struct cli *cli, struct cli_store_spec *sp)
 		sp->credentials = "AWS_ACCESS_KEY_ID";
 		return 0;
 	}
+	{
+		struct aws_profile *p;
+		int rc = aws_profile(cli, &p);
+
+		if (rc)
+			return rc;
+		if (p->access_key && p->secret_key) {
+			free(cli->aws_prof_desc);
+			cli->aws_prof_desc = cfs_asprintf(
+				"profile %s in %s", p->name, p->source);
+			if (!cli->aws_prof_desc)
+				return CFS_ENOMEM;
+			c->access_key = p->access_key;
+			c->secret_key = p->secret_key;
+			c->session_token = p->session_token;
+			sp->credentials = cli->aws_prof_desc;
+			return 0;
+		}
+		if (p->named && !p->found)
+			return cfs_error_set(CFS_EKEY,
+					     "AWS_PROFILE=%s: no such profile "
+					     "in the AWS credentials or config "
+					     "file (~/.aws/credentials, "
+					     "~/.aws/config)",
+					     p->name);
+		if (p->found)
+			return cfs_error_set(CFS_EKEY,
+					     "AWS profile %s has no "
+					     "aws_access_key_id and "
+					     "aws_secret_access_key",
+					     p->name);
+	}
 	return cfs_error_set(CFS_EKEY,
 			     "S3 credentials are required for s3://%s: set "
 			     "CONTEXTSDK_S3_ACCESS_KEY_ID and "
 			     "CONTEXTSDK_S3_SECRET_ACCESS_KEY (or "
-			     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+			     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+			     "an AWS profile in ~/.aws/credentials)",
 			     sp->bucket);
 }
 
@@ -1122,6 +1169,14 @@ static int s3_resolve(struct cli *cli, struct cli_store_spec *sp)
 	}
 	if (!region)
 		region = env_str("AWS_DEFAULT_REGION");
+	if (!region) {
+		struct aws_profile *p;
+
+		rc = aws_profile(cli, &p);
+		if (rc)
+			return rc;
+		region = p->region;
+	}
 	if (!region)
 		region = "auto";
 	/* Endpoint: CONTEXTSDK_S3_ENDPOINT ?? config ?? AWS_ENDPOINT_URL_S3
@@ -1839,6 +1894,8 @@ static void cli_free(struct cli *cli)
 	cfs_secret_free(cli->aws_access_key);
 	cfs_secret_free(cli->aws_secret_key);
 	cfs_secret_free(cli->aws_session_token);
+	aws_profile_clear(&cli->aws_prof);
+	free(cli->aws_prof_desc);
 }
 
 /* Usage errors: human message plus a hint, or the JSON error document. */

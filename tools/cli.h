@@ -24,6 +24,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "tools/aws_files.h"
+
 #include "core/store.h"
 #include "storage/storage.h"
 
@@ -110,6 +112,10 @@ struct cli {
 	char *aws_access_key; /* AWS_ACCESS_KEY_ID */
 	char *aws_secret_key; /* AWS_SECRET_ACCESS_KEY */
 	char *aws_session_token; /* AWS_SESSION_TOKEN */
+	/* the AWS shared files' profile (tools/aws_files.h), loaded once */
+	struct aws_profile aws_prof;
+	bool aws_prof_loaded;
+	char *aws_prof_desc; /* "profile P in FILE" (heap) */
 
 	/* --json result document, built by the command. */
 	cJSON *result;

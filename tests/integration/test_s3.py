@@ -288,8 +288,9 @@ def test_resolution_env_config_and_errors(s3, tmp_path):
     for missing in ("CONTEXTSDK_S3_ACCESS_KEY_ID", "CONTEXTSDK_S3_SECRET_ACCESS_KEY"):
         p = s3.run("status", "envctx", env=env, unset=(missing,), store=False)
         assert p.returncode == 2 and "%s is required" % missing in p.stderr, p.stderr
-    # no credentials at all
-    p = s3.run("status", "envctx", unset=aws)
+    # no credentials at all (and no AWS shared files)
+    p = s3.run("status", "envctx", unset=aws,
+               env={"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/c", "AWS_CONFIG_FILE": "/nonexistent/f"})
     assert p.returncode == 2 and "credentials are required" in p.stderr, p.stderr
 
     # config storage.type "s3" with bucket / prefix / endpoint / forcePathStyle
@@ -322,6 +323,41 @@ def test_resolution_env_config_and_errors(s3, tmp_path):
     port = urllib.parse.urlsplit(srv.endpoint).port
     doc = s3.json("status", "envctx", env={"CONTEXTSDK_S3_ENDPOINT": "http://localhost:%d" % port})
     assert doc["generation"] == 1
+
+
+def test_aws_shared_credentials_and_config_files(s3, tmp_path):
+    """No credential variables: the AWS CLI's files are read, with the
+    profile from AWS_PROFILE (else "default"); the region from the config
+    file; the secret never printed."""
+    srv = s3.srv
+    creds = tmp_path / "credentials"
+    creds.write_text("# comment\n[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n\n"
+                     "[ci]\naws_access_key_id=%s\naws_secret_access_key=%s\n"
+                     % (srv.access, "wrong-secret-000000000000000000000000000", srv.access, srv.secret))
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = %s\n[profile ci]\nregion = %s\ns3 =\n  addressing_style = path\n"
+                      % (srv.region, srv.region))
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(config), "AWS_PROFILE": "ci"}
+    unset = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+             "CONTEXTSDK_S3_REGION", "CONTEXTSDK_S3_ACCESS_KEY_ID", "CONTEXTSDK_S3_SECRET_ACCESS_KEY")
+    s3.ok("init", "profctx", env=env, unset=unset)
+    doc = s3.json("status", "profctx", env=env, unset=unset)
+    assert doc["generation"] == 1
+    doc = s3.json("doctor", env=env, unset=unset)
+    assert doc["storage"]["credentials"] == "profile ci in %s" % creds, doc["storage"]
+    assert srv.secret not in json.dumps(doc)
+    # the default profile holds a wrong secret: refused by the server (exit 7)
+    p = s3.run("status", "profctx", env={**env, "AWS_PROFILE": ""}, unset=unset)
+    assert p.returncode == 7 and "denied" in p.stderr, p.stderr
+    assert "wrong-secret" not in p.stderr + p.stdout
+    # a profile that does not exist: a clear error before any request
+    p = s3.run("status", "profctx", env={**env, "AWS_PROFILE": "nope"}, unset=unset)
+    assert p.returncode == 2 and "AWS_PROFILE=nope: no such profile" in p.stderr, p.stderr
+    # variables still win over the files
+    p = s3.run("status", "profctx", env={**env, "AWS_ACCESS_KEY_ID": srv.access,
+                                         "AWS_SECRET_ACCESS_KEY": "wrong-too-00000000000000000000000000"},
+               unset=unset[2:])
+    assert p.returncode == 7, p.stderr
 
 
 # ---- lifecycle --------------------------------------------------------------------
