@@ -6,8 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-ssize_t cfs_initshim_read(struct cfs_initshim *s, int fd, void *buf,
-			  size_t len)
+ssize_t cfs_initshim_read(struct cfs_initshim *s, int fd, void *buf, size_t len)
 {
 	ssize_t n = read(fd, buf, len);
 	struct fuse_in_header ih;
@@ -32,14 +31,14 @@ ssize_t cfs_initshim_read(struct cfs_initshim *s, int fd, void *buf,
 	return n;
 }
 
-ssize_t cfs_initshim_writev(struct cfs_initshim *s, int fd,
-			    struct iovec *iov, int count)
+ssize_t cfs_initshim_writev(struct cfs_initshim *s, int fd, struct iovec *iov,
+			    int count)
 {
 
 	if (s->init_unique && !s->granted && count >= 2 &&
 	    iov[0].iov_len >= sizeof(struct fuse_out_header) &&
-	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags) +
-				      sizeof(uint32_t)) {
+	    iov[1].iov_len >=
+		    offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
 		struct fuse_out_header oh;
 
 		memcpy(&oh, iov[0].iov_base, sizeof(oh));

@@ -22,14 +22,14 @@
 
 struct cfs_initshim {
 	uint64_t init_unique; /* 0 = no INIT seen that offers the feature */
-	bool offered;	      /* the kernel offered HANDLE_KILLPRIV_V2 */
-	bool granted;	      /* and our INIT reply asked for it */
+	bool offered; /* the kernel offered HANDLE_KILLPRIV_V2 */
+	bool granted; /* and our INIT reply asked for it */
 };
 
 /* The bodies of struct fuse_custom_io's read and writev. */
 ssize_t cfs_initshim_read(struct cfs_initshim *s, int fd, void *buf,
 			  size_t len);
-ssize_t cfs_initshim_writev(struct cfs_initshim *s, int fd,
-			    struct iovec *iov, int count);
+ssize_t cfs_initshim_writev(struct cfs_initshim *s, int fd, struct iovec *iov,
+			    int count);
 
 #endif

@@ -19,7 +19,8 @@
 #include <stdbool.h>
 
 struct aws_profile {
-	const char *name; /* the profile looked up (points into environ or a literal) */
+	const char *
+		name; /* the profile looked up (points into environ or a literal) */
 	bool named; /* AWS_PROFILE chose it (a missing one is then an error) */
 	bool found; /* a section of that name exists in either file */
 	char *access_key, *secret_key, *session_token; /* sodium memory */
