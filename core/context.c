@@ -374,14 +374,14 @@ struct enc_sink {
 	/* under mu */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	unsigned head;	/* the oldest full buffer (the writer's) */
+	unsigned head; /* the oldest full buffer (the writer's) */
 	unsigned nfull; /* full buffers, the writer's included */
-	bool done;	/* no more buffers will come */
-	int err;	/* the writer's failure, with its message: */
+	bool done; /* no more buffers will come */
+	int err; /* the writer's failure, with its message: */
 	struct saved_error why;
 	/* the writer's own */
 	uint64_t written, synced; /* writeback started up to synced */
-	bool direct;		  /* fd has O_DIRECT */
+	bool direct; /* fd has O_DIRECT */
 	struct cfs_growing *growing; /* told each write (streamed upload) */
 	pthread_t thread;
 	bool started;
@@ -2136,8 +2136,8 @@ int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
 	rc = seed_tree(&rootfd, &t, id);
 	if (rc)
 		goto out;
-	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, rootfd, &policy, NULL,
-			  0, NULL);
+	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, rootfd, &policy, NULL, 0,
+			  NULL);
 	if (rc)
 		goto out;
 	/* The plaintext seed is no longer needed. */

@@ -261,7 +261,8 @@ int cfs_mount_request(cJSON **reply, const char *mountpoint, const cJSON *req)
 		 */
 		const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
 
-		if (cJSON_IsString(op) && strcmp(op->valuestring, "commit") == 0) {
+		if (cJSON_IsString(op) &&
+		    strcmp(op->valuestring, "commit") == 0) {
 			int mfd = open(mountpoint,
 				       O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 

@@ -454,8 +454,7 @@ static ssize_t shim_read(int fd, void *buf, size_t len, void *userdata)
 	return cfs_initshim_read(&fs->initshim, fd, buf, len);
 }
 
-static ssize_t shim_writev(int fd, struct iovec *iov, int count,
-			   void *userdata)
+static ssize_t shim_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct cfs_fs *fs = userdata;
 

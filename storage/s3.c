@@ -1338,8 +1338,8 @@ static int part_len(uint64_t *len, struct mp *m, unsigned n)
 	bool ended = true;
 
 	if (m->growing) {
-		int rc = cfs_growing_wait(m->growing, off + m->part_size,
-					  &size, &ended);
+		int rc = cfs_growing_wait(m->growing, off + m->part_size, &size,
+					  &ended);
 
 		if (rc)
 			return rc;

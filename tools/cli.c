@@ -1116,8 +1116,8 @@ static int s3_credentials(struct cli *cli, struct cli_store_spec *sp)
 			return rc;
 		if (p->access_key && p->secret_key) {
 			free(cli->aws_prof_desc);
-			cli->aws_prof_desc = cfs_asprintf(
-				"profile %s in %s", p->name, p->source);
+			cli->aws_prof_desc = cfs_asprintf("profile %s in %s",
+							  p->name, p->source);
 			if (!cli->aws_prof_desc)
 				return CFS_ENOMEM;
 			c->access_key = p->access_key;

@@ -788,8 +788,8 @@ static void test_large_bundle(struct cfs_store *st)
 		randombytes_buf(data, sizes[i]);
 		snprintf(name, sizeof(name), "workspace/random-%zu.bin", i);
 		fd = openat(src, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		tap_ok(fd >= 0 && write(fd, data, sizes[i]) ==
-					  (ssize_t)sizes[i],
+		tap_ok(fd >= 0 &&
+			       write(fd, data, sizes[i]) == (ssize_t)sizes[i],
 		       "write %s", name);
 		if (fd >= 0)
 			close(fd);
@@ -997,7 +997,7 @@ static const struct cfs_store_ops blind_ops = {CFS_STORE_OPS_VERSION,
 					       b_list,
 					       b_describe,
 					       b_free,
-						0};
+					       0};
 
 static void test_create_race_and_force(struct backend *b)
 {

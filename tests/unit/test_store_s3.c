@@ -920,8 +920,7 @@ static void test_growing_put(const struct cfs_s3_config *base)
 	close(dst);
 
 	rc = grow_put(st, "grow/failed", 20 * MIB, 12, &fd);
-	TAP_EQ_INT(rc, CFS_ECANCELED,
-		   "a writer that fails cancels the upload");
+	TAP_EQ_INT(rc, CFS_ECANCELED, "a writer that fails cancels the upload");
 	TAP_EQ_INT(cfs_store_head(st, "grow/failed", &info), CFS_ENOTFOUND,
 		   "... and leaves no object behind");
 	close(fd);
@@ -1489,7 +1488,7 @@ static const struct cfs_store_ops lax_ops = {CFS_STORE_OPS_VERSION,
 					     lax_list,
 					     lax_describe,
 					     lax_free,
-						0};
+					     0};
 
 static void test_probe_offline(void)
 {
