@@ -296,6 +296,57 @@ def test_cloud_sandbox_killed_mid_run(cli, ctx, store, prov):  # noqa: F811
     prov.assert_clean(out.decode(), err)
 
 
+def test_cloud_sigterm_kills_the_command_and_saves(cli, ctx, prov):  # noqa: F811
+    name, _ = ctx
+    a = subprocess.Popen([cli.binary, "run", name, "--runtime", prov.name, "--",
+                          "bash", "-c", "echo kept > workspace/sig.txt; sleep 61"],
+                         env=dict(cli.env, **prov.env), cwd=cli.workdir,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not prov.user_commands("sleep 61"):
+            assert a.poll() is None, a.communicate()
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        a.send_signal(15)
+        out, err = a.communicate(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 143, err
+    assert time.monotonic() - t0 < 10
+    # the command was killed in the sandbox, not only abandoned
+    if prov.name == "e2b":
+        assert [s for _pid, s in prov.fake.signals] == ["SIGNAL_SIGKILL"]
+    else:
+        assert prov.fake.kills == [{"signal": 9}]
+    assert cli.manifest(name)["latestVersion"]["message"] == "contextfs run SIGTERM save"
+    assert committed(cli, name, "workspace/sig.txt") == sha(b"kept\n")
+    prov.assert_clean(out.decode(), err.decode())
+
+
+def test_cloud_keep_alive_during_a_long_command(cli, ctx, prov):  # noqa: F811
+    name, _ = ctx
+    t0 = time.time()
+    r = cli.run("run", name, "--runtime", prov.name, "--lock-ttl", "3s", "--",
+                "sleep", "3.5", env=prov.env)
+    wall_ms = (time.time() - t0) * 1000
+    assert r.rc == 0, r.err
+    if prov.name == "e2b":
+        # the timeout call sets the whole lifetime again, from now
+        assert prov.fake.keepalives >= 2
+    else:
+        # extend-timeout adds: only the time that passed is asked for, so the
+        # deadline stays near now + lifetime instead of racing to the plan cap
+        ext = prov.fake.extensions
+        assert len(ext) >= 1 and all(d >= 1000 for d in ext), ext
+        assert sum(ext) <= wall_ms + 1000, (ext, wall_ms)
+    prov.assert_clean(r.out, r.err)
+
+
 def test_cloud_bad_key(cli, ctx, prov):  # noqa: F811
     name, _ = ctx
     bad = prov.bad_env()
