@@ -36,6 +36,7 @@
 
 #include "adapters/adapters.h"
 #include "adapters/http.h"
+#include "adapters/stream_i.h"
 #include "core/error.h"
 #include "core/util.h"
 
@@ -173,20 +174,8 @@ out:
 /* ------------------------------------------------------------------ */
 /* process.Process/Start: a Connect server stream */
 
-struct stream {
-	struct cfs_buf pending; /* bytes of an incomplete envelope */
-	struct cfs_buf out, err;
-	bool truncated;
-	long pid;
-	bool got_end, got_eos;
-	int exit_code;
-	char status[64];
-	char end_error[200]; /* error of the end event (spawn failure) */
-	char eos_code[48]; /* end-stream error code, "" = none */
-	char eos_msg[200];
-};
-
-static int append_b64(struct stream *st, struct cfs_buf *b, const char *b64)
+static int append_b64(struct cfs_e2b_stream *st, struct cfs_buf *b,
+		      const char *b64)
 {
 	size_t n = strlen(b64), got = 0;
 	unsigned char *bin;
@@ -224,8 +213,8 @@ static void copy_str(char *dst, size_t n, const cJSON *v)
 		snprintf(dst, n, "%d", v->valueint);
 }
 
-static int on_message(struct stream *st, unsigned char flags, const char *p,
-		      size_t n)
+static int on_message(struct cfs_e2b_stream *st, unsigned char flags,
+		      const char *p, size_t n)
 {
 	cJSON *doc = cJSON_ParseWithLength(p, n);
 	const cJSON *ev, *x;
@@ -284,9 +273,9 @@ out:
 }
 
 /* Envelopes may be split across and merged within callbacks. */
-static int on_stream_data(const char *p, size_t n, void *payload)
+int cfs_e2b_stream_feed(const char *p, size_t n, void *payload)
 {
-	struct stream *st = payload;
+	struct cfs_e2b_stream *st = payload;
 	size_t off = 0;
 	int rc;
 
@@ -317,6 +306,13 @@ static int on_stream_data(const char *p, size_t n, void *payload)
 		st->pending.len -= off;
 	}
 	return rc;
+}
+
+void cfs_e2b_stream_clear(struct cfs_e2b_stream *st)
+{
+	cfs_buf_free(&st->pending);
+	cfs_buf_free(&st->out);
+	cfs_buf_free(&st->err);
 }
 
 static void send_kill(struct e2b_rt *s, long pid)
@@ -370,7 +366,7 @@ static int e2b_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		   const char *command, const char *user, int64_t timeout_ms)
 {
 	struct e2b_rt *s = (struct e2b_rt *)rt;
-	struct stream st = {0};
+	struct cfs_e2b_stream st = {0};
 	struct cfs_http_req req = {0};
 	struct cfs_http_resp resp = {0};
 	struct curl_slist *h = NULL;
@@ -438,7 +434,7 @@ static int e2b_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	req.headers = h;
 	req.body = body.ptr;
 	req.body_len = body.len;
-	req.on_data = on_stream_data;
+	req.on_data = cfs_e2b_stream_feed;
 	req.payload = &st;
 	req.out_fd = -1;
 	req.cancel = rt->cancel;
@@ -528,9 +524,7 @@ out:
 	curl_slist_free_all(h);
 	cfs_http_resp_clear(&resp);
 	cfs_buf_free(&body);
-	cfs_buf_free(&st.pending);
-	cfs_buf_free(&st.out);
-	cfs_buf_free(&st.err);
+	cfs_e2b_stream_clear(&st);
 	free(url);
 	free(json);
 	return rc;

@@ -40,6 +40,7 @@
 
 #include "adapters/adapters.h"
 #include "adapters/http.h"
+#include "adapters/stream_i.h"
 #include "core/error.h"
 #include "core/util.h"
 
@@ -178,17 +179,8 @@ out:
 /* ------------------------------------------------------------------ */
 /* Commands: the NDJSON stream */
 
-struct stream {
-	struct cfs_buf line;
-	struct cfs_buf out, err;
-	bool truncated;
-	char cmd_id[128];
-	bool done;
-	int exit_code;
-	char error[300]; /* a {"stream":"error"} line */
-};
-
-static int put_capped(struct stream *st, struct cfs_buf *b, const char *s)
+static int put_capped(struct cfs_vercel_stream *st, struct cfs_buf *b,
+		      const char *s)
 {
 	size_t n = strlen(s);
 
@@ -199,7 +191,7 @@ static int put_capped(struct stream *st, struct cfs_buf *b, const char *s)
 	return n ? cfs_buf_put(b, s, n) : 0;
 }
 
-static int on_line(struct stream *st, const char *p, size_t n)
+static int on_line(struct cfs_vercel_stream *st, const char *p, size_t n)
 {
 	cJSON *doc;
 	const cJSON *cmd, *stream, *data;
@@ -248,9 +240,9 @@ static int on_line(struct stream *st, const char *p, size_t n)
 	return rc;
 }
 
-static int on_stream_data(const char *p, size_t n, void *payload)
+int cfs_vercel_stream_feed(const char *p, size_t n, void *payload)
 {
-	struct stream *st = payload;
+	struct cfs_vercel_stream *st = payload;
 	size_t start = 0;
 	int rc = 0;
 
@@ -276,6 +268,21 @@ static int on_stream_data(const char *p, size_t n, void *payload)
 	return rc;
 }
 
+int cfs_vercel_stream_finish(struct cfs_vercel_stream *st)
+{
+	int rc = st->line.len ? on_line(st, st->line.ptr, st->line.len) : 0;
+
+	st->line.len = 0;
+	return rc;
+}
+
+void cfs_vercel_stream_clear(struct cfs_vercel_stream *st)
+{
+	cfs_buf_free(&st->line);
+	cfs_buf_free(&st->out);
+	cfs_buf_free(&st->err);
+}
+
 static void kill_command(struct vercel_rt *s, const char *cmd_id)
 {
 	cJSON *body = cJSON_CreateObject();
@@ -293,7 +300,7 @@ static int vercel_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		      const char *command, const char *user, int64_t timeout_ms)
 {
 	struct vercel_rt *s = (struct vercel_rt *)rt;
-	struct stream st = {0};
+	struct cfs_vercel_stream st = {0};
 	struct cfs_http_req req = {0};
 	struct cfs_http_resp resp = {0};
 	struct curl_slist *h = NULL;
@@ -338,7 +345,7 @@ static int vercel_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	req.headers = h;
 	req.body = text;
 	req.body_len = strlen(text);
-	req.on_data = on_stream_data;
+	req.on_data = cfs_vercel_stream_feed;
 	req.payload = &st;
 	req.out_fd = -1;
 	req.cancel = rt->cancel;
@@ -376,8 +383,7 @@ static int vercel_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		rc = http_fail(s, &resp, "run");
 		goto out;
 	}
-	if (st.line.len && !rc)
-		rc = on_line(&st, st.line.ptr, st.line.len);
+	rc = cfs_vercel_stream_finish(&st);
 	if (rc)
 		goto out;
 	if (st.error[0]) {
@@ -419,9 +425,7 @@ out:
 	cJSON_Delete(body);
 	curl_slist_free_all(h);
 	cfs_http_resp_clear(&resp);
-	cfs_buf_free(&st.line);
-	cfs_buf_free(&st.out);
-	cfs_buf_free(&st.err);
+	cfs_vercel_stream_clear(&st);
 	free(url);
 	free(path);
 	free(text);
