@@ -61,8 +61,9 @@ static int run(struct cli *cli)
 					      rt->caps.root_links);
 	}
 	cli_print(cli, "runtime %s (%s): %s%s\n", rt->id,
-		  rt->caps.root_links ? "bubblewrap sandbox"
-				      : "plain directory",
+		  rt->caps.root_links		       ? "bubblewrap sandbox"
+		  : strcmp(rt->provider, "local") == 0 ? "plain directory"
+						       : "remote sandbox",
 		  *missing ? "missing tools: " : "all tools present", missing);
 	if (*missing) {
 		if (cli->json)
@@ -78,7 +79,7 @@ out:
 
 const struct cli_command cli_cmd_probe = {
 	.name = "probe",
-	.args = "--runtime local|ssh [runtime options]",
+	.args = "--runtime local|ssh|e2b|vercel [runtime options]",
 	.summary = "check that a runtime's sandboxes have the tools sessions "
 		   "need",
 	.help = CLI_RUNTIME_HELP
