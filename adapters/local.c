@@ -221,6 +221,19 @@ static void child_exec(struct local_rt *l, const char *const *argv, int outfd,
 	_exit(127);
 }
 
+/*
+ * A sandbox whose root directory was removed (a reaper, a crash, a test
+ * simulating one) is dead: its commands fail instead of running in a
+ * deleted directory.
+ */
+static bool root_gone(const struct local_rt *l)
+{
+	struct stat st;
+
+	return l->rootfd >= 0 && fstat(l->rootfd, &st) == 0 &&
+	       st.st_nlink == 0;
+}
+
 static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		     const char *command, const char *user, int64_t timeout_ms)
 {
@@ -230,13 +243,18 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, spipe[2] = {-1, -1};
 	const char *argv[MAX_ARGV];
 	int argc = 0, rc = 0, wstatus = 0;
-	bool timed_out = false, canceled = false, reaped = false;
+	bool timed_out = false, canceled = false, reaped = false, gone = false;
 	int64_t deadline = timeout_ms > 0 ? cfs_monotonic_ms() + timeout_ms : 0;
 	pid_t pid = -1;
 
 	memset(res, 0, sizeof(*res));
 	if (l->rootfd < 0)
 		return cfs_error_set(CFS_EIO, "sandbox %s was disposed", l->id);
+	if (root_gone(l))
+		return cfs_error_set(CFS_EIO,
+				     "sandbox %s is gone (its root %s was "
+				     "removed)",
+				     l->id, l->root);
 	if (user && *user && strcmp(user, "root") != 0)
 		return cfs_error_set(CFS_EUNSUPPORTED,
 				     "the local runtime runs commands as root "
@@ -309,6 +327,12 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 			if (wait_ms < 0 || wait_ms > 200)
 				wait_ms = 200;
 		}
+		if (root_gone(l)) {
+			gone = true;
+			break;
+		}
+		if (wait_ms < 0 || wait_ms > 500)
+			wait_ms = 500; /* to notice a removed root */
 		pr = poll(pfd, (nfds_t)n, wait_ms);
 		if (pr < 0 && errno != EINTR) {
 			rc = cfs_error_errno(errno, "poll");
@@ -336,7 +360,7 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		if (rc)
 			break;
 	}
-	if (timed_out || canceled || rc) {
+	if (timed_out || canceled || gone || rc) {
 		kill(-pid, SIGKILL);
 		kill(pid, SIGKILL);
 	}
@@ -352,6 +376,13 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		rc = cfs_error_set(CFS_ECANCELED,
 				   "command interrupted (killed in sandbox %s)",
 				   l->id);
+		goto out;
+	}
+	if (gone) {
+		rc = cfs_error_set(CFS_EIO,
+				   "sandbox %s died while the command ran (its "
+				   "root %s was removed)",
+				   l->id, l->root);
 		goto out;
 	}
 	if (timed_out) {

@@ -62,6 +62,11 @@ struct cfs_session {
 	bool hb_stop; /* protected by mu */
 	atomic_bool lock_lost;
 	atomic_int hb_failures;
+	atomic_bool degraded;
+	cfs_session_event_fn on_event;
+	void *event_payload;
+	int failure_threshold;
+	bool emergency_checkpoint;
 
 	/* periodic checkpoints */
 	pthread_t ck;
@@ -343,10 +348,80 @@ static int run_script(struct cfs_session *s, char *script, const char *label)
 /* ------------------------------------------------------------------ */
 /* Heartbeat */
 
+const char *cfs_session_event_name(enum cfs_session_event_type type)
+{
+	switch (type) {
+	case CFS_SESSION_HEARTBEAT_FAILURE:
+		return "heartbeat-failure";
+	case CFS_SESSION_DEGRADED:
+		return "degraded";
+	case CFS_SESSION_EMERGENCY_CHECKPOINT:
+		return "emergency-checkpoint";
+	case CFS_SESSION_RECOVERY_START:
+		return "recovery-start";
+	case CFS_SESSION_RECOVERY_SUCCESS:
+		return "recovery-success";
+	case CFS_SESSION_RECOVERY_FAILURE:
+		return "recovery-failure";
+	case CFS_SESSION_RECOVERY_ABORTED:
+		return "recovery-aborted";
+	}
+	return "unknown";
+}
+
+static void emit(struct cfs_session *s, enum cfs_session_event_type type,
+		 int failures, const char *error)
+{
+	struct cfs_session_event ev = {type, s->id, 0, failures, 0, 0, error};
+
+	if (s->on_event)
+		s->on_event(&ev, s->event_payload);
+}
+
+/*
+ * A failed beat (§9.3): counted; at the threshold the session turns
+ * degraded (once until a healthy beat) and, if asked, takes one
+ * best-effort "emergency" checkpoint while the sandbox may still answer.
+ * The heartbeat never re-provisions: recovery is the caller's.
+ */
+static void beat_failed(struct cfs_session *s, const char *why)
+{
+	int n = atomic_fetch_add(&s->hb_failures, 1) + 1;
+	int threshold = s->failure_threshold > 0 ? s->failure_threshold : 3;
+
+	emit(s, CFS_SESSION_HEARTBEAT_FAILURE, n, why);
+	if (n < threshold || atomic_exchange(&s->degraded, true))
+		return;
+	cfs_log(CFS_LOG_WARN,
+		"session on %s degraded after %d failed heartbeats: %s", s->id,
+		n, why);
+	emit(s, CFS_SESSION_DEGRADED, n, why);
+	if (s->emergency_checkpoint && !s->detached &&
+	    !atomic_load(&s->lock_lost)) {
+		struct cfs_session_save_opts o = {0};
+
+		o.kind = CFS_COMMIT_CHECKPOINT;
+		o.reason = "emergency";
+		if (cfs_session_save(NULL, s, &o) == 0)
+			emit(s, CFS_SESSION_EMERGENCY_CHECKPOINT, n, NULL);
+		else
+			cfs_log(CFS_LOG_WARN,
+				"emergency checkpoint of %s failed: %s", s->id,
+				cfs_error_last());
+	}
+}
+
+static void beat_ok(struct cfs_session *s)
+{
+	atomic_store(&s->hb_failures, 0);
+	atomic_store(&s->degraded, false);
+}
+
 static void *heartbeat_main(void *arg)
 {
 	struct cfs_session *s = arg;
 	bool warned_lock = false, warned_rt = false;
+	char why[512] = "";
 
 	pthread_mutex_lock(&s->mu);
 	while (!s->hb_stop) {
@@ -383,6 +458,8 @@ static void *heartbeat_main(void *arg)
 			cfs_log(CFS_LOG_WARN, "lock renewal for %s failed: %s",
 				s->id, cfs_error_last());
 		}
+		if (rc)
+			snprintf(why, sizeof(why), "%s", cfs_error_last());
 		krc = cfs_runtime_keep_alive(s->rt);
 		if (krc && !warned_rt) {
 			warned_rt = true;
@@ -390,10 +467,12 @@ static void *heartbeat_main(void *arg)
 				"runtime keep-alive for %s failed: %s", s->id,
 				cfs_error_last());
 		}
+		if (krc && !rc)
+			snprintf(why, sizeof(why), "%s", cfs_error_last());
 		if (rc || krc)
-			atomic_fetch_add(&s->hb_failures, 1);
+			beat_failed(s, why);
 		else
-			atomic_store(&s->hb_failures, 0);
+			beat_ok(s);
 		pthread_mutex_lock(&s->mu);
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -654,6 +733,10 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 				    : CFS_RUNTIME_DEFAULT_TIMEOUT_MS;
 	s->detached = opts->src_dir || opts->reuse;
 	s->keep_excluded = opts->keep_excluded;
+	s->on_event = opts->on_event;
+	s->event_payload = opts->event_payload;
+	s->failure_threshold = opts->failure_threshold;
+	s->emergency_checkpoint = opts->emergency_checkpoint;
 	s->id = cfs_strdup(id);
 	s->owner = opts->owner ? cfs_strdup(opts->owner) : NULL;
 	if (!s->id || (opts->owner && !s->owner)) {
@@ -949,6 +1032,11 @@ const struct cfs_policy *cfs_session_policy(const struct cfs_session *s)
 bool cfs_session_lock_lost(const struct cfs_session *s)
 {
 	return atomic_load(&((struct cfs_session *)s)->lock_lost);
+}
+
+bool cfs_session_degraded(const struct cfs_session *s)
+{
+	return s && atomic_load(&s->degraded);
 }
 
 int cfs_session_heartbeat_failures(const struct cfs_session *s)

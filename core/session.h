@@ -36,6 +36,33 @@ struct cfs_keys;
 struct cfs_policy;
 struct cfs_session;
 
+/* Session events (REFERENCE.md §9.3-§9.4, the reference's SessionEvent). */
+enum cfs_session_event_type {
+	CFS_SESSION_HEARTBEAT_FAILURE,
+	CFS_SESSION_DEGRADED,
+	CFS_SESSION_EMERGENCY_CHECKPOINT,
+	CFS_SESSION_RECOVERY_START,
+	CFS_SESSION_RECOVERY_SUCCESS,
+	CFS_SESSION_RECOVERY_FAILURE,
+	CFS_SESSION_RECOVERY_ABORTED,
+};
+
+struct cfs_session_event {
+	enum cfs_session_event_type type;
+	const char *context_id;
+	unsigned int attempt; /* recovery-*: 1-based */
+	int consecutive_failures; /* heartbeat-failure, degraded */
+	uint64_t recovered_to_generation; /* recovery-success */
+	uint64_t recovered_to_checkpoint_generation; /* recovery-success */
+	const char *error; /* NULL when none */
+};
+
+/* "heartbeat-failure", "degraded", ... (the reference's names). */
+const char *cfs_session_event_name(enum cfs_session_event_type type);
+
+typedef void (*cfs_session_event_fn)(const struct cfs_session_event *ev,
+				     void *payload);
+
 struct cfs_session_opts {
 	const char *owner; /* NULL = a fresh owner (host:pid:uuid) */
 	int64_t lock_ttl_ms; /* <= 0 = CFS_LOCK_DEFAULT_TTL_MS */
@@ -58,6 +85,19 @@ struct cfs_session_opts {
 	/* Detached: the sandbox already holds the tree (a kept sandbox);
 	 * upload nothing. */
 	bool reuse;
+	/*
+	 * Events, called from the heartbeat thread (heartbeat-failure,
+	 * degraded, emergency-checkpoint); must not call back into the
+	 * session. NULL = none.
+	 */
+	cfs_session_event_fn on_event;
+	void *event_payload;
+	/* Consecutive failed heartbeats that make the session degraded
+	 * (0 = 3); a healthy beat clears the state. */
+	int failure_threshold;
+	/* On becoming degraded, take one best-effort checkpoint (reason
+	 * "emergency") while the sandbox may still answer. */
+	bool emergency_checkpoint;
 	/*
 	 * Clearing the managed roots before extracting leaves the policy's
 	 * excluded paths (node_modules, .venv, ...) of a kept sandbox alone.
@@ -131,5 +171,7 @@ const struct cfs_policy *cfs_session_policy(const struct cfs_session *s);
 bool cfs_session_lock_lost(const struct cfs_session *s);
 /* Consecutive failed heartbeats (renewal or keep-alive). */
 int cfs_session_heartbeat_failures(const struct cfs_session *s);
+/* True while failed heartbeats reached the threshold (§9.3). */
+bool cfs_session_degraded(const struct cfs_session *s);
 
 #endif

@@ -10,6 +10,7 @@
  * the sandbox holds is still saved when possible ("run failure save"),
  * then contextfs exits with the error's code.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "core/crypto.h"
 #include "core/error.h"
 #include "core/ids.h"
+#include "core/lock.h"
 #include "core/manifest.h"
 #include "core/session.h"
 #include "core/util.h"
@@ -35,6 +37,9 @@ enum {
 	OPT_SCRYPT_COST,
 	OPT_LOCK_TTL,
 	OPT_CHECKPOINT_INTERVAL,
+	OPT_RECOVER,
+	OPT_RECOVER_ATTEMPTS,
+	OPT_RECOVER_RERUN,
 };
 
 static const struct cli_opt opts[] = {
@@ -47,6 +52,9 @@ static const struct cli_opt opts[] = {
 	{"scrypt-cost", 0, true, OPT_SCRYPT_COST},
 	{"lock-ttl", 0, true, OPT_LOCK_TTL},
 	{"checkpoint-interval", 0, true, OPT_CHECKPOINT_INTERVAL},
+	{"recover", 0, false, OPT_RECOVER},
+	{"recover-attempts", 0, true, OPT_RECOVER_ATTEMPTS},
+	{"recover-rerun", 0, false, OPT_RECOVER_RERUN},
 	{NULL, 0, false, 0},
 };
 
@@ -315,6 +323,178 @@ static void write_bytes(FILE *f, const char *p, size_t n)
 	fflush(f);
 }
 
+/* ------------------------------------------------------------------ */
+/* Session events and crash recovery (REFERENCE.md §9.3-§9.4) */
+
+struct events {
+	struct cli *cli;
+	pthread_mutex_t mu;
+	cJSON *list; /* --json: every event */
+};
+
+static void on_event(const struct cfs_session_event *ev, void *payload)
+{
+	struct events *e = payload;
+	const char *name = cfs_session_event_name(ev->type);
+
+	pthread_mutex_lock(&e->mu);
+	if (e->list) {
+		cJSON *o = cJSON_CreateObject();
+
+		if (o) {
+			cJSON_AddStringToObject(o, "type", name);
+			cJSON_AddStringToObject(o, "contextId",
+						ev->context_id);
+			if (ev->attempt)
+				cJSON_AddNumberToObject(o, "attempt",
+							ev->attempt);
+			if (ev->consecutive_failures)
+				cJSON_AddNumberToObject(
+					o, "consecutiveFailures",
+					ev->consecutive_failures);
+			if (ev->type == CFS_SESSION_RECOVERY_SUCCESS) {
+				cJSON_AddNumberToObject(
+					o, "recoveredToGeneration",
+					(double)ev->recovered_to_generation);
+				cJSON_AddNumberToObject(
+					o, "recoveredToCheckpointGeneration",
+					(double)ev->recovered_to_checkpoint_generation);
+			}
+			if (ev->error)
+				cJSON_AddStringToObject(o, "error", ev->error);
+			cJSON_AddItemToArray(e->list, o);
+		}
+	}
+	if (!e->cli->quiet) {
+		fprintf(stderr, "contextfs: session %s: %s", ev->context_id,
+			name);
+		if (ev->attempt)
+			fprintf(stderr, " (attempt %u)", ev->attempt);
+		if (ev->consecutive_failures)
+			fprintf(stderr, " (%d consecutive failures)",
+				ev->consecutive_failures);
+		if (ev->type == CFS_SESSION_RECOVERY_SUCCESS)
+			fprintf(stderr,
+				": restored generation %llu, checkpoint %llu",
+				(unsigned long long)ev->recovered_to_generation,
+				(unsigned long long)
+					ev->recovered_to_checkpoint_generation);
+		if (ev->error)
+			fprintf(stderr, ": %s", ev->error);
+		fputc('\n', stderr);
+	}
+	pthread_mutex_unlock(&e->mu);
+}
+
+static void emit(struct events *e, enum cfs_session_event_type type,
+		 const char *id, unsigned attempt, const char *error,
+		 uint64_t gen, uint64_t ckpt)
+{
+	struct cfs_session_event ev = {type, id, attempt, 0, gen, ckpt, error};
+
+	on_event(&ev, e);
+}
+
+/* Whether the sandbox still runs commands (`:` within 10 s). */
+static bool runtime_alive(struct cfs_runtime *rt)
+{
+	struct cfs_run_result r = {0};
+	int rc = cfs_runtime_run(&r, rt, ":", NULL, 10000);
+	bool ok = rc == 0 && r.exit_code == 0;
+
+	cfs_run_result_clear(&r);
+	cfs_error_clear();
+	return ok;
+}
+
+struct recovery {
+	struct cli *cli;
+	struct events *ev;
+	struct cfs_store *st;
+	struct cfs_keys *keys;
+	struct cfs_provisioner *prov;
+	const char *id;
+	struct cfs_session_opts *so;
+	int64_t ckpt_ms;
+	unsigned max_attempts, used; /* per run, never reset */
+};
+
+/*
+ * The command failed (not a non-zero exit: an error). If the sandbox is
+ * dead, re-provision through the provisioner and attach again under the
+ * SAME lock owner (the live lock is adopted): the tree is whatever the
+ * latest manifest names, the last save or checkpoint; work after it died
+ * with the sandbox. Returns true with *sess and *rt replaced on success;
+ * false leaves *sess NULL when the old session was given up.
+ */
+static bool recover(struct recovery *x, struct cfs_session **sess,
+		    struct cfs_runtime **rt, const char *cause)
+{
+	char *owner;
+
+	if (runtime_alive(*rt))
+		return false; /* a live sandbox: a plain error, no recovery */
+	owner = cfs_strdup(cfs_session_owner(*sess));
+	if (!owner)
+		return false;
+	cfs_session_abandon(*sess); /* keeps the lock and the sandbox */
+	*sess = NULL;
+	/* the lock must not lapse while a new sandbox starts */
+	(void)cfs_lock_renew(NULL, x->st, x->id, owner, x->so->lock_ttl_ms);
+	cfs_error_clear();
+	while (x->used < x->max_attempts) {
+		unsigned attempt = ++x->used;
+		struct cfs_manifest *m = NULL;
+		int rc;
+
+		emit(x->ev, CFS_SESSION_RECOVERY_START, x->id, attempt, NULL, 0,
+		     0);
+		if (*rt)
+			x->prov->destroy(x->prov, *rt);
+		*rt = NULL;
+		rc = x->prov->create(rt, x->prov, x->id);
+		if (!rc) {
+			(*rt)->cancel = &run_cancel;
+			x->so->owner = owner;
+			rc = cfs_session_attach(sess, x->st, x->keys, x->id, *rt,
+						x->so);
+			x->so->owner = NULL;
+		}
+		if (!rc)
+			rc = cfs_session_start_checkpoints(*sess, x->ckpt_ms);
+		if (!rc)
+			rc = cfs_context_read_manifest(&m, NULL, x->st, x->id);
+		if (rc) {
+			emit(x->ev, CFS_SESSION_RECOVERY_FAILURE, x->id, attempt,
+			     cfs_error_last(), 0, 0);
+			if (*sess) {
+				cfs_session_abandon(*sess);
+				*sess = NULL;
+			}
+			continue;
+		}
+		emit(x->ev, CFS_SESSION_RECOVERY_SUCCESS, x->id, attempt, NULL,
+		     cfs_manifest_generation(m),
+		     cfs_manifest_checkpoint_generation(m));
+		if (!x->cli->quiet)
+			fprintf(stderr,
+				"contextfs: the sandbox died; a new one holds "
+				"what %s last saved or checkpointed "
+				"(generation %llu, checkpoint %llu); work done "
+				"after that in the dead sandbox is lost\n",
+				x->id,
+				(unsigned long long)cfs_manifest_generation(m),
+				(unsigned long long)
+					cfs_manifest_checkpoint_generation(m));
+		cfs_manifest_free(m);
+		free(owner);
+		return true;
+	}
+	emit(x->ev, CFS_SESSION_RECOVERY_ABORTED, x->id, x->used, cause, 0, 0);
+	free(owner);
+	return false;
+}
+
 static int run(struct cli *cli)
 {
 	const char *id = cli->argv[0];
@@ -333,9 +513,29 @@ static int run(struct cli *cli)
 	int rc, run_rc = 0;
 	cJSON *doc, *r;
 	struct sigaction old_sa[2];
+	struct events events = {cli, PTHREAD_MUTEX_INITIALIZER, NULL};
+	struct recovery rx = {0};
 
 	run_cancel = run_signal = 0;
 	signals_install(old_sa);
+	if (cli->json)
+		events.list = cJSON_CreateArray();
+	rx.cli = cli;
+	rx.ev = &events;
+	rx.id = id;
+	rx.max_attempts = 1;
+	if (cli_opt(cli, OPT_RECOVER_ATTEMPTS)) {
+		char *end;
+		long n = strtol(cli_opt(cli, OPT_RECOVER_ATTEMPTS), &end, 10);
+
+		if (*end || n < 1 || n > 100) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "--recover-attempts takes a number "
+					   "from 1 to 100");
+			goto out;
+		}
+		rx.max_attempts = (unsigned)n;
+	}
 
 	rc = cfs_id_check(id);
 	if (rc)
@@ -374,6 +574,9 @@ static int run(struct cli *cli)
 	rt->cancel = &run_cancel;
 	so.force_unlock = cli_flag(cli, OPT_FORCE_UNLOCK);
 	so.lock_ttl_ms = ttl;
+	so.on_event = on_event;
+	so.event_payload = &events;
+	so.emergency_checkpoint = cli_flag(cli, OPT_RECOVER);
 	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
 	if (rc)
 		goto out;
@@ -381,11 +584,43 @@ static int run(struct cli *cli)
 	rc = cfs_session_start_checkpoints(sess, ckpt);
 	if (rc)
 		goto out;
-	if (*command) {
-		run_rc = cfs_session_run(&res, sess, command, timeout);
-		ran = run_rc == 0;
-	} else {
-		ran = true;
+	rx.st = st;
+	rx.keys = keys;
+	rx.prov = prov;
+	rx.so = &so;
+	rx.ckpt_ms = ckpt;
+	for (;;) {
+		if (*command) {
+			run_rc = cfs_session_run(&res, sess, command, timeout);
+			ran = run_rc == 0;
+		} else {
+			ran = true;
+		}
+		if (!run_rc || run_signal || !cli_flag(cli, OPT_RECOVER))
+			break;
+		{
+			char *cause = cfs_strdup(cfs_error_last());
+			bool back;
+
+			back = prov && recover(&rx, &sess, &rt, cause);
+			if (!back && !sess) {
+				/* given up: no session left to save from */
+				cfs_error_set(run_rc, "%s",
+					      cause ? cause : "sandbox died");
+				free(cause);
+				rc = run_rc;
+				goto out;
+			}
+			if (!back || !cli_flag(cli, OPT_RECOVER_RERUN)) {
+				cfs_error_set(run_rc, "%s",
+					      cause ? cause : "sandbox died");
+				free(cause);
+				break;
+			}
+			free(cause);
+			cfs_run_result_clear(&res);
+			run_rc = 0;
+		}
 	}
 
 	sv.kind = CFS_COMMIT_SAVE;
@@ -478,6 +713,13 @@ out:
 		if (!rc)
 			cli->exit_status = res.exit_code;
 	}
+	if (events.list && cli->json) {
+		doc = cli_result(cli);
+		if (doc) {
+			cJSON_AddItemToObject(doc, "events", events.list);
+			events.list = NULL;
+		}
+	}
 	signals_restore(old_sa);
 	if (sess) {
 		int keep = cfs_error_last_code();
@@ -489,6 +731,7 @@ out:
 		free(msg);
 	}
 	cli_runtime_close(prov, rt);
+	cJSON_Delete(events.list);
 	cfs_commit_result_clear(&cr);
 	cfs_run_result_clear(&res);
 	free(command);
@@ -518,14 +761,25 @@ const struct cli_command cli_cmd_run = {
 	"command runs (default 30m)\n"
 	"  --force-unlock           take the lock over from a dead "
 	"writer\n"
+	"  --recover                if the sandbox dies, start a new "
+	"one from the last save or\n"
+	"                           checkpoint under the same lock "
+	"(work after it is lost);\n"
+	"                           also one emergency checkpoint when "
+	"heartbeats keep failing\n"
+	"  --recover-attempts N     sandboxes to try (default 1)\n"
+	"  --recover-rerun          run COMMAND again in the recovered "
+	"sandbox\n"
 	"\nThe context is extracted at /mnt/contextsdk/ID in the "
 	"sandbox (also reachable as\n/workspace, /memory, ... under "
 	"bubblewrap); COMMAND runs there through bash.\nIts stdout "
 	"and stderr pass through and its exit code becomes "
 	"contextfs's; the\nsandbox's tree is saved as the next "
 	"generation either way. With --json:\n{ok, result: {exitCode, "
-	"stdout, stderr}, generation}. A timeout or a dead\nsandbox "
-	"is an error (exit 7) after a best-effort save.\n",
+	"stdout, stderr}, generation, events}. A timeout or a dead\n"
+	"sandbox is an error (exit 7) after a best-effort save. Session "
+	"events\n(heartbeat-failure, degraded, emergency-checkpoint, "
+	"recovery-*) go to stderr.\n",
 	.opts = opts,
 	.min_args = 1,
 	.max_args = CLI_MAX_ARGS,

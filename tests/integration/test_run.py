@@ -9,6 +9,7 @@ itself reported, so a lossy transfer in either direction fails.
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -312,6 +313,89 @@ def test_periodic_checkpoints_survive_a_crash(cli, ctx, store, tmp_path):
     assert cli.manifest(name)["generation"] == 3
     # ... until the next run on this machine sweeps it
     assert list(sandboxes.iterdir()) == []
+
+
+def _start_and_kill_sandbox(cli, name, tmp_path, extra, script):
+    """Starts `contextfs --json run NAME --runtime local EXTRA -- sh -c SCRIPT`,
+    waits for its first periodic checkpoint, then writes uncheckpointed work
+    into the sandbox and removes the sandbox's root (the sandbox dies while
+    contextfs lives). Returns (returncode, json doc, stderr)."""
+    sandboxes = tmp_path / "sandboxes"
+    sandboxes.mkdir()
+    env = dict(cli.env, TMPDIR=str(sandboxes))
+    ck0 = cli.manifest(name).get("checkpointGeneration", 0)
+    a = subprocess.Popen([cli.binary, "--json", "run", name, "--runtime", "local", "--checkpoint-interval", "1s"]
+                         + extra + ["--", "sh", "-c", script],
+                         env=env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            roots = [p for p in sandboxes.iterdir() if p.name.startswith("contextfs-sandbox-")]
+            if cli.manifest(name).get("checkpointGeneration", 0) > ck0 and roots:
+                break
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+            time.sleep(0.05)
+        with open(os.path.join(str(roots[0]), "mnt/contextsdk", name, "workspace/lost.txt"), "w") as f:
+            f.write("never checkpointed\n")
+        shutil.rmtree(str(roots[0]))
+        out, err = a.communicate(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    return a.returncode, json.loads(out), err
+
+
+RERUN = ('if [ -e workspace/ck.txt ]; then echo "rerun sees $(cat workspace/ck.txt)"; '
+         'test -e workspace/lost.txt || echo "lost.txt is gone"; exit 0; fi; '
+         'echo ck > workspace/ck.txt; sleep 60')
+
+
+def test_recover_reprovisions_and_reruns_after_the_sandbox_dies(cli, ctx, tmp_path):
+    """--recover --recover-rerun (the reference's autoRecovery, §9.4/§12.5):
+    the sandbox dies mid-command; a new one is provisioned under the same
+    lock owner from the last checkpoint, the command runs again there, and
+    the work after the checkpoint is reported lost."""
+    name, _ = ctx
+    gen0 = generation(cli, name)
+    rc, doc, err = _start_and_kill_sandbox(cli, name, tmp_path, ["--recover", "--recover-rerun"], RERUN)
+    assert rc == 0, err
+    assert doc["result"]["stdout"] == "rerun sees ck\nlost.txt is gone\n", doc
+    assert [e["type"] for e in doc["events"]] == ["recovery-start", "recovery-success"], doc["events"]
+    ok = doc["events"][1]
+    assert ok["attempt"] == 1 and ok["recoveredToGeneration"] == gen0, ok
+    assert ok["recoveredToCheckpointGeneration"] >= 1, ok
+    assert "work done after that in the dead sandbox is lost" in err, err
+    m = cli.manifest(name)
+    assert m["generation"] == gen0 + 1 and m["latestVersion"]["message"] == "contextfs run"
+    out = export(cli, name, str(tmp_path / "out"))
+    with open(os.path.join(out, "workspace/ck.txt")) as f:
+        assert f.read() == "ck\n"
+    assert not os.path.exists(os.path.join(out, "workspace/lost.txt"))
+    assert os.path.exists(os.path.join(out, "workspace/keep.txt"))
+    assert not os.path.exists(os.path.join(cli.store, "contexts", name, "lock.json"))
+
+
+def test_sandbox_death_without_recovery_is_an_error(cli, ctx, tmp_path):
+    """Without --recover a dead sandbox is an error (exit 7) and nothing
+    re-provisions; with --recover but no --recover-rerun the recovered tree
+    (the last checkpoint) is saved as the failure save and the error stays."""
+    name, _ = ctx
+    gen0 = generation(cli, name)
+    rc, doc, err = _start_and_kill_sandbox(cli, name, tmp_path, [], "echo ck > workspace/ck.txt; sleep 60")
+    assert rc == EXIT_IO and "died while the command ran" in json.dumps(doc), (doc, err)
+    assert doc.get("events", []) == []
+    (tmp_path / "b").mkdir()
+    rc, doc, err = _start_and_kill_sandbox(cli, name, tmp_path / "b", ["--recover"],
+                                           "echo ck2 > workspace/ck2.txt; sleep 60")
+    assert rc == EXIT_IO, err
+    assert [e["type"] for e in doc["events"]] == ["recovery-start", "recovery-success"], doc
+    m = cli.manifest(name)
+    assert m["latestVersion"]["message"] == "contextfs run failure save", m["latestVersion"]
+    out = export(cli, name, str(tmp_path / "out"))
+    assert os.path.exists(os.path.join(out, "workspace/ck2.txt"))
+    assert not os.path.exists(os.path.join(out, "workspace/lost.txt"))
+    assert m["generation"] > gen0
 
 
 def test_checkpoints_then_save(cli, ctx):
