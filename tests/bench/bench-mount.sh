@@ -9,11 +9,12 @@
 #
 #   -r ROUNDS   repeat the whole set of systems (default 2); the order of the
 #               systems is rotated every round, medians are reported
-#   -s SYSTEMS  subset of: native pt_ll pt_ll_wb gocryptfs cfs_commit cfs_local
+#   -s SYSTEMS  subset of: native pt_ll pt_ll_wb gocryptfs cfs_commit cfs_local cfs_wb
 #               (default: all). native = a plain directory on the filesystem
 #               that holds contextfs's staging tree; pt_ll = passthrough_ll
 #               defaults; pt_ll_wb = passthrough_ll -o writeback,cache=always;
-#               cfs_commit / cfs_local = contextfs mount -o fsync=commit|local
+#               cfs_commit / cfs_local = contextfs mount -o fsync=commit|local;
+#               cfs_wb = -o fsync=local,writeback_cache
 #   -w WORKDIR  scratch directory on local disk (default /var/tmp/cfs-bench-mount);
 #               backing dirs, the contextfs store and cache all live there
 #   -o OUTDIR   raw.tsv, summary.md, stall/storm output and logs
@@ -43,7 +44,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 ROUNDS=2
-ALL="native pt_ll pt_ll_wb gocryptfs cfs_commit cfs_local"
+ALL="native pt_ll pt_ll_wb gocryptfs cfs_commit cfs_local cfs_wb"
 SYSTEMS=$ALL
 WORK=/var/tmp/cfs-bench-mount
 OUT=""
@@ -251,6 +252,10 @@ mount_sys() {
 		return 0 ;;
 	cfs_local)	# contextfs, fsync durable on the staging disk only
 		cfs_mount "fsync=local" "$sys" || return 1
+		TESTDIR="$MNT/workspace"
+		return 0 ;;
+	cfs_wb)	# ... and the kernel's writeback cache (opt-in)
+		cfs_mount "fsync=local,writeback_cache" "$sys" || return 1
 		TESTDIR="$MNT/workspace"
 		return 0 ;;
 	*)
