@@ -40,6 +40,7 @@ enum {
 	OPT_RECOVER,
 	OPT_RECOVER_ATTEMPTS,
 	OPT_RECOVER_RERUN,
+	OPT_FAILURE_THRESHOLD,
 };
 
 static const struct cli_opt opts[] = {
@@ -55,6 +56,7 @@ static const struct cli_opt opts[] = {
 	{"recover", 0, false, OPT_RECOVER},
 	{"recover-attempts", 0, true, OPT_RECOVER_ATTEMPTS},
 	{"recover-rerun", 0, false, OPT_RECOVER_RERUN},
+	{"failure-threshold", 0, true, OPT_FAILURE_THRESHOLD},
 	{NULL, 0, false, 0},
 };
 
@@ -536,6 +538,18 @@ static int run(struct cli *cli)
 		}
 		rx.max_attempts = (unsigned)n;
 	}
+	if (cli_opt(cli, OPT_FAILURE_THRESHOLD)) {
+		char *end;
+		long n = strtol(cli_opt(cli, OPT_FAILURE_THRESHOLD), &end, 10);
+
+		if (*end || n < 1 || n > 1000) {
+			rc = cfs_error_set(CFS_EINVAL,
+					   "--failure-threshold takes a number "
+					   "from 1 to 1000");
+			goto out;
+		}
+		so.failure_threshold = (int)n;
+	}
 
 	rc = cfs_id_check(id);
 	if (rc)
@@ -770,6 +784,8 @@ const struct cli_command cli_cmd_run = {
 	"  --recover-attempts N     sandboxes to try (default 1)\n"
 	"  --recover-rerun          run COMMAND again in the recovered "
 	"sandbox\n"
+	"  --failure-threshold N    failed heartbeats before the session "
+	"is degraded (default 3)\n"
 	"\nThe context is extracted at /mnt/contextsdk/ID in the "
 	"sandbox (also reachable as\n/workspace, /memory, ... under "
 	"bubblewrap); COMMAND runs there through bash.\nIts stdout "

@@ -398,6 +398,46 @@ def test_sandbox_death_without_recovery_is_an_error(cli, ctx, tmp_path):
     assert m["generation"] > gen0
 
 
+def test_failed_heartbeats_degrade_and_take_an_emergency_checkpoint(cli, ctx, store, tmp_path):
+    """Lock renewals that keep failing (lock.json made immutable, so the
+    store refuses the rewrite) are heartbeat failures: events
+    heartbeat-failure, then degraded at the threshold and, with --recover,
+    one emergency checkpoint while the lock is still valid (§9.3)."""
+    name, _ = ctx
+    lock = os.path.join(store, "contexts", name, "lock.json")
+    a = subprocess.Popen([cli.binary, "--json", "run", name, "--runtime", "local", "--lock-ttl", "6s",
+                          "--recover", "--failure-threshold", "1", "--",
+                          "sh", "-c", "echo hb > workspace/hb.txt; sleep 4"],
+                         env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen = False
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(lock):
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+            time.sleep(0.02)
+        if subprocess.run(["chattr", "+i", lock], capture_output=True).returncode != 0:
+            a.kill()
+            pytest.skip("chattr +i is not supported on the store's filesystem")
+        frozen = True
+        out, err = a.communicate(timeout=60)
+    finally:
+        if frozen:
+            subprocess.run(["chattr", "-i", lock])
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    doc = json.loads(out)
+    types = [e["type"] for e in doc["events"]]
+    assert types[:3] == ["heartbeat-failure", "degraded", "emergency-checkpoint"], (types, err)
+    assert doc["events"][0]["consecutiveFailures"] == 1 and "error" in doc["events"][0]
+    assert "degraded" in err
+    m = cli.manifest(name)
+    assert m["latestCheckpoint"]["reason"] == "emergency", m["latestCheckpoint"]
+    # the final save still lands (the lock is still ours by content)
+    assert a.returncode == 0, err
+    assert m["latestVersion"]["message"] == "contextfs run"
+
+
 def test_checkpoints_then_save(cli, ctx):
     name, _ = ctx
     r = cli.run("run", name, "--runtime", "local", "--checkpoint-interval", "500ms", "--",
