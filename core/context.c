@@ -722,6 +722,13 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 		rc = cfs_error_last_code() ? cfs_error_last_code() : CFS_ENOMEM;
 		goto out;
 	}
+	/* every buffer may have gone out direct: the callers read it with
+	 * unaligned buffers (store copies, S3 MD5s) */
+	if (s.direct &&
+	    fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) & ~O_DIRECT) < 0) {
+		rc = cfs_error_errno(errno, "clearing O_DIRECT on the bundle");
+		goto out;
+	}
 	rc = rewind_fd(s.fd);
 	if (rc)
 		goto out;
@@ -2424,9 +2431,10 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	struct keylist written = {NULL, 0, 0}, doomed = {NULL, 0, 0};
 	struct keylist victims = {NULL, 0, 0};
 	struct cfs_bundle_member extra[2];
-	struct progress_scope ps;
+	struct progress_scope ps = {NULL, NULL, NULL};
 	struct saved_error err;
 	struct uploader up = {0};
+	bool ps_on = false;
 	struct tmpdir t;
 	char etag[CFS_ETAG_MAX], key[CFS_KEY_MAX], vpath[64];
 	char attempt[CFS_ATTEMPT_LEN + 1];
@@ -2571,6 +2579,10 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		up.cond = (struct cfs_cond){NULL, !save};
 		if (save && (rc = keylist_add(&written, key)))
 			goto out;
+		/* the upload thread reads the store's progress callback:
+		 * set before it starts, cleared after it ended */
+		progress_push(&ps, st, opts->progress, opts->progress_payload);
+		ps_on = true;
 	}
 	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, srcdirfd, &policy, extra,
 			  nextra, up.st ? &up : NULL);
@@ -2632,7 +2644,9 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		if (rc)
 			goto out;
 	}
-	progress_push(&ps, st, opts->progress, opts->progress_payload);
+	if (!ps_on)
+		progress_push(&ps, st, opts->progress, opts->progress_payload);
+	ps_on = true;
 	if (up.st) {
 		rc = uploader_finish(&up);
 	} else {
@@ -2641,6 +2655,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		rc = cfs_store_put_tmpfile(st, key, bfd, &cond, NULL);
 	}
 	progress_pop(&ps);
+	ps_on = false;
 	if (rc == CFS_EEXISTS && !save) {
 		rc = cfs_error_set(CFS_ECONFLICT,
 				   "checkpoint object %s already exists but "
@@ -2721,6 +2736,8 @@ out:
 			(void)keylist_add(&written, key);
 		error_restore(&err);
 	}
+	if (ps_on)
+		progress_pop(&ps);
 	if (rc) {
 		/* 9. roll back what this call wrote */
 		error_save(&err, rc);

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -446,6 +447,17 @@ out:
 
 /* ---- readiness pipe ----------------------------------------------------- */
 
+/* Whether the running kernel is at least major.minor. */
+static bool kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
+
 /* libfuse hands custom io the session's userdata: our cfs_fs */
 static ssize_t shim_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -518,8 +530,12 @@ static int term_start(struct cfs_fs *fs, pthread_t *th)
 	sa.sa_handler = term_signal;
 	sigemptyset(&sa.sa_mask);
 	e = pthread_create(th, NULL, term_thread, fs);
-	if (e)
+	if (e) {
+		close(term_pipe[0]);
+		close(term_pipe[1]);
+		term_pipe[0] = term_pipe[1] = -1;
 		return cfs_error_errno(e, "cannot start the signal thread");
+	}
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
@@ -636,6 +652,12 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	fs->timeout = o->attr_timeout;
 	fs->fsync_local = o->fsync_local;
 	fs->wb_wanted = o->writeback_cache && !o->read_only;
+	if (fs->wb_wanted && !kernel_at_least(6, 15))
+		cfs_warn("%s: -o writeback_cache is verified on Linux >= 6.15 "
+			 "only: older kernels may finish writeback before the "
+			 "daemon has the data, so a commit or SIGTERM could miss "
+			 "pages; prefer the default write-through mount there",
+			 fs->mountpoint);
 	fs->debug = o->debug;
 	fs->commit_interval_s = o->commit_interval_s;
 	fs->checkpoint_interval_s = o->checkpoint_interval_s;

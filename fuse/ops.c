@@ -1517,6 +1517,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		loc_done(&l);
 		pthread_rwlock_unlock(&fs->ns);
 	}
+	/* an atomic O_TRUNC open truncates here, not through setattr */
+	if (rc == 0 && w && (fi->flags & O_TRUNC) && kill_suidgid(req, fd))
+		(void)fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 	if (rc == 0) {
 		rc = handle_new(fs, n, fd, backing_flags(fs, fi->flags), fi);
 		if (rc)
@@ -1635,6 +1638,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 {
 	struct cfs_fs *fs = fs_of(req);
 	struct cfs_handle *h = (struct cfs_handle *)(uintptr_t)fi->fh;
+	bool killed = false;
 	int rc = wr_begin(fs);
 
 	if (rc) {
@@ -1645,9 +1649,12 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 	if (rc == 0) {
 		pthread_rwlock_rdlock(&h->node->rw);
 		rc = fallocate(h->fd, mode, offset, length) ? -errno : 0;
+		killed = rc == 0 && kill_suidgid(req, h->fd);
 		pthread_rwlock_unlock(&h->node->rw);
 	}
 	wr_end(fs, rc);
+	if (killed)
+		(void)fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 	fuse_reply_err(req, -rc);
 }
 

@@ -1250,7 +1250,7 @@ def test_setid_bits_cleared_like_native(pp):
     makes clearing them the daemon's job."""
     cases = (("append_suid", 0o4777), ("append_sgid_x", 0o2777), ("append_sgid_nox", 0o2767),
              ("root_suid", 0o4777), ("trunc_suid", 0o4777), ("ingroup_sgid_nox", 0o2767),
-             ("plain", 0o777))
+             ("plain", 0o777), ("otrunc_suid", 0o4777), ("falloc_suid", 0o6777))
 
     def mk(r):
         for nm, mode in cases:
@@ -1271,11 +1271,22 @@ def test_setid_bits_cleared_like_native(pp):
     for nm in ("append_suid", "append_sgid_x", "append_sgid_nox", "ingroup_sgid_nox", "plain"):
         pp.nobody(append(nm))
     pp.nobody(lambda r: os.truncate(j(r, "trunc_suid"), 1))
+    # open(O_TRUNC) reaches the daemon as an atomic-truncate OPEN, fallocate
+    # as FALLOCATE: both must clear the bits too
+    pp.nobody(lambda r: os.close(os.open(j(r, "otrunc_suid"), os.O_WRONLY | os.O_TRUNC)))
+
+    def falloc(r):
+        fd = os.open(j(r, "falloc_suid"), os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, 8192)
+        finally:
+            os.close(fd)
+    pp.nobody(falloc)
     pp.same(append("root_suid"))
     modes = pp.same(lambda r: {nm: oct(stat.S_IMODE(os.stat(j(r, nm)).st_mode)) for nm, _ in cases})
     assert modes == {"append_suid": "0o777", "append_sgid_x": "0o777", "append_sgid_nox": "0o767",
                      "root_suid": "0o4777", "trunc_suid": "0o777", "ingroup_sgid_nox": "0o2767",
-                     "plain": "0o777"}, modes
+                     "plain": "0o777", "otrunc_suid": "0o777", "falloc_suid": "0o777"}, modes
     # and the writes themselves landed
     sizes = pp.same(lambda r: {nm: os.stat(j(r, nm)).st_size for nm, _ in cases})
     assert sizes["append_suid"] == 5 and sizes["trunc_suid"] == 1, sizes
