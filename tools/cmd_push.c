@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adapters/adapters.h"
@@ -57,6 +58,7 @@
 #include "tools/runtime_cli.h"
 
 #define CONFLICT_SUFFIX ".contextfs-sandbox"
+#define CONFLICT_COPIES_MAX 1000
 #define PUSH_ENTRIES_MAX 1000000
 #define STATE_MAX (64u << 10)
 #define MESSAGE_MAX 200
@@ -159,17 +161,21 @@ static int walk(struct tree *t, const struct cfs_policy *pol, int dfd,
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		p = cfs_asprintf("%s/%s", rel, de->d_name);
-		if (!p)
+		if (!p) {
 			rc = CFS_ENOMEM;
-		else if (!managed(pol, p))
-			;
-		else if (fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW))
+			break;
+		}
+		/* sb is set only for a managed entry */
+		if (!managed(pol, p)) {
+			free(p);
+			continue;
+		}
+		if (fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW))
 			rc = cfs_error_errno(errno, "stat %s", p);
 		else if (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode) ||
 			 S_ISDIR(sb.st_mode))
 			rc = tree_add(t, p, &sb);
-		if (!rc && p && S_ISDIR(sb.st_mode) && managed(pol, p) &&
-		    !cfs_policy_prunes(pol, p)) {
+		if (!rc && S_ISDIR(sb.st_mode) && !cfs_policy_prunes(pol, p)) {
 			int cfd = openat(dfd, de->d_name,
 					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 						 O_CLOEXEC);
@@ -412,12 +418,29 @@ static bool same_side(const struct side *a, const struct side *b,
 /* ------------------------------------------------------------------ */
 /* Applying to the mount */
 
+enum action { ACT_SKIP, ACT_APPLY, ACT_CONFLICT };
+
+struct item {
+	const char *path;
+	struct side b, t, o; /* o.sb: the mount's entry when decided */
+	enum action act;
+};
+
 struct merge {
 	struct cli *cli;
 	int mountfd;
 	cJSON *conflicts; /* [{path, kind, sandboxCopy}] */
 	unsigned added, modified, deleted, kept;
 	int error; /* first failure to apply (reported, merge continues) */
+	const struct item *items; /* every path of the merge, sorted */
+	size_t nitems;
+};
+
+/* What became of one change applied to the mount. */
+enum outcome {
+	OUT_APPLIED,
+	OUT_RACED, /* the mount changed since the decision: a conflict */
+	OUT_NOTHING /* already so in the mount */
 };
 
 static void merge_fail(struct merge *m, const char *what, const char *path,
@@ -430,42 +453,86 @@ static void merge_fail(struct merge *m, const char *what, const char *path,
 					   path);
 }
 
-/* Writes theirs' file or symlink at dst (replacing a file or link there). */
-static int put_entry(struct merge *m, const struct side *t, const char *dst,
-		     mode_t mode)
+static bool in_merge(const struct merge *m, const char *path)
 {
-	const char *leaf;
-	struct stat sb;
-	int pfd = open_parent(m->mountfd, dst, true, &leaf);
+	size_t lo = 0, hi = m->nitems;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(path, m->items[mid].path);
+
+		if (c == 0)
+			return true;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return false;
+}
+
+/*
+ * Whether the mount's entry is still the one the merge was decided on:
+ * same inode, type, size and mtime. Not ctime: the daemon's own commits
+ * move it (the snapshot hard-links every file: fuse/snapshot.c)
+ * while the kernel may still answer with the cached value, so it would
+ * make every file committed meanwhile a conflict; and a rename moves it,
+ * which the check after a swap must ignore. What this misses is a rewrite
+ * that restores size and mtime on purpose (touch -r, cp -p over it).
+ */
+static bool same_entry(const struct stat *now, const struct stat *was)
+{
+	return now->st_ino == was->st_ino &&
+	       (now->st_mode & S_IFMT) == (was->st_mode & S_IFMT) &&
+	       now->st_size == was->st_size &&
+	       now->st_mtim.tv_sec == was->st_mtim.tv_sec &&
+	       now->st_mtim.tv_nsec == was->st_mtim.tv_nsec;
+}
+
+/* A name for our own entries while they are swapped in or out. */
+static void tmp_name(char *buf, size_t size)
+{
+	char hex[17];
+
+	cfs_random_hex(hex, 8);
+	snprintf(buf, size, ".contextfs-push-%s", hex);
+}
+
+/*
+ * Creates theirs' file or symlink as name in pfd, never replacing
+ * anything (O_EXCL; symlinkat does not replace): EEXIST when the name is
+ * taken. *made: the new entry's stat. What a failure leaves half-made is
+ * removed again.
+ */
+static int make_entry(struct stat *made, const struct side *t, int pfd,
+		      const char *name, mode_t mode)
+{
 	int in = -1, out = -1, rc = 0;
 
-	if (pfd < 0)
-		return -pfd;
-	if (fstatat(pfd, leaf, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    (S_ISLNK(t->sb.st_mode) || !S_ISREG(sb.st_mode)) &&
-	    unlinkat(pfd, leaf, S_ISDIR(sb.st_mode) ? AT_REMOVEDIR : 0)) {
-		rc = errno;
-		goto out;
-	}
 	if (S_ISLNK(t->sb.st_mode)) {
 		char *target = readlink_rel(t->rootfd, t->path);
 
-		if (!target || symlinkat(target, pfd, leaf))
-			rc = target ? errno : EIO;
+		if (!target)
+			return EIO;
+		if (symlinkat(target, pfd, name))
+			rc = errno;
+		else if (fstatat(pfd, name, made, AT_SYMLINK_NOFOLLOW))
+			rc = errno;
+		if (rc && rc != EEXIST)
+			(void)unlinkat(pfd, name, 0);
 		free(target);
-		goto out;
+		return rc;
 	}
 	in = open_rel(t->rootfd, t->path);
-	if (in < 0) {
-		rc = errno;
-		goto out;
-	}
-	out = openat(pfd, leaf,
-		     O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-		     mode & 0777);
+	if (in < 0)
+		return errno;
+	out = openat(pfd, name,
+		     O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		     0600);
 	if (out < 0) {
 		rc = errno;
-		goto out;
+		close(in);
+		return rc;
 	}
 	for (;;) {
 		char buf[65536];
@@ -491,14 +558,52 @@ static int put_entry(struct merge *m, const struct side *t, const char *dst,
 
 		(void)futimens(out, ts);
 	}
+	if (!rc && fstat(out, made))
+		rc = errno;
 	if (close(out) && !rc)
 		rc = errno;
-	out = -1;
-out:
-	if (in >= 0)
-		close(in);
-	close(pfd);
+	if (rc)
+		(void)unlinkat(pfd, name, 0);
+	close(in);
 	return rc;
+}
+
+/*
+ * Writes theirs beside its path as a conflict copy: NAME.contextfs-sandbox,
+ * else NAME.contextfs-sandbox.1, .2, ...: the first name that is neither
+ * taken in the mount (an existing entry, an earlier copy not yet reviewed
+ * included, is never replaced or removed) nor a path of this merge (the
+ * sandbox may have made that name itself). *out: the name used.
+ */
+static int put_copy(char **out, struct merge *m, const struct side *t)
+{
+	const char *leaf;
+	int pfd = open_parent(m->mountfd, t->path, true, &leaf);
+	int err = EEXIST;
+
+	*out = NULL;
+	if (pfd < 0)
+		return -pfd;
+	for (unsigned i = 0; err == EEXIST && i <= CONFLICT_COPIES_MAX; i++) {
+		char *rel =
+			i ? cfs_asprintf("%s%s.%u", t->path, CONFLICT_SUFFIX, i)
+			  : cfs_asprintf("%s%s", t->path, CONFLICT_SUFFIX);
+		struct stat made;
+
+		if (!rel) {
+			err = ENOMEM;
+			break;
+		}
+		if (!in_merge(m, rel))
+			err = make_entry(&made, t, pfd, rel + (leaf - t->path),
+					 t->sb.st_mode);
+		if (!err)
+			*out = rel;
+		else
+			free(rel);
+	}
+	close(pfd);
+	return err;
 }
 
 static void add_conflict(struct merge *m, const char *path, const char *kind,
@@ -537,58 +642,180 @@ static void conflict(struct merge *m, const struct side *b,
 					 : "added in the sandbox and in the "
 					   "mount";
 	char *copy = NULL;
-	int err;
 
 	if (t->present && !S_ISDIR(t->sb.st_mode)) {
-		copy = cfs_asprintf("%s%s", t->path, CONFLICT_SUFFIX);
-		if (!copy) {
-			m->error = m->error ? m->error : CFS_ENOMEM;
-			return;
-		}
-		err = put_entry(m, t, copy, t->sb.st_mode);
-		if (err) {
-			merge_fail(m, "write", copy, err);
-			free(copy);
-			copy = NULL;
-		}
+		int err = put_copy(&copy, m, t);
+
+		if (err)
+			merge_fail(m, "write the sandbox's copy of", t->path,
+				   err);
 	}
 	add_conflict(m, t->path, kind, copy);
 	free(copy);
 }
 
-static void remove_entry(struct merge *m, const struct side *o)
+/* The mount's entry at leaf changed after the decision: a conflict. */
+static void raced(struct merge *m, const struct item *it, int pfd,
+		  const char *leaf)
+{
+	struct side now = it->o;
+
+	now.present = fstatat(pfd, leaf, &now.sb, AT_SYMLINK_NOFOLLOW) == 0;
+	conflict(m, &it->b, &it->t, &now);
+}
+
+/*
+ * Replaces the mount's file or symlink at leaf, decided on as it->o, with
+ * theirs (a file, a symlink or an empty directory), unless it changed
+ * since. Check, then swap: theirs is made complete under a temporary name
+ * in the same directory and exchanged with the entry (RENAME_EXCHANGE, so
+ * a reader sees the old or the new entry, never a partial file, and an
+ * edit cannot land between the check and a truncation); the displaced
+ * entry is checked again and, if the user rewrote or replaced it in
+ * between, exchanged back. Not seen: a write through a descriptor opened
+ * before the swap that lands after the second check, which no scheme by
+ * path can see.
+ */
+static int replace_entry(enum outcome *res, struct merge *m,
+			 const struct item *it, int pfd, const char *leaf,
+			 mode_t mode)
+{
+	bool dir = S_ISDIR(it->t.sb.st_mode);
+	struct stat now, made;
+	char tmp[48];
+	int rc = 0;
+
+	*res = OUT_RACED;
+	if (fstatat(pfd, leaf, &now, AT_SYMLINK_NOFOLLOW) ||
+	    !same_entry(&now, &it->o.sb))
+		return 0;
+	tmp_name(tmp, sizeof(tmp));
+	if (!dir)
+		rc = make_entry(&made, &it->t, pfd, tmp, mode);
+	else if (mkdirat(pfd, tmp, mode & 0777) ||
+		 fstatat(pfd, tmp, &made, AT_SYMLINK_NOFOLLOW))
+		rc = errno;
+	if (rc)
+		return rc;
+	if (renameat2(pfd, tmp, pfd, leaf, RENAME_EXCHANGE)) {
+		rc = errno;
+		(void)unlinkat(pfd, tmp, dir ? AT_REMOVEDIR : 0);
+		return rc == ENOENT ? 0 : rc; /* removed in the mount */
+	}
+	if (fstatat(pfd, tmp, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    same_entry(&now, &it->o.sb)) {
+		*res = OUT_APPLIED;
+		return unlinkat(pfd, tmp, 0) ? errno : 0;
+	}
+	if (renameat2(pfd, tmp, pfd, leaf, RENAME_EXCHANGE) == 0 &&
+	    fstatat(pfd, tmp, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    now.st_ino == made.st_ino)
+		return unlinkat(pfd, tmp, dir ? AT_REMOVEDIR : 0) ? errno : 0;
+	cli_warn(m->cli,
+		 "%s kept changing in the mount while it was merged: check "
+		 "it and %s beside it",
+		 it->path, tmp);
+	return EBUSY;
+}
+
+/*
+ * Removes the mount's file or symlink at leaf, decided on as it->o,
+ * unless it changed since: checked, moved aside to a temporary name (a
+ * change cannot land between the check and the removal), checked again,
+ * unlinked; a changed entry is moved back.
+ */
+static int delete_entry(enum outcome *res, struct merge *m,
+			const struct item *it, int pfd, const char *leaf)
+{
+	struct stat now;
+	char tmp[48];
+
+	*res = OUT_NOTHING;
+	if (fstatat(pfd, leaf, &now, AT_SYMLINK_NOFOLLOW))
+		return errno == ENOENT ? 0 : errno;
+	*res = OUT_RACED;
+	if (!same_entry(&now, &it->o.sb))
+		return 0;
+	tmp_name(tmp, sizeof(tmp));
+	if (renameat2(pfd, leaf, pfd, tmp, RENAME_NOREPLACE)) {
+		*res = OUT_NOTHING;
+		return errno == ENOENT ? 0 : errno;
+	}
+	if (fstatat(pfd, tmp, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    same_entry(&now, &it->o.sb)) {
+		*res = OUT_APPLIED;
+		return unlinkat(pfd, tmp, 0) ? errno : 0;
+	}
+	if (renameat2(pfd, tmp, pfd, leaf, RENAME_NOREPLACE) == 0)
+		return 0;
+	cli_warn(m->cli,
+		 "%s changed in the mount while it was removed: the mount's "
+		 "version is now %s beside it",
+		 it->path, tmp);
+	return EBUSY;
+}
+
+static void remove_entry(struct merge *m, const struct item *it)
 {
 	const char *leaf;
-	int pfd = open_parent(m->mountfd, o->path, false, &leaf);
-	bool dir = S_ISDIR(o->sb.st_mode);
+	int pfd = open_parent(m->mountfd, it->path, false, &leaf), err;
+	enum outcome res;
 
 	if (pfd < 0) {
-		merge_fail(m, "remove", o->path, -pfd);
+		merge_fail(m, "remove", it->path, -pfd);
 		return;
 	}
-	if (unlinkat(pfd, leaf, dir ? AT_REMOVEDIR : 0) == 0) {
-		if (!dir)
+	if (!S_ISDIR(it->o.sb.st_mode)) {
+		err = delete_entry(&res, m, it, pfd, leaf);
+		if (err)
+			merge_fail(m, "remove", it->path, err);
+		else if (res == OUT_RACED)
+			raced(m, it, pfd, leaf);
+		else if (res == OUT_APPLIED)
 			m->deleted++;
-	} else if (dir && (errno == ENOTEMPTY || errno == EEXIST)) {
-		/* The mount added files there (or keeps excluded ones). */
-		m->kept++;
-		cli_warn(m->cli,
-			 "%s was removed in the sandbox but is not empty in "
-			 "the mount; kept",
-			 o->path);
-	} else {
-		merge_fail(m, "remove", o->path, errno);
+	} else if (unlinkat(pfd, leaf, AT_REMOVEDIR) && errno != ENOENT) {
+		/* rmdir: removes nothing the user could have added since */
+		if (errno == ENOTEMPTY || errno == EEXIST) {
+			/* The mount added files there (or keeps excluded). */
+			m->kept++;
+			cli_warn(m->cli,
+				 "%s was removed in the sandbox but is not "
+				 "empty in the mount; kept",
+				 it->path);
+		} else {
+			merge_fail(m, "remove", it->path, errno);
+		}
 	}
 	close(pfd);
 }
 
-enum action { ACT_SKIP, ACT_APPLY, ACT_CONFLICT };
+/*
+ * Adds theirs where the mount had nothing when the merge was decided:
+ * O_EXCL, so what the user made there since is never replaced.
+ */
+static int add_entry(enum outcome *res, const struct item *it, int pfd,
+		     const char *leaf, mode_t mode)
+{
+	struct stat made;
+	int rc;
 
-struct item {
-	const char *path;
-	struct side b, t, o;
-	enum action act;
-};
+	*res = OUT_APPLIED;
+	if (!S_ISDIR(it->t.sb.st_mode)) {
+		rc = make_entry(&made, &it->t, pfd, leaf, mode);
+	} else if (mkdirat(pfd, leaf, mode & 0777) == 0) {
+		return 0;
+	} else {
+		rc = errno;
+		/* made by the mount too: the two merge */
+		if (rc == EEXIST &&
+		    fstatat(pfd, leaf, &made, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISDIR(made.st_mode))
+			return 0;
+	}
+	if (rc == EEXIST)
+		*res = OUT_RACED;
+	return rc == EEXIST ? 0 : rc;
+}
 
 static void decide(struct item *it)
 {
@@ -601,45 +828,74 @@ static void decide(struct item *it)
 		it->act = ACT_CONFLICT;
 }
 
-static void apply(struct merge *m, struct item *it)
+static void apply(struct merge *m, const struct item *it)
 {
+	bool dir = S_ISDIR(it->t.sb.st_mode);
+	enum outcome res;
+	const char *leaf;
 	mode_t mode;
-	int err;
+	int pfd, err;
 
-	if (S_ISDIR(it->t.sb.st_mode)) {
-		const char *leaf;
-		int pfd;
-
-		if (it->o.present && S_ISDIR(it->o.sb.st_mode))
-			return;
-		pfd = open_parent(m->mountfd, it->path, true, &leaf);
-		if (pfd >= 0 && it->o.present)
-			(void)unlinkat(pfd, leaf, 0); /* theirs: file -> dir */
-		if (pfd < 0 || mkdirat(pfd, leaf, it->t.sb.st_mode & 0777))
-			merge_fail(m, "create", it->path,
-				   pfd < 0 ? -pfd : errno);
-		if (pfd >= 0)
-			close(pfd);
+	if (dir && it->o.present && S_ISDIR(it->o.sb.st_mode))
 		return;
-	}
 	/* A chmod in the sandbox is applied; the extractor's own is not. */
 	mode = it->t.sb.st_mode & 07777;
-	if (it->b.present && S_ISREG(it->b.sb.st_mode) &&
+	if (!dir && it->b.present && S_ISREG(it->b.sb.st_mode) &&
 	    sandbox_mode(it->b.sb.st_mode & 07777) == mode)
 		mode = it->b.sb.st_mode & 07777;
-	err = put_entry(m, &it->t, it->path, mode);
-	if (err)
-		merge_fail(m, "write", it->path, err);
-	else if (it->o.present)
-		m->modified++;
+	pfd = open_parent(m->mountfd, it->path, true, &leaf);
+	if (pfd < 0) {
+		merge_fail(m, dir ? "create" : "write", it->path, -pfd);
+		return;
+	}
+	/* a directory of ours was removed first (or kept: not empty) */
+	if (!it->o.present || S_ISDIR(it->o.sb.st_mode))
+		err = add_entry(&res, it, pfd, leaf, mode);
 	else
+		err = replace_entry(&res, m, it, pfd, leaf, mode);
+	if (err)
+		merge_fail(m, dir ? "create" : "write", it->path, err);
+	else if (res == OUT_RACED)
+		raced(m, it, pfd, leaf);
+	else if (!dir && it->o.present && !S_ISDIR(it->o.sb.st_mode))
+		m->modified++;
+	else if (!dir)
 		m->added++;
+	close(pfd);
+}
+
+/*
+ * Test-only (tests/integration/test_push.py): with
+ * CONTEXTFS_TEST_PUSH_PAUSE_FILE=PATH in the environment, the merge
+ * creates PATH once every path is decided and waits, a minute at most,
+ * until PATH is gone before it applies anything, so a test can change the
+ * mount in exactly that window. Unset, as outside the tests, it does
+ * nothing; it never replaces an existing PATH.
+ */
+static void test_pause(void)
+{
+	const char *p = getenv("CONTEXTFS_TEST_PUSH_PAUSE_FILE");
+	struct timespec tick = {0, 50000000};
+	int fd;
+
+	if (!p || !*p)
+		return;
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		  0600);
+	if (fd < 0)
+		return;
+	close(fd);
+	for (int i = 0; i < 1200 && access(p, F_OK) == 0; i++)
+		nanosleep(&tick, NULL);
 }
 
 /*
  * The three-way merge of the managed roots. Decisions are taken first on
  * the state of all three trees; removals then run children first, and
- * creations and updates parents first.
+ * creations and updates parents first. The mount stays writable
+ * throughout, so every change re-checks the mount's entry against what
+ * was decided on (add_entry, replace_entry, delete_entry) and turns into
+ * a conflict when the user got there first.
  */
 static int merge_trees(struct merge *m, const struct tree *base,
 		       const struct tree *theirs)
@@ -683,6 +939,9 @@ static int merge_trees(struct merge *m, const struct tree *base,
 		it->o.present = stat_rel(m->mountfd, it->path, &it->o.sb);
 		decide(it);
 	}
+	m->items = items;
+	m->nitems = n;
+	test_pause();
 	/* removals (theirs deleted it, or changed its type), deepest first */
 	for (size_t k = n; k-- > 0;) {
 		struct item *it = &items[k];
@@ -691,7 +950,7 @@ static int merge_trees(struct merge *m, const struct tree *base,
 			continue;
 		if (!it->t.present ||
 		    (S_ISDIR(it->o.sb.st_mode) && !S_ISDIR(it->t.sb.st_mode)))
-			remove_entry(m, &it->o);
+			remove_entry(m, it);
 	}
 	for (size_t k = 0; k < n; k++) {
 		struct item *it = &items[k];
@@ -701,6 +960,8 @@ static int merge_trees(struct merge *m, const struct tree *base,
 		else if (it->act == ACT_APPLY && it->t.present)
 			apply(m, it);
 	}
+	m->items = NULL;
+	m->nitems = 0;
 	free(items);
 	return rc;
 }
@@ -811,6 +1072,8 @@ static int state_write(const char *dir, const cJSON *state, int treefd,
 			     NULL);
 	if (!rc && renameat(dfd, "base.tar.zst.tmp", dfd, "base.tar.zst"))
 		rc = cfs_error_errno(errno, "writing %s/base.tar.zst", dir);
+	if (rc) /* no plaintext left behind */
+		(void)unlinkat(dfd, "base.tar.zst.tmp", 0);
 	if (!rc)
 		rc = cfs_write_file_at(dfd, "state.json", text, strlen(text),
 				       0600, true);
@@ -1411,7 +1674,8 @@ const struct cli_command cli_cmd_push = {
 	"sandbox's changes are merged into the mount three-way: changes "
 	"on one side\nland, changes on both sides keep the mount's "
 	"version and put the sandbox's\nbeside it as NAME"
-	CONFLICT_SUFFIX ". The mount then commits \"push: COMMAND\".\n"
+	CONFLICT_SUFFIX " (or .1, .2 ... if taken). The mount then "
+	"commits\n\"push: COMMAND\".\n"
 	"With --json: {ok, result: {exitCode, stdout, stderr}, "
 	"baseGeneration, generation,\nadded, modified, deleted, "
 	"conflicts: [{path, kind, sandboxCopy}], sandbox}.\n",

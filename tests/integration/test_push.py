@@ -360,3 +360,149 @@ class _Factory:
         p = os.path.join(str(self.base), name)
         os.makedirs(p)
         return p
+
+
+def paused_push(env, mp, sandbox_cmd, change_mount, *args):
+    """Runs a push whose merge pauses between deciding and applying
+    (CONTEXTFS_TEST_PUSH_PAUSE_FILE, a hook only tests set: push creates
+    the file there and waits until it is gone); change_mount() edits the
+    mount in exactly that window. Returns (rc, json doc, stderr)."""
+    pause = os.path.join(env.tmp, "push.pause")
+    e = dict(env.env, CONTEXTFS_TEST_PUSH_PAUSE_FILE=pause)
+    p = subprocess.Popen([BIN, "--store", env.store, "--json", "push", mp, "--runtime",
+                          "local", *args, "--", "bash", "-c", sandbox_cmd],
+                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(pause) and p.poll() is None:
+        time.sleep(0.05)
+    reached = os.path.exists(pause)
+    if reached:
+        change_mount()
+        os.unlink(pause)
+    out, err = p.communicate(timeout=180)
+    assert reached, ("push never paused before applying", p.returncode, err)
+    return p.returncode, json.loads(out), err
+
+
+def test_mount_changes_between_decide_and_apply_are_kept(env):
+    """The mount stays writable while the merge applies: what the user made
+    after the decision (a file where the sandbox adds one, an edit of a file
+    the sandbox modifies or deletes, a removal of a file the sandbox
+    modifies) is kept, and the sandbox's version goes beside it."""
+    mp = env.mount("ctx")
+    write(mp, "workspace/mod.txt", "base\n")
+    write(mp, "workspace/del.txt", "base-del\n")
+    write(mp, "workspace/gone.txt", "base-gone\n")
+    write(mp, "workspace/plain.txt", "base-plain\n")
+    ws = os.path.join(mp, "workspace")
+
+    def change():
+        write(mp, "workspace/new.txt", "mine\n")        # sandbox adds it
+        os.symlink("mine", os.path.join(ws, "newlink"))  # sandbox adds a link
+        write(mp, "workspace/mod.txt", "mine-mod\n")    # sandbox modifies it
+        write(mp, "workspace/del.txt", "mine-del\n")    # sandbox deletes it
+        os.unlink(os.path.join(ws, "gone.txt"))         # sandbox modifies it
+    rc, doc, err = paused_push(
+        env, mp,
+        "echo sandbox-new > workspace/new.txt\nln -s theirs workspace/newlink\n"
+        "echo sandbox-mod > workspace/mod.txt\nrm workspace/del.txt\n"
+        "echo sandbox-gone > workspace/gone.txt\n"
+        "echo sandbox-plain > workspace/plain.txt\n", change)
+    assert rc == 0, err
+    byp = {c["path"]: c for c in doc["conflicts"]}
+    assert set(byp) == {"workspace/new.txt", "workspace/newlink", "workspace/mod.txt",
+                        "workspace/del.txt", "workspace/gone.txt"}, doc
+    assert byp["workspace/new.txt"]["sandboxCopy"] == "workspace/new.txt.contextfs-sandbox"
+    assert byp["workspace/del.txt"]["sandboxCopy"] is None
+    assert "deleted in the mount" in byp["workspace/gone.txt"]["kind"]
+    assert doc["modified"] == 1 and doc["added"] == 0 and doc["deleted"] == 0
+    want = {
+        "workspace/new.txt": "mine\n",
+        "workspace/new.txt.contextfs-sandbox": "sandbox-new\n",
+        "workspace/mod.txt": "mine-mod\n",
+        "workspace/mod.txt.contextfs-sandbox": "sandbox-mod\n",
+        "workspace/del.txt": "mine-del\n",
+        "workspace/gone.txt.contextfs-sandbox": "sandbox-gone\n",
+        "workspace/plain.txt": "sandbox-plain\n",
+    }
+    for mnt in (mp, None):
+        if mnt is None:
+            mnt = remount(env, mp)
+        for rel, data in want.items():
+            assert open(os.path.join(mnt, rel)).read() == data, rel
+        assert os.readlink(os.path.join(mnt, "workspace/newlink")) == "mine"
+        assert os.readlink(os.path.join(mnt, "workspace/newlink.contextfs-sandbox")) == "theirs"
+        assert not os.path.lexists(os.path.join(mnt, "workspace/gone.txt"))
+        # no temporary names left behind
+        assert sorted(n for n in os.listdir(os.path.join(mnt, "workspace"))
+                      if n.startswith(".")) == []
+
+
+def test_existing_conflict_copies_are_kept(env):
+    """An entry already at NAME.contextfs-sandbox (the user's file, an
+    earlier copy not yet reviewed, a symlink, an empty directory) is never
+    replaced or removed: the new copy takes the next free .N name."""
+    mp = env.mount("ctx")
+    write(mp, "workspace/a.txt", "base-a\n")
+    write(mp, "workspace/b.txt", "base-b\n")
+    write(mp, "workspace/c.txt", "base-c\n")
+    write(mp, "workspace/d.txt", "base-d\n")
+    # an earlier copy, in the base (and so in the sandbox) already
+    write(mp, "workspace/a.txt.contextfs-sandbox", "earlier copy\n")
+    ws = os.path.join(mp, "workspace")
+
+    def change():
+        write(mp, "workspace/a.txt", "mount-a\n")
+        write(mp, "workspace/b.txt", "mount-b\n")
+        write(mp, "workspace/b.txt.contextfs-sandbox", "users own file\n")
+        write(mp, "workspace/b.txt.contextfs-sandbox.1", "users other file\n")
+        write(mp, "workspace/c.txt", "mount-c\n")
+        os.symlink("nowhere", os.path.join(ws, "c.txt.contextfs-sandbox"))
+        write(mp, "workspace/d.txt", "mount-d\n")
+        os.mkdir(os.path.join(ws, "d.txt.contextfs-sandbox"))
+    rc, doc, err = concurrent_push(
+        env, mp, "for f in a b c d; do echo sandbox-$f > workspace/$f.txt; done\n", change)
+    assert rc == 0, err
+    byp = {c["path"]: c["sandboxCopy"] for c in doc["conflicts"]}
+    assert byp == {
+        "workspace/a.txt": "workspace/a.txt.contextfs-sandbox.1",
+        "workspace/b.txt": "workspace/b.txt.contextfs-sandbox.2",
+        "workspace/c.txt": "workspace/c.txt.contextfs-sandbox.1",
+        "workspace/d.txt": "workspace/d.txt.contextfs-sandbox.1",
+    }, doc
+    for path, copy in byp.items():
+        assert "the sandbox's is in " + copy in err
+    mp2 = remount(env, mp)
+    for mnt in (mp2,):
+        rd = lambda rel: open(os.path.join(mnt, rel)).read()  # noqa: E731
+        assert rd("workspace/a.txt.contextfs-sandbox") == "earlier copy\n"
+        assert rd("workspace/b.txt.contextfs-sandbox") == "users own file\n"
+        assert rd("workspace/b.txt.contextfs-sandbox.1") == "users other file\n"
+        assert os.readlink(os.path.join(mnt, "workspace/c.txt.contextfs-sandbox")) == "nowhere"
+        assert os.path.isdir(os.path.join(mnt, "workspace/d.txt.contextfs-sandbox"))
+        for f in "abcd":
+            assert rd("workspace/%s.txt" % f) == "mount-%s\n" % f
+            assert rd(byp["workspace/%s.txt" % f]) == "sandbox-%s\n" % f
+
+
+def test_sandbox_makes_name_and_its_conflict_name(env):
+    """The sandbox writes both x and x.contextfs-sandbox while x conflicts:
+    the sandbox's own x.contextfs-sandbox lands, the copy of its x goes to
+    x.contextfs-sandbox.1 (neither overwrites the other)."""
+    mp = env.mount("ctx")
+    write(mp, "workspace/x", "base\n")
+    rc, doc, err = concurrent_push(
+        env, mp,
+        "echo sandbox-x > workspace/x\n"
+        "echo sandbox-own > workspace/x.contextfs-sandbox\n",
+        lambda: write(mp, "workspace/x", "mount-x\n"))
+    assert rc == 0, err
+    assert [(c["path"], c["sandboxCopy"]) for c in doc["conflicts"]] == [
+        ("workspace/x", "workspace/x.contextfs-sandbox.1")], doc
+    assert doc["added"] == 1
+    mp2 = remount(env, mp)
+    for mnt in (mp2,):
+        assert open(os.path.join(mnt, "workspace/x")).read() == "mount-x\n"
+        assert open(os.path.join(mnt, "workspace/x.contextfs-sandbox")).read() == "sandbox-own\n"
+        assert open(os.path.join(mnt, "workspace/x.contextfs-sandbox.1")).read() == "sandbox-x\n"
