@@ -784,10 +784,7 @@ int cfs_e2b_runtime_new(struct cfs_runtime **out, const struct cfs_e2b_opts *o,
 			const char *context_id)
 {
 	struct e2b_rt *s;
-	struct cfs_run_result res = {0};
 	const char *dom = getenv("E2B_DOMAIN");
-	const char *home;
-	size_t n;
 	int rc;
 
 	*out = NULL;
@@ -825,33 +822,17 @@ int cfs_e2b_runtime_new(struct cfs_runtime **out, const struct cfs_e2b_opts *o,
 	s->base.id = s->id;
 
 	/* Resolve and prepare the base directory (proves envd answers). */
-	s->base.tmp_dir = "/nonexistent";
-	rc = e2b_run(&res, &s->base,
-		     "set -e; umask 077; d=\"$HOME/.contextsdk\"; "
-		     "mkdir -p -- \"$d/tmp\" \"$d/mnt\"; chmod 700 -- "
-		     "\"$d/tmp\"; cd -- \"$d\"; pwd -P",
-		     NULL, 120000);
-	rc = rc ? rc : cfs_runtime_check(&res, "prepare e2b sandbox");
-	home = res.out ? res.out : "";
-	n = res.out_len;
-	while (n && home[n - 1] == '\n')
-		n--;
-	if (!rc && (n == 0 || home[0] != '/' || memchr(home, '\n', n)))
-		rc = cfs_error_set(CFS_EIO,
-				   "e2b sandbox %s: cannot resolve its home "
-				   "directory",
-				   s->sandbox_id);
-	if (!rc) {
-		s->tmp_dir = cfs_asprintf("%.*s/tmp", (int)n, home);
-		s->mount_base = cfs_asprintf("%.*s/mnt", (int)n, home);
-		if (!s->tmp_dir || !s->mount_base)
-			rc = CFS_ENOMEM;
+	{
+		char *what = cfs_asprintf("e2b sandbox %s", s->sandbox_id);
+
+		rc = what ? cfs_runtime_prepare_dirs(&s->base, NULL, 120000,
+						     what, &s->tmp_dir,
+						     &s->mount_base)
+			  : CFS_ENOMEM;
+		free(what);
 	}
-	cfs_run_result_clear(&res);
 	if (rc)
 		goto fail;
-	s->base.tmp_dir = s->tmp_dir;
-	s->base.mount_base = s->mount_base;
 	*out = &s->base;
 	return 0;
 fail:

@@ -807,9 +807,6 @@ int cfs_vercel_runtime_new(struct cfs_runtime **out,
 			   const char *context_id)
 {
 	struct vercel_rt *s;
-	struct cfs_run_result res = {0};
-	const char *home;
-	size_t n;
 	int rc;
 
 	(void)context_id;
@@ -840,33 +837,17 @@ int cfs_vercel_runtime_new(struct cfs_runtime **out,
 		goto fail;
 	s->base.id = s->id;
 
-	s->base.tmp_dir = "/nonexistent";
-	rc = vercel_run(&res, &s->base,
-			"set -e; umask 077; d=\"$HOME/.contextsdk\"; "
-			"mkdir -p -- \"$d/tmp\" \"$d/mnt\"; chmod 700 -- "
-			"\"$d/tmp\"; cd -- \"$d\"; pwd -P",
-			NULL, 120000);
-	rc = rc ? rc : cfs_runtime_check(&res, "prepare vercel sandbox");
-	home = res.out ? res.out : "";
-	n = res.out_len;
-	while (n && home[n - 1] == '\n')
-		n--;
-	if (!rc && (n == 0 || home[0] != '/' || memchr(home, '\n', n)))
-		rc = cfs_error_set(CFS_EIO,
-				   "vercel session %s: cannot resolve its "
-				   "home directory",
-				   s->session_id);
-	if (!rc) {
-		s->tmp_dir = cfs_asprintf("%.*s/tmp", (int)n, home);
-		s->mount_base = cfs_asprintf("%.*s/mnt", (int)n, home);
-		if (!s->tmp_dir || !s->mount_base)
-			rc = CFS_ENOMEM;
+	{
+		char *what = cfs_asprintf("vercel session %s", s->session_id);
+
+		rc = what ? cfs_runtime_prepare_dirs(&s->base, NULL, 120000,
+						     what, &s->tmp_dir,
+						     &s->mount_base)
+			  : CFS_ENOMEM;
+		free(what);
 	}
-	cfs_run_result_clear(&res);
 	if (rc)
 		goto fail;
-	s->base.tmp_dir = s->tmp_dir;
-	s->base.mount_base = s->mount_base;
 	*out = &s->base;
 	return 0;
 fail:

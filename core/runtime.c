@@ -209,3 +209,48 @@ out:
 	cfs_run_result_clear(&res);
 	return rc;
 }
+
+int cfs_runtime_prepare_dirs(struct cfs_runtime *rt, const char *script,
+			     int64_t timeout_ms, const char *what,
+			     char **tmp_dir, char **mount_base)
+{
+	struct cfs_run_result res;
+	const char *home;
+	size_t n;
+	int rc;
+
+	*tmp_dir = *mount_base = NULL;
+	rt->tmp_dir = "/nonexistent"; /* nothing staged yet */
+	rc = cfs_runtime_run(&res, rt,
+			     script ? script : CFS_RUNTIME_HOME_SCRIPT, NULL,
+			     timeout_ms);
+	if (rc) {
+		cfs_error_prefix("prepare %s", what);
+		return rc;
+	}
+	rc = cfs_runtime_check(&res, "prepare sandbox directories");
+	home = res.out ? res.out : "";
+	n = res.out_len;
+	while (n && home[n - 1] == '\n')
+		n--;
+	if (!rc && (n == 0 || home[0] != '/' || memchr(home, '\n', n)))
+		rc = cfs_error_set(CFS_EIO,
+				   "%s: cannot resolve its working directory",
+				   what);
+	if (!rc) {
+		*tmp_dir = cfs_asprintf("%.*s/tmp", (int)n, home);
+		*mount_base = cfs_asprintf("%.*s/mnt", (int)n, home);
+		if (!*tmp_dir || !*mount_base) {
+			free(*tmp_dir);
+			free(*mount_base);
+			*tmp_dir = *mount_base = NULL;
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		}
+	}
+	cfs_run_result_clear(&res);
+	if (!rc) {
+		rt->tmp_dir = *tmp_dir;
+		rt->mount_base = *mount_base;
+	}
+	return rc;
+}

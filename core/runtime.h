@@ -147,6 +147,21 @@ struct cfs_command_error {
 
 /* 0 if res->exit_code == 0, else records the command error (CFS_ERROR). */
 int cfs_runtime_check(const struct cfs_run_result *res, const char *label);
+
+/*
+ * The remote adapters' working directories: runs a script (through rt's
+ * own run) that creates ~/.contextsdk/{tmp,mnt} (tmp 0700) and prints the
+ * absolute ~/.contextsdk, then sets *tmp_dir and *mount_base (heap) and
+ * points rt->tmp_dir / rt->mount_base at them. what names the sandbox in
+ * errors ("e2b sandbox X"). script NULL = that default; an adapter may pass
+ * its own (it must print one absolute directory).
+ */
+#define CFS_RUNTIME_HOME_SCRIPT                                             \
+	"set -e; umask 077; d=\"$HOME/.contextsdk\"; mkdir -p -- \"$d/tmp\" " \
+	"\"$d/mnt\"; chmod 700 -- \"$d/tmp\"; cd -- \"$d\"; pwd -P"
+int cfs_runtime_prepare_dirs(struct cfs_runtime *rt, const char *script,
+			     int64_t timeout_ms, const char *what,
+			     char **tmp_dir, char **mount_base);
 /*
  * The calling thread's last command error recorded by cfs_runtime_check(),
  * or NULL (none, or cleared). Borrowed until the next failing check or
