@@ -156,7 +156,7 @@ int cfs_runtime_check(const struct cfs_run_result *res, const char *label);
  * errors ("e2b sandbox X"). script NULL = that default; an adapter may pass
  * its own (it must print one absolute directory).
  */
-#define CFS_RUNTIME_HOME_SCRIPT                                             \
+#define CFS_RUNTIME_HOME_SCRIPT                                               \
 	"set -e; umask 077; d=\"$HOME/.contextsdk\"; mkdir -p -- \"$d/tmp\" " \
 	"\"$d/mnt\"; chmod 700 -- \"$d/tmp\"; cd -- \"$d\"; pwd -P"
 int cfs_runtime_prepare_dirs(struct cfs_runtime *rt, const char *script,
