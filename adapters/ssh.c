@@ -15,7 +15,14 @@
  *     the connection hangs;
  *   - transfers stream through `cat` over the same connection options
  *     (binary safe, no scp/sftp subsystem needed), into a private temp
- *     file renamed into place.
+ *     file renamed into place;
+ *   - one authenticated connection serves every call of a runtime: the
+ *     first becomes an OpenSSH control master (ControlPersist, so it
+ *     outlives that call for 60 s of idleness) whose socket lives in a
+ *     private 0700 directory of ours; ssh_free() stops it. A call that
+ *     cannot reach it connects on its own, and the kill of a remote
+ *     command after a local stop always does (the master may be what
+ *     hangs).
  * Sandbox paths live under a remote base directory (default
  * $HOME/.contextsdk): tmp/ (0700) and mnt/.
  */
@@ -53,6 +60,8 @@ struct ssh_rt {
 	char *ct_opt; /* ConnectTimeout=... */
 	char *tmp_dir;
 	char *mount_base;
+	char *cm_dir; /* private 0700 dir of the control socket, or NULL */
+	char *cm_opt; /* ControlPath=<cm_dir>/cm */
 };
 
 struct sink {
@@ -61,7 +70,8 @@ struct sink {
 	int fd; /* >= 0: write here instead of buffering */
 };
 
-static int ssh_argv(const char **argv, struct ssh_rt *s, const char *remote)
+static int ssh_argv(const char **argv, struct ssh_rt *s, const char *remote,
+		    bool mux)
 {
 	int n = 0;
 
@@ -83,6 +93,16 @@ static int ssh_argv(const char **argv, struct ssh_rt *s, const char *remote)
 	argv[n++] = s->kh_opt;
 	argv[n++] = "-o";
 	argv[n++] = "LogLevel=ERROR";
+	argv[n++] = "-o";
+	if (mux && s->cm_opt) {
+		argv[n++] = "ControlMaster=auto";
+		argv[n++] = "-o";
+		argv[n++] = s->cm_opt;
+		argv[n++] = "-o";
+		argv[n++] = "ControlPersist=60";
+	} else {
+		argv[n++] = "ControlPath=none";
+	}
 	if (s->port) {
 		argv[n++] = "-p";
 		argv[n++] = s->port;
@@ -128,7 +148,7 @@ static int sink_drain(int fd, struct sink *k)
  * status (-1 if killed at the deadline).
  */
 static int ssh_spawn(int *status, struct ssh_rt *s, const char *remote,
-		     int in_fd, struct sink *out, struct sink *err,
+		     bool mux, int in_fd, struct sink *out, struct sink *err,
 		     int64_t deadline_ms, volatile sig_atomic_t *cancel)
 {
 	const char *argv[MAX_ARGV];
@@ -136,7 +156,7 @@ static int ssh_spawn(int *status, struct ssh_rt *s, const char *remote,
 	bool killed = false, canceled = false;
 	pid_t pid;
 
-	ssh_argv(argv, s, remote);
+	ssh_argv(argv, s, remote, mux);
 	if (pipe2(op, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) {
 		rc = cfs_error_errno(errno, "pipe");
 		goto out;
@@ -338,7 +358,7 @@ static void remote_kill(struct ssh_rt *s, long pid)
 	if (pid <= 1)
 		return;
 	snprintf(cmd, sizeof(cmd), "kill -KILL -- -%ld", pid);
-	ssh_spawn(&status, s, cmd, -1, &out, &err,
+	ssh_spawn(&status, s, cmd, false, -1, &out, &err,
 		  cfs_monotonic_ms() + GRACE_MS, NULL);
 	cfs_buf_free(&out.buf);
 	cfs_buf_free(&err.buf);
@@ -379,7 +399,7 @@ static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 	if (rc)
 		goto out;
 	rc = ssh_spawn(
-		&status, s, remote.ptr, -1, &out, &err,
+		&status, s, remote.ptr, true, -1, &out, &err,
 		timeout_ms > 0 ? cfs_monotonic_ms() + timeout_ms + GRACE_MS : 0,
 		rt->cancel);
 	if (rc)
@@ -442,7 +462,7 @@ static int transfer(struct ssh_rt *s, const char *script, int in_fd, int out_fd,
 				 TRAILER, nonce);
 	if (rc)
 		goto out;
-	rc = ssh_spawn(&status, s, remote.ptr, in_fd, &out, &err,
+	rc = ssh_spawn(&status, s, remote.ptr, true, in_fd, &out, &err,
 		       cfs_monotonic_ms() + CFS_RUNTIME_DEFAULT_TIMEOUT_MS,
 		       NULL);
 	if (rc)
@@ -523,12 +543,77 @@ static int ssh_download(struct cfs_runtime *rt, const char *remote_path,
 	return rc;
 }
 
+/*
+ * Stops the control master (ssh -O exit, bounded to a few seconds) and
+ * removes its directory. Best effort: a master nobody stops exits after
+ * ControlPersist's 60 s of idleness.
+ */
+static void mux_stop(struct ssh_rt *s)
+{
+	const char *argv[] = {SSH_BIN, "-F",	  "/dev/null", "-o",
+			      s->cm_opt, "-O",	  "exit",      "--",
+			      s->dest,	 NULL};
+	int64_t deadline = cfs_monotonic_ms() + 5000;
+	pid_t pid;
+
+	pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/null", O_RDWR);
+
+		setsid();
+		if (fd < 0 || dup2(fd, 0) < 0 || dup2(fd, 1) < 0 ||
+		    dup2(fd, 2) < 0)
+			_exit(255);
+		closefrom(3);
+		execv(SSH_BIN, (char *const *)argv);
+		_exit(255);
+	}
+	while (pid > 0) {
+		pid_t r = waitpid(pid, NULL, WNOHANG);
+
+		if (r == pid || (r < 0 && errno != EINTR))
+			break;
+		if (cfs_monotonic_ms() > deadline) {
+			kill(-pid, SIGKILL);
+			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			break;
+		}
+		usleep(10000);
+	}
+	cfs_rmtree_at(AT_FDCWD, s->cm_dir);
+}
+
+/* A private directory for the control socket; none = no multiplexing. */
+static void mux_init(struct ssh_rt *s)
+{
+	char prefix[48];
+
+	cfs_sweep_stale_tmpdirs(NULL, "contextfs-ssh-");
+	snprintf(prefix, sizeof(prefix), "contextfs-ssh-%ld-", (long)getpid());
+	if (cfs_mkdtemp(&s->cm_dir, NULL, prefix) != 0) {
+		cfs_error_clear();
+		return;
+	}
+	/* sun_path holds 108 bytes; ssh adds a suffix while it binds. */
+	if (strlen(s->cm_dir) > 60 ||
+	    !(s->cm_opt = cfs_asprintf("ControlPath=%s/cm", s->cm_dir))) {
+		cfs_rmtree_at(AT_FDCWD, s->cm_dir);
+		free(s->cm_dir);
+		s->cm_dir = NULL;
+	}
+}
+
 static void ssh_free(struct cfs_runtime *rt)
 {
 	struct ssh_rt *s = (struct ssh_rt *)rt;
 
 	if (!s)
 		return;
+	if (s->cm_opt)
+		mux_stop(s);
+	free(s->cm_dir);
+	free(s->cm_opt);
 	free(s->id);
 	free(s->dest);
 	free(s->port);
@@ -621,6 +706,7 @@ int cfs_ssh_runtime_new(struct cfs_runtime **out, const struct cfs_ssh_opts *o)
 	if (rc)
 		goto fail;
 	s->base.tmp_dir = "/nonexistent";
+	mux_init(s);
 	rc = ssh_run(&res, &s->base, b.ptr, NULL, 60000);
 	if (rc)
 		goto fail;

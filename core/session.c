@@ -33,6 +33,11 @@
 
 #define HEARTBEAT_MIN_MS 1000
 #define HEARTBEAT_MAX_MS 300000
+/*
+ * zstd level of the bundles the sandbox packs: they only travel (the
+ * engine recompresses what it stores), so speed beats ratio.
+ */
+#define TRANSFER_ZSTD_LEVEL "1"
 
 struct cfs_session {
 	struct cfs_store *st;
@@ -80,6 +85,29 @@ struct cfs_session {
 };
 
 /* ------------------------------------------------------------------ */
+/* Phase timings */
+
+/*
+ * Logs how long a phase took (since *t0) and restarts the clock: at debug
+ * level, or as warnings with CONTEXTFS_TIMING=1 in the environment (the
+ * front ends have no debug switch; tests/bench/bench-run-ssh.sh uses it).
+ */
+static void timing(const struct cfs_session *s, const char *phase, int64_t *t0)
+{
+	static atomic_int on = -1;
+	int64_t now = cfs_monotonic_ms();
+
+	if (on < 0) {
+		const char *e = getenv("CONTEXTFS_TIMING");
+
+		on = e && strcmp(e, "1") == 0;
+	}
+	cfs_log(on ? CFS_LOG_WARN : CFS_LOG_DEBUG, "timing: %s %s %.3f s",
+		s->id, phase, (double)(now - *t0) / 1000.0);
+	*t0 = now;
+}
+
+/* ------------------------------------------------------------------ */
 /* Sandbox scripts */
 
 /* Shared by both scripts: the reference's tool preamble (exit 30-32). */
@@ -113,9 +141,20 @@ static const char preamble[] =
  * Validating extractor (§5.5 runtime rules): clears the managed items,
  * then streams the bundle through zstd into tarfile, checking every member
  * before extracting it alone.
+ *
+ * Speed without weakening a check: a parent directory's realpath is cached
+ * (`resolved`) until a member that could change how any path resolves is
+ * extracted: a symlink, a hard link (link(2) on a symlink makes another
+ * symlink) or a member replacing an existing non-directory. Files and
+ * directories only add real directories, which resolve as before. Owners
+ * are numeric: our bundles carry uid/gid 0 without names, so the name
+ * lookups tarfile does as root found nothing. The stream buffer stays at
+ * 64 KiB (tarfile copies its whole buffer on every header read).
  */
 static const char unpack_py[] = PY_COMMON
 	"MAX_ENTRIES = 1000000\n"
+	"BUF = 1 << 20\n"
+	"TFKW = {'copybufsize': BUF} if sys.version_info >= (3, 8) else {}\n"
 	"MAX_BYTES = 68719476736\n"
 	"mount = os.path.realpath(os.environ['CONTEXTSDK_MOUNT'])\n"
 	"def inside(p):\n"
@@ -148,11 +187,13 @@ static const char unpack_py[] = PY_COMMON
 	"    if os.path.lexists(p):\n"
 	"        clear(p, n)\n"
 	"z = subprocess.Popen(['zstd', '-dc', '--', sys.argv[1]], "
-	"stdout=subprocess.PIPE)\n"
+	"stdout=subprocess.PIPE, bufsize=BUF)\n"
 	"count = 0\n"
 	"total = 0\n"
+	"resolved = {}\n"
 	"try:\n"
-	"    with tarfile.open(fileobj=z.stdout, mode='r|') as tf:\n"
+	"    with tarfile.open(fileobj=z.stdout, mode='r|', bufsize=1 << 16, "
+	"**TFKW) as tf:\n"
 	"        for m in tf:\n"
 	"            count += 1\n"
 	"            if count > MAX_ENTRIES:\n"
@@ -170,8 +211,11 @@ static const char unpack_py[] = PY_COMMON
 	"(m.name, m.linkname))\n"
 	"            elif not (m.isfile() or m.isdir()):\n"
 	"                fail('unsupported archive entry type: ' + m.name)\n"
-	"            parent = os.path.realpath(os.path.join(mount, "
-	"os.path.dirname(m.name)))\n"
+	"            d = os.path.dirname(m.name)\n"
+	"            parent = resolved.get(d)\n"
+	"            if parent is None:\n"
+	"                parent = os.path.realpath(os.path.join(mount, d))\n"
+	"                resolved[d] = parent\n"
 	"            if not inside(parent):\n"
 	"                fail('archive entry resolves outside the mount: ' + "
 	"m.name)\n"
@@ -183,14 +227,19 @@ static const char unpack_py[] = PY_COMMON
 	"            if not m.isdir() and os.path.lexists(target) and "
 	"not os.path.isdir(target):\n"
 	"                os.unlink(target)\n"
+	"                resolved.clear()\n"
+	"            if m.issym() or m.islnk():\n"
+	"                resolved.clear()\n"
 	"            if hasattr(tarfile, 'data_filter'):\n"
-	"                tf.extract(m, mount, filter='data')\n"
+	"                tf.extract(m, mount, filter='data', "
+	"numeric_owner=True)\n"
 	"            else:\n"
-	"                tf.extract(m, mount, set_attrs=True)\n"
+	"                tf.extract(m, mount, set_attrs=True, "
+	"numeric_owner=True)\n"
 	"except tarfile.TarError as e:\n"
 	"    fail('unreadable archive: %s' % e)\n"
 	"finally:\n"
-	"    while z.stdout.read(1 << 16):\n"
+	"    while z.stdout.read(BUF):\n"
 	"        pass\n"
 	"if z.wait() != 0:\n"
 	"    fail('zstd decompression failed')\n";
@@ -219,12 +268,34 @@ static const char pack_py[] = PY_COMMON
 	"    ti.uid = ti.gid = 0\n"
 	"    ti.uname = ti.gname = ''\n"
 	"    return ti\n"
-	"with tarfile.open(os.environ['CONTEXTSDK_TAR'], 'w') as tf:\n"
-	"    for n in items:\n"
-	"        p = os.path.join(mount, n)\n"
-	"        if not os.path.lexists(p) or excluded(n):\n"
-	"            continue\n"
-	"        tf.add(p, arcname=n, recursive=True, filter=filt)\n";
+	"BUF = 1 << 20\n"
+	"TFKW = {'copybufsize': BUF} if sys.version_info >= (3, 8) else {}\n"
+	"# owner names are cleared by filt(): skip looking them up\n"
+	"tarfile.pwd = tarfile.grp = None\n"
+	"class Out:\n"
+	"    def __init__(self, f):\n"
+	"        self.f, self.n = f, 0\n"
+	"    def write(self, b):\n"
+	"        self.f.write(b)\n"
+	"        self.n += len(b)\n"
+	"        return len(b)\n"
+	"    def tell(self):\n"
+	"        return self.n\n"
+	"z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' + "
+	"os.environ['CONTEXTSDK_ZSTD_LEVEL'], '-o', "
+	"os.environ['CONTEXTSDK_BUNDLE']], stdin=subprocess.PIPE, bufsize=BUF)\n"
+	"try:\n"
+	"    with tarfile.open(fileobj=Out(z.stdin), mode='w', **TFKW) as tf:\n"
+	"        for n in items:\n"
+	"            p = os.path.join(mount, n)\n"
+	"            if not os.path.lexists(p) or excluded(n):\n"
+	"                continue\n"
+	"            tf.add(p, arcname=n, recursive=True, filter=filt)\n"
+	"finally:\n"
+	"    z.stdin.close()\n"
+	"    rc = z.wait()\n"
+	"if rc != 0:\n"
+	"    fail('zstd compression failed')\n";
 
 static int put_assign(struct cfs_buf *b, const char *name, const char *value)
 {
@@ -283,17 +354,15 @@ static char *pack_script(const struct cfs_session *s)
 		: cfs_buf_puts(&b, "test -d \"$mount\"\n"
 				   "rm -f -- \"$bundle\"\n"
 				   "sync \"$mount\" 2>/dev/null || sync\n"
-				   "tmp=$(mktemp)\n"
-				   "trap 'rm -f -- \"$tmp\"' EXIT\n"
+				   "umask 077\n"
 				   "CONTEXTSDK_POLICY=\"$policy\" "
 				   "CONTEXTSDK_MOUNT=\"$mount\" "
-				   "CONTEXTSDK_TAR=\"$tmp\" "
+				   "CONTEXTSDK_BUNDLE=\"$bundle\" "
+				   "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL " "
 				   "python3 - <<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, pack_py);
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
-				   "(umask 077; zstd -T0 -q -f -o \"$bundle\" "
-				   "-- \"$tmp\")\n"
 				   "test -s \"$bundle\"\n");
 	if (rc) {
 		cfs_buf_free(&b);
@@ -640,6 +709,7 @@ static int build_bundle(struct cfs_session *s, const char *src_dir,
 {
 	int treefd = -1, bfd = -1, rc;
 	char *path = NULL;
+	int64_t t0 = cfs_monotonic_ms();
 
 	if (src_dir) {
 		treefd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -653,6 +723,7 @@ static int build_bundle(struct cfs_session *s, const char *src_dir,
 	}
 	if (rc)
 		goto out;
+	timing(s, "export", &t0);
 	path = cfs_asprintf("%s/attach.tar.zst", s->tmpdir);
 	if (!path) {
 		rc = CFS_ENOMEM;
@@ -663,10 +734,11 @@ static int build_bundle(struct cfs_session *s, const char *src_dir,
 		rc = cfs_error_errno(errno, "creating %s", path);
 		goto out;
 	}
+	/* No fsync: a scratch file, uploaded and removed right away. */
 	rc = cfs_bundle_pack(treefd, &s->policy, NULL, 0, cfs_bundle_fd_sink,
 			     &bfd, NULL);
-	if (!rc && fsync(bfd) != 0)
-		rc = cfs_error_errno(errno, "writing %s", path);
+	if (!rc)
+		timing(s, "pack", &t0);
 out:
 	if (bfd >= 0)
 		close(bfd);
@@ -797,9 +869,12 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 	if (rc)
 		goto fail;
 	if (!opts->reuse) {
+		int64_t t0;
+
 		rc = build_bundle(s, opts->src_dir, &bundle);
 		if (rc)
 			goto fail;
+		t0 = cfs_monotonic_ms();
 		rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
 		unlink(bundle);
 		if (rc) {
@@ -807,9 +882,11 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 					 rt->id);
 			goto fail;
 		}
+		timing(s, "upload", &t0);
 		rc = run_script(s, unpack_script(s), "mount context bundle");
 		if (rc)
 			goto fail;
+		timing(s, "remote extract", &t0);
 	}
 	rc = heartbeat_start(s, opts->heartbeat_ms);
 	if (rc)
@@ -843,6 +920,7 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	int rc = cfs_buf_puts(&b, "cd ");
+	int64_t t0 = cfs_monotonic_ms();
 
 	memset(res, 0, sizeof(*res));
 	rc = rc ? rc : cfs_shell_quote(&b, s->mount_path);
@@ -850,6 +928,7 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 	rc = rc ? rc : cfs_buf_puts(&b, command);
 	if (!rc)
 		rc = cfs_runtime_run(res, s->rt, b.ptr, NULL, timeout_ms);
+	timing(s, "run", &t0);
 	cfs_buf_free(&b);
 	return rc;
 }
@@ -890,6 +969,7 @@ static int session_save_locked(struct cfs_commit_result *res,
 	bool ckpt;
 	char name[32];
 	int treefd = -1, rc;
+	int64_t t0;
 
 	if (!opts)
 		opts = &def;
@@ -924,7 +1004,10 @@ static int session_save_locked(struct cfs_commit_result *res,
 	co.message = opts->message;
 	co.reason = opts->reason;
 	co.key_verified = true; /* attach authenticated the tree */
+	t0 = cfs_monotonic_ms();
 	rc = cfs_context_commit(res, s->st, s->keys, s->id, treefd, &co);
+	if (!rc)
+		timing(s, "commit", &t0);
 out:
 	close(treefd);
 	{
@@ -946,15 +1029,19 @@ static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 	struct cfs_bundle_stats stats;
 	char *local = NULL;
 	int bfd = -1, rc;
+	int64_t t0 = cfs_monotonic_ms();
 
 	rc = run_script(s, pack_script(s), label);
 	if (rc)
 		return rc;
+	timing(s, "remote pack", &t0);
 	s->fetch_seq++;
 	local = cfs_asprintf("%s/fetch-%u.tar.zst", s->tmpdir, s->fetch_seq);
 	if (!local)
 		return CFS_ENOMEM;
 	rc = cfs_runtime_download(s->rt, s->bundle_path, local);
+	if (!rc)
+		timing(s, "download", &t0);
 	{
 		/* The plaintext must not linger in the sandbox either. */
 		struct cfs_buf b = CFS_BUF_INIT;
@@ -966,6 +1053,7 @@ static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 				    s->cmd_timeout_ms) == 0)
 			cfs_run_result_clear(&rr);
 		cfs_buf_free(&b);
+		timing(s, "remote rm", &t0);
 	}
 	if (rc) {
 		cfs_error_prefix("downloading the context from %s", s->rt->id);
@@ -980,6 +1068,8 @@ static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 			       &stats);
 	if (rc)
 		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
+	else
+		timing(s, "validate", &t0);
 out:
 	if (bfd >= 0)
 		close(bfd);
@@ -993,6 +1083,7 @@ int cfs_session_detach(struct cfs_session *s)
 	struct cfs_run_result res;
 	char *script;
 	int rc;
+	int64_t t0 = cfs_monotonic_ms();
 
 	if (!s)
 		return 0;
@@ -1005,6 +1096,7 @@ int cfs_session_detach(struct cfs_session *s)
 	free(script);
 	rc = s->detached ? 0
 			 : cfs_lock_release(s->st, s->id, s->owner, false);
+	timing(s, "detach", &t0);
 	session_free(s);
 	return rc;
 }
