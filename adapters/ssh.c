@@ -550,9 +550,8 @@ static int ssh_download(struct cfs_runtime *rt, const char *remote_path,
  */
 static void mux_stop(struct ssh_rt *s)
 {
-	const char *argv[] = {SSH_BIN, "-F",	  "/dev/null", "-o",
-			      s->cm_opt, "-O",	  "exit",      "--",
-			      s->dest,	 NULL};
+	const char *argv[] = {SSH_BIN, "-F",   "/dev/null", "-o",    s->cm_opt,
+			      "-O",    "exit", "--",	    s->dest, NULL};
 	int64_t deadline = cfs_monotonic_ms() + 5000;
 	pid_t pid;
 
@@ -643,10 +642,7 @@ static bool bad_word(const char *s)
 int cfs_ssh_runtime_new(struct cfs_runtime **out, const struct cfs_ssh_opts *o)
 {
 	struct ssh_rt *s;
-	struct cfs_run_result res;
 	struct cfs_buf b = CFS_BUF_INIT;
-	const char *home;
-	size_t n;
 	int rc;
 
 	*out = NULL;
@@ -705,32 +701,18 @@ int cfs_ssh_runtime_new(struct cfs_runtime **out, const struct cfs_ssh_opts *o)
 			       "chmod 700 -- \"$d/tmp\"; cd -- \"$d\"; pwd -P");
 	if (rc)
 		goto fail;
-	s->base.tmp_dir = "/nonexistent";
 	mux_init(s);
-	rc = ssh_run(&res, &s->base, b.ptr, NULL, 60000);
-	if (rc)
-		goto fail;
-	rc = cfs_runtime_check(&res, "prepare ssh runtime");
-	home = res.out ? res.out : "";
-	n = res.out_len;
-	while (n && home[n - 1] == '\n')
-		n--;
-	if (!rc && (n == 0 || home[0] != '/' || memchr(home, '\n', n)))
-		rc = cfs_error_set(CFS_EIO,
-				   "ssh %s: cannot resolve the remote "
-				   "directory",
-				   s->dest);
-	if (!rc) {
-		s->tmp_dir = cfs_asprintf("%.*s/tmp", (int)n, home);
-		s->mount_base = cfs_asprintf("%.*s/mnt", (int)n, home);
-		if (!s->tmp_dir || !s->mount_base)
-			rc = CFS_ENOMEM;
+	{
+		char *what = cfs_asprintf("ssh %s", s->dest);
+
+		rc = what ? cfs_runtime_prepare_dirs(&s->base, b.ptr, 60000,
+						     what, &s->tmp_dir,
+						     &s->mount_base)
+			  : CFS_ENOMEM;
+		free(what);
 	}
-	cfs_run_result_clear(&res);
 	if (rc)
 		goto fail;
-	s->base.tmp_dir = s->tmp_dir;
-	s->base.mount_base = s->mount_base;
 	cfs_buf_free(&b);
 	*out = &s->base;
 	return 0;

@@ -68,6 +68,9 @@ struct cfs_session {
 	atomic_bool lock_lost;
 	atomic_int hb_failures;
 	atomic_bool degraded;
+	pthread_t em; /* the emergency checkpoint (heartbeat thread's) */
+	bool em_started;
+	atomic_bool em_busy;
 	cfs_session_event_fn on_event;
 	void *event_payload;
 	int failure_threshold;
@@ -351,15 +354,16 @@ static char *pack_script(const struct cfs_session *s)
 	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
 	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
 	rc = rc ? rc
-		: cfs_buf_puts(&b, "test -d \"$mount\"\n"
-				   "rm -f -- \"$bundle\"\n"
-				   "sync \"$mount\" 2>/dev/null || sync\n"
-				   "umask 077\n"
-				   "CONTEXTSDK_POLICY=\"$policy\" "
-				   "CONTEXTSDK_MOUNT=\"$mount\" "
-				   "CONTEXTSDK_BUNDLE=\"$bundle\" "
-				   "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL " "
-				   "python3 - <<'CONTEXTSDK_PY'\n");
+		: cfs_buf_puts(&b,
+			       "test -d \"$mount\"\n"
+			       "rm -f -- \"$bundle\"\n"
+			       "sync \"$mount\" 2>/dev/null || sync\n"
+			       "umask 077\n"
+			       "CONTEXTSDK_POLICY=\"$policy\" "
+			       "CONTEXTSDK_MOUNT=\"$mount\" "
+			       "CONTEXTSDK_BUNDLE=\"$bundle\" "
+			       "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL " "
+			       "python3 - <<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, pack_py);
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
@@ -447,6 +451,31 @@ static void emit(struct cfs_session *s, enum cfs_session_event_type type,
 		s->on_event(&ev, s->event_payload);
 }
 
+/* The one best-effort checkpoint of a degraded session (§9.3). */
+static void *emergency_main(void *arg)
+{
+	struct cfs_session *s = arg;
+	struct cfs_session_save_opts o = {0};
+
+	o.kind = CFS_COMMIT_CHECKPOINT;
+	o.reason = "emergency";
+	if (cfs_session_save(NULL, s, &o) == 0)
+		emit(s, CFS_SESSION_EMERGENCY_CHECKPOINT,
+		     atomic_load(&s->hb_failures), NULL);
+	else
+		cfs_log(CFS_LOG_WARN, "emergency checkpoint of %s failed: %s",
+			s->id, cfs_error_last());
+	atomic_store(&s->em_busy, false);
+	return NULL;
+}
+
+static void emergency_join(struct cfs_session *s)
+{
+	if (s->em_started)
+		pthread_join(s->em, NULL);
+	s->em_started = false;
+}
+
 /*
  * A failed beat (§9.3): counted; at the threshold the session turns
  * degraded (once until a healthy beat) and, if asked, takes one
@@ -466,17 +495,19 @@ static void beat_failed(struct cfs_session *s, const char *why)
 		n, why);
 	emit(s, CFS_SESSION_DEGRADED, n, why);
 	if (s->emergency_checkpoint && !s->detached &&
-	    !atomic_load(&s->lock_lost)) {
-		struct cfs_session_save_opts o = {0};
-
-		o.kind = CFS_COMMIT_CHECKPOINT;
-		o.reason = "emergency";
-		if (cfs_session_save(NULL, s, &o) == 0)
-			emit(s, CFS_SESSION_EMERGENCY_CHECKPOINT, n, NULL);
-		else
-			cfs_log(CFS_LOG_WARN,
-				"emergency checkpoint of %s failed: %s", s->id,
-				cfs_error_last());
+	    !atomic_load(&s->lock_lost) &&
+	    !atomic_exchange(&s->em_busy, true)) {
+		/*
+		 * On a thread of its own: a checkpoint of a dying sandbox can
+		 * take until the command timeout, and the heartbeat must keep
+		 * renewing the lock meanwhile.
+		 */
+		if (s->em_started)
+			pthread_join(s->em, NULL); /* an earlier one, done */
+		s->em_started =
+			pthread_create(&s->em, NULL, emergency_main, s) == 0;
+		if (!s->em_started)
+			atomic_store(&s->em_busy, false);
 	}
 }
 
@@ -662,6 +693,7 @@ static void session_free(struct cfs_session *s)
 		return;
 	cfs_session_stop_checkpoints(s);
 	heartbeat_stop(s);
+	emergency_join(s);
 	if (s->tmpdir) {
 		cfs_rmtree_at(AT_FDCWD, s->tmpdir);
 		free(s->tmpdir);
@@ -878,8 +910,7 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 		rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
 		unlink(bundle);
 		if (rc) {
-			cfs_error_prefix("uploading the context to %s",
-					 rt->id);
+			cfs_error_prefix("uploading the context to %s", rt->id);
 			goto fail;
 		}
 		timing(s, "upload", &t0);
@@ -936,8 +967,7 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 static int session_save_locked(struct cfs_commit_result *res,
 			       struct cfs_session *s,
 			       const struct cfs_session_save_opts *opts);
-static int session_fetch(struct cfs_session *s, int treefd,
-			 const char *label);
+static int session_fetch(struct cfs_session *s, int treefd, const char *label);
 
 int cfs_session_fetch(struct cfs_session *s, int destdirfd)
 {
@@ -1089,13 +1119,13 @@ int cfs_session_detach(struct cfs_session *s)
 		return 0;
 	cfs_session_stop_checkpoints(s);
 	heartbeat_stop(s);
+	emergency_join(s); /* before the lock goes */
 	script = detach_script(s);
 	if (script &&
 	    cfs_runtime_run(&res, s->rt, script, NULL, s->cmd_timeout_ms) == 0)
 		cfs_run_result_clear(&res);
 	free(script);
-	rc = s->detached ? 0
-			 : cfs_lock_release(s->st, s->id, s->owner, false);
+	rc = s->detached ? 0 : cfs_lock_release(s->st, s->id, s->owner, false);
 	timing(s, "detach", &t0);
 	session_free(s);
 	return rc;
