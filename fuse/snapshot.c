@@ -852,6 +852,9 @@ cJSON *cfs_fs_status_json(struct cfs_fs *fs)
 	cJSON_AddStringToObject(o, "staging", fs->tree_path);
 	cJSON_AddNumberToObject(o, "pid", (double)getpid());
 	cJSON_AddBoolToObject(o, "readOnly", fs->ro);
+	/* what the kernel agreed to (fuse/initshim.h, -o writeback_cache) */
+	cJSON_AddBoolToObject(o, "writebackCache", fs->writeback);
+	cJSON_AddBoolToObject(o, "handleKillprivV2", fs->initshim.granted);
 	cJSON_AddStringToObject(o, "fsync",
 				fs->fsync_local ? "local" : "commit");
 	cJSON_AddStringToObject(o, "state",

@@ -80,6 +80,8 @@ def test_commit_and_status_on_mountpoint(env):
         fh.write("commit me")
     rc, st = env.json("status", mp)
     assert rc == 0 and st["state"] == "dirty" and st["dirty"] is True
+    # write-through by default; killpriv v2 negotiated through the INIT shim
+    assert st["writebackCache"] is False and st["handleKillprivV2"] is True, st
     assert st["generation"] == 1 and st["checkpointGeneration"] == 0
     assert st["pendingError"] is None and st["mountpoint"] == os.path.realpath(mp)
     rc, doc = env.json("commit", mp, "-m", "via commit MOUNTPOINT")
@@ -125,6 +127,8 @@ def test_writeback_cache_commit_and_sigterm_keep_unflushed_writes(env):
     and SIGTERM must still land what write(2) accepted on a file that stays
     open (never fsynced, never closed)."""
     mp = env.mount("ctx", opts="writeback_cache")
+    st = env.status(mp)
+    assert st["writebackCache"] is True and st["handleKillprivV2"] is True, st
     w = subprocess.Popen(["/usr/bin/python3", "-c", WRITER, os.path.join(mp, "workspace/open.log")],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
