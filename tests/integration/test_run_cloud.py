@@ -81,6 +81,14 @@ def sdk_dir():
     """The official SDKs, installed once into a cache directory."""
     if not shutil.which("node") or not shutil.which("npm"):
         pytest.skip("node and npm are not installed (tools/setup-deps --test)")
+    # both SDKs declare node >=20.18.1 (Debian 12's own nodejs is 18)
+    v = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        ver = tuple(int(x) for x in v.lstrip("v").split(".")[:3])
+    except ValueError:
+        ver = (0,)
+    if ver < (20, 18, 1):
+        pytest.skip("the e2b and @vercel/sandbox SDKs need Node.js >= 20.18.1 (found %s)" % v)
     want = {"e2b": "2.51.0", "@vercel/sandbox": "3.5.0"}
 
     def installed():
