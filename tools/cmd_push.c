@@ -1104,16 +1104,6 @@ static int base_from_state(const char *dir, int destfd)
 
 /* ------------------------------------------------------------------ */
 
-static volatile sig_atomic_t push_cancel;
-static volatile sig_atomic_t push_signal;
-
-static void on_signal(int sig)
-{
-	if (!push_signal)
-		push_signal = sig;
-	push_cancel = 1;
-}
-
 static int mount_op(cJSON **reply, const char *mp, const char *op,
 		    const char *msg)
 {
@@ -1233,14 +1223,9 @@ static int run(struct cli *cli)
 	double base_gen = -1, gen = -1;
 	int basefd = -1, theirsfd = -1, rc;
 	bool ran = false, new_state = false, dispose = !keep;
-	struct sigaction sa, old[2];
+	struct sigaction old[2];
 
-	push_cancel = push_signal = 0;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, &old[0]);
-	sigaction(SIGTERM, &sa, &old[1]);
+	cli_stop_signals_install(old);
 	m.mountfd = -1;
 	m.cli = cli;
 
@@ -1470,7 +1455,7 @@ static int run(struct cli *cli)
 		cJSON_AddStringToObject(state, "mountPath", mount_path);
 		cJSON_AddStringToObject(state, "mountpoint", mp);
 	}
-	rt->cancel = &push_cancel;
+	rt->cancel = &cli_stop_cancel;
 	so.mount_path = mount_path;
 	so.src_dir = pull ? NULL : base_path;
 	so.reuse = pull;
@@ -1566,7 +1551,7 @@ out:
 		sid = NULL;
 	}
 	cli_runtime_close(prov, rt);
-	if (push_signal && !rc) {
+	if (cli_stop_signal && !rc) {
 		rc = cfs_error_set(CFS_ECANCELED, "interrupted");
 	}
 	if (cli->json) {
@@ -1617,10 +1602,9 @@ out:
 	}
 	if (!rc && ran)
 		cli->exit_status = res.exit_code;
-	if (push_signal)
-		cli->exit_status = 128 + push_signal;
-	sigaction(SIGINT, &old[0], NULL);
-	sigaction(SIGTERM, &old[1], NULL);
+	if (cli_stop_signal)
+		cli->exit_status = 128 + cli_stop_signal;
+	cli_stop_signals_restore(old);
 	tree_clear(&base);
 	tree_clear(&theirs);
 	if (basefd >= 0)

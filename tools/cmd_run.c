@@ -285,26 +285,21 @@ static int ensure_context(struct cli *cli, struct cfs_store *st, const char *id,
 	return rc;
 }
 
-/*
- * SIGINT / SIGTERM while run works: the command is stopped (the runtime
- * watches run_cancel), what the sandbox holds is saved ("contextfs run
- * SIGTERM save"), the lock released, and contextfs exits 128+signal (130,
- * 143). Further signals are ignored until then.
- */
-static volatile sig_atomic_t run_cancel;
-static volatile sig_atomic_t run_signal;
+volatile sig_atomic_t cli_stop_cancel;
+volatile sig_atomic_t cli_stop_signal;
 
 static void on_signal(int sig)
 {
-	if (!run_signal)
-		run_signal = sig;
-	run_cancel = 1;
+	if (!cli_stop_signal)
+		cli_stop_signal = sig;
+	cli_stop_cancel = 1;
 }
 
-static void signals_install(struct sigaction old[2])
+void cli_stop_signals_install(struct sigaction old[2])
 {
 	struct sigaction sa;
 
+	cli_stop_cancel = cli_stop_signal = 0;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -312,7 +307,7 @@ static void signals_install(struct sigaction old[2])
 	sigaction(SIGTERM, &sa, &old[1]);
 }
 
-static void signals_restore(const struct sigaction old[2])
+void cli_stop_signals_restore(const struct sigaction old[2])
 {
 	sigaction(SIGINT, &old[0], NULL);
 	sigaction(SIGTERM, &old[1], NULL);
@@ -456,7 +451,7 @@ static bool recover(struct recovery *x, struct cfs_session **sess,
 		*rt = NULL;
 		rc = x->prov->create(rt, x->prov, x->id);
 		if (!rc) {
-			(*rt)->cancel = &run_cancel;
+			(*rt)->cancel = &cli_stop_cancel;
 			x->so->owner = owner;
 			rc = cfs_session_attach(sess, x->st, x->keys, x->id, *rt,
 						x->so);
@@ -518,8 +513,9 @@ static int run(struct cli *cli)
 	struct events events = {cli, PTHREAD_MUTEX_INITIALIZER, NULL};
 	struct recovery rx = {0};
 
-	run_cancel = run_signal = 0;
-	signals_install(old_sa);
+	/* SIGINT / SIGTERM: stop the command, save what the sandbox holds
+	 * ("contextfs run SIGTERM save"), release the lock, exit 130 / 143 */
+	cli_stop_signals_install(old_sa);
 	if (cli->json)
 		events.list = cJSON_CreateArray();
 	rx.cli = cli;
@@ -585,7 +581,7 @@ static int run(struct cli *cli)
 	if (rc)
 		goto out;
 
-	rt->cancel = &run_cancel;
+	rt->cancel = &cli_stop_cancel;
 	so.force_unlock = cli_flag(cli, OPT_FORCE_UNLOCK);
 	so.lock_ttl_ms = ttl;
 	so.on_event = on_event;
@@ -610,7 +606,7 @@ static int run(struct cli *cli)
 		} else {
 			ran = true;
 		}
-		if (!run_rc || run_signal || !cli_flag(cli, OPT_RECOVER))
+		if (!run_rc || cli_stop_signal || !cli_flag(cli, OPT_RECOVER))
 			break;
 		{
 			char *cause = cfs_strdup(cfs_error_last());
@@ -641,9 +637,9 @@ static int run(struct cli *cli)
 	sv.author = cli_opt(cli, OPT_AUTHOR);
 	cfs_session_stop_checkpoints(sess);
 	rt->cancel = NULL; /* the save below must run to completion */
-	if (run_signal) {
+	if (cli_stop_signal) {
 		char msg[64];
-		int sig = run_signal;
+		int sig = cli_stop_signal;
 
 		snprintf(msg, sizeof(msg), "contextfs run %s save",
 			 sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -734,7 +730,7 @@ out:
 			events.list = NULL;
 		}
 	}
-	signals_restore(old_sa);
+	cli_stop_signals_restore(old_sa);
 	if (sess) {
 		int keep = cfs_error_last_code();
 		char *msg = cfs_strdup(cfs_error_last());

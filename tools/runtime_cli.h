@@ -6,6 +6,8 @@
 #ifndef CFS_TOOLS_RUNTIME_CLI_H
 #define CFS_TOOLS_RUNTIME_CLI_H
 
+#include <signal.h>
+
 #include "core/runtime.h"
 #include "tools/cli.h"
 
@@ -69,6 +71,18 @@ int cli_runtime_open(struct cli *cli, const char *context_id,
 		     struct cfs_provisioner **prov_out,
 		     struct cfs_runtime **rt_out);
 void cli_runtime_close(struct cfs_provisioner *prov, struct cfs_runtime *rt);
+
+/*
+ * SIGINT / SIGTERM while a sandbox command runs (run, push): the first
+ * signal is recorded in cli_stop_signal and cli_stop_cancel is set (point
+ * a runtime's cancel at it, so the command stops); the command then saves
+ * or cleans up and exits 128 + signal. install resets both and keeps the
+ * previous handlers in old, restore puts them back.
+ */
+extern volatile sig_atomic_t cli_stop_cancel;
+extern volatile sig_atomic_t cli_stop_signal;
+void cli_stop_signals_install(struct sigaction old[2]);
+void cli_stop_signals_restore(const struct sigaction old[2]);
 
 /* Adds {runtimeId, provider, capabilities} members to obj. */
 void cli_runtime_describe(cJSON *obj, const struct cfs_runtime *rt);
