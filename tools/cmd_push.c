@@ -449,8 +449,8 @@ static void merge_fail(struct merge *m, const char *what, const char *path,
 	cli_warn(m->cli, "could not %s %s in the mount: %s", what, path,
 		 strerror(err));
 	if (!m->error)
-		m->error = cfs_error_errno(err, "%s %s in the mount", what,
-					   path);
+		m->error =
+			cfs_error_errno(err, "%s %s in the mount", what, path);
 }
 
 static bool in_merge(const struct merge *m, const char *path)
@@ -911,10 +911,10 @@ static int merge_trees(struct merge *m, const struct tree *base,
 		return CFS_ENOMEM;
 	/* the sorted union of both trees' paths */
 	while (i < base->n || j < theirs->n) {
-		int c = i >= base->n	? 1
-			: j >= theirs->n ? -1
-					 : strcmp(base->v[i].path,
-						  theirs->v[j].path);
+		int c = i >= base->n ? 1
+			: j >= theirs->n
+				? -1
+				: strcmp(base->v[i].path, theirs->v[j].path);
 		struct item *it = &items[n++];
 
 		it->path = c <= 0 ? base->v[i].path : theirs->v[j].path;
@@ -985,8 +985,8 @@ static bool sandbox_id_valid(const char *s)
 static char *state_dir(const char *sid)
 {
 	char *cache = cfs_mount_default_cache();
-	char *p = cache ? cfs_asprintf("%s/contextfs/push/%s", cache, sid)
-			: NULL;
+	char *p =
+		cache ? cfs_asprintf("%s/contextfs/push/%s", cache, sid) : NULL;
 
 	free(cache);
 	return p;
@@ -1558,7 +1558,8 @@ out:
 		cJSON *doc = cli_result(cli), *r;
 
 		if (doc) {
-			if (ran && (r = cJSON_AddObjectToObject(doc, "result"))) {
+			if (ran &&
+			    (r = cJSON_AddObjectToObject(doc, "result"))) {
 				cJSON_AddNumberToObject(r, "exitCode",
 							res.exit_code);
 				cJSON_AddStringToObject(r, "stdout",
@@ -1657,8 +1658,8 @@ const struct cli_command cli_cmd_push = {
 	"passes through, its exit code becomes push's),\nand the "
 	"sandbox's changes are merged into the mount three-way: changes "
 	"on one side\nland, changes on both sides keep the mount's "
-	"version and put the sandbox's\nbeside it as NAME"
-	CONFLICT_SUFFIX " (or .1, .2 ... if taken). The mount then "
+	"version and put the sandbox's\nbeside it as NAME" CONFLICT_SUFFIX
+	" (or .1, .2 ... if taken). The mount then "
 	"commits\n\"push: COMMAND\".\n"
 	"With --json: {ok, result: {exitCode, stdout, stderr}, "
 	"baseGeneration, generation,\nadded, modified, deleted, "

@@ -340,8 +340,7 @@ static void on_event(const struct cfs_session_event *ev, void *payload)
 
 		if (o) {
 			cJSON_AddStringToObject(o, "type", name);
-			cJSON_AddStringToObject(o, "contextId",
-						ev->context_id);
+			cJSON_AddStringToObject(o, "contextId", ev->context_id);
 			if (ev->attempt)
 				cJSON_AddNumberToObject(o, "attempt",
 							ev->attempt);
@@ -355,7 +354,8 @@ static void on_event(const struct cfs_session_event *ev, void *payload)
 					(double)ev->recovered_to_generation);
 				cJSON_AddNumberToObject(
 					o, "recoveredToCheckpointGeneration",
-					(double)ev->recovered_to_checkpoint_generation);
+					(double)ev
+						->recovered_to_checkpoint_generation);
 			}
 			if (ev->error)
 				cJSON_AddStringToObject(o, "error", ev->error);
@@ -453,8 +453,8 @@ static bool recover(struct recovery *x, struct cfs_session **sess,
 		if (!rc) {
 			(*rt)->cancel = &cli_stop_cancel;
 			x->so->owner = owner;
-			rc = cfs_session_attach(sess, x->st, x->keys, x->id, *rt,
-						x->so);
+			rc = cfs_session_attach(sess, x->st, x->keys, x->id,
+						*rt, x->so);
 			x->so->owner = NULL;
 		}
 		if (!rc)
@@ -462,8 +462,8 @@ static bool recover(struct recovery *x, struct cfs_session **sess,
 		if (!rc)
 			rc = cfs_context_read_manifest(&m, NULL, x->st, x->id);
 		if (rc) {
-			emit(x->ev, CFS_SESSION_RECOVERY_FAILURE, x->id, attempt,
-			     cfs_error_last(), 0, 0);
+			emit(x->ev, CFS_SESSION_RECOVERY_FAILURE, x->id,
+			     attempt, cfs_error_last(), 0, 0);
 			if (*sess) {
 				cfs_session_abandon(*sess);
 				*sess = NULL;
