@@ -65,37 +65,7 @@ unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG
 echo "== generating $FILES files, $MIB MiB in $SRC"
 "$BIN" init bench -q >/dev/null
 "$BIN" export bench "$SRC" -q >/dev/null
-python3 - "$SRC/workspace/bench" "$MIB" "$FILES" <<'PY'
-import os, random, sys
-root, mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-total = mib * 1024 * 1024
-rng = random.Random(20260101)
-# sizes: 95% small (512 B - 16 KiB), 4.5% medium (64 KiB - 1 MiB), the rest
-# share what is left (large files)
-n_small = int(nfiles * 0.95)
-n_med = int(nfiles * 0.045)
-n_large = max(1, nfiles - n_small - n_med)
-sizes = [rng.randint(512, 16384) for _ in range(n_small)] + \
-        [rng.randint(64 << 10, 1 << 20) for _ in range(n_med)]
-left = total - sum(sizes)
-if left < n_large:
-    sys.exit("tree too small for the file count")
-sizes += [left // n_large] * n_large
-sizes[-1] += left - (left // n_large) * n_large
-words = b"the quick brown fox jumps over a lazy dog context agent memory workspace \n".split(b" ")
-text = b" ".join(rng.choice(words) for _ in range(1 << 18))  # ~1.3 MB of text to slice from
-for i, size in enumerate(sizes):
-    d = os.path.join(root, "d%03d" % (i % 400), "e%02d" % (i % 7))
-    os.makedirs(d, exist_ok=True)
-    if i % 2 == 0:  # compressible
-        off = rng.randrange(0, len(text) - 1)
-        chunk = (text[off:] + text) * (size // len(text) + 1)
-        data = chunk[:size]
-    else:
-        data = os.urandom(size)
-    with open(os.path.join(d, "f%05d.%s" % (i, "txt" if i % 2 == 0 else "bin")), "wb") as f:
-        f.write(data)
-PY
+python3 "$HERE/gentree.py" "$SRC/workspace/bench" "$MIB" "$FILES"
 TREE_BYTES=$(find "$SRC/workspace/bench" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 echo "   tree: $(find "$SRC/workspace/bench" -type f | wc -l) files, $TREE_BYTES bytes of file data"
 sync

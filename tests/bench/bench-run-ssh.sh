@@ -144,38 +144,7 @@ SSH_ARGS=(--runtime ssh --ssh-host 127.0.0.1 --ssh-user root --ssh-port "$PORT"
 echo "== generating $FILES files, $MIB MiB"
 "$BIN" init bench -q >/dev/null
 "$BIN" export bench "$SRC" -q >/dev/null
-"$PYTHON" - "$SRC/workspace/bench" "$MIB" "$FILES" <<'PY'
-import os, random, sys
-root, mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-total = mib * 1024 * 1024
-rng = random.Random(20260101)
-# sizes: a few large files (one in 500), medium ones (64 KiB - 1 MiB, up to
-# 4.5% of the files, about 40% of the bytes the small ones leave), the rest
-# small (512 B - 16 KiB); the large ones share what is left
-n_large = max(1, nfiles // 500)
-n_med = min(int(nfiles * 0.045), int((total - nfiles * 8448) * 0.4 / (556 << 10)))
-n_med = max(0, n_med)
-n_small = nfiles - n_large - n_med
-sizes = [rng.randint(512, 16384) for _ in range(n_small)] + \
-        [rng.randint(64 << 10, 1 << 20) for _ in range(n_med)]
-left = total - sum(sizes)
-if left < n_large:
-    sys.exit("tree too small for the file count")
-sizes += [left // n_large] * n_large
-sizes[-1] += left - (left // n_large) * n_large
-words = b"the quick brown fox jumps over a lazy dog context agent memory workspace \n".split(b" ")
-text = b" ".join(rng.choice(words) for _ in range(1 << 18))
-for i, size in enumerate(sizes):
-    d = os.path.join(root, "d%03d" % (i % 100), "e%02d" % (i % 7))
-    os.makedirs(d, exist_ok=True)
-    if i % 2 == 0:
-        off = rng.randrange(0, len(text) - 1)
-        data = ((text[off:] + text) * (size // len(text) + 1))[:size]
-    else:
-        data = os.urandom(size)
-    with open(os.path.join(d, "f%05d.%s" % (i, "txt" if i % 2 == 0 else "bin")), "wb") as f:
-        f.write(data)
-PY
+"$PYTHON" "$HERE/gentree.py" "$SRC/workspace/bench" "$MIB" "$FILES" --profile small --dirs 100
 "$BIN" commit bench --from "$SRC" -m bench -q
 TREE_BYTES=$(find "$SRC" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 NFILES=$(find "$SRC" -type f | wc -l)

@@ -117,36 +117,7 @@ SRC=$WORK/src
 echo "== generating $FILES files, $MIB MiB in $SRC"
 cfs init bench -q >/dev/null
 cfs export bench "$SRC" -q >/dev/null
-python3 - "$SRC/workspace/bench" "$MIB" "$FILES" <<'PY'
-import os, random, sys
-root, mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-total = mib * 1024 * 1024
-rng = random.Random(20260101)
-# as bench-bundle.sh: 95% small (512 B - 16 KiB), 4.5% medium (64 KiB -
-# 1 MiB), a few large files share the rest; half text, half random bytes
-n_small = int(nfiles * 0.95)
-n_med = int(nfiles * 0.045)
-n_large = max(1, nfiles - n_small - n_med)
-sizes = [rng.randint(512, 16384) for _ in range(n_small)] + \
-        [rng.randint(64 << 10, 1 << 20) for _ in range(n_med)]
-left = total - sum(sizes)
-if left < n_large:
-    sys.exit("tree too small for the file count")
-sizes += [left // n_large] * n_large
-sizes[-1] += left - (left // n_large) * n_large
-words = b"the quick brown fox jumps over a lazy dog context agent memory workspace \n".split(b" ")
-text = b" ".join(rng.choice(words) for _ in range(1 << 18))
-for i, size in enumerate(sizes):
-    d = os.path.join(root, "d%03d" % (i % 400), "e%02d" % (i % 7))
-    os.makedirs(d, exist_ok=True)
-    if i % 2 == 0:
-        off = rng.randrange(0, len(text) - 1)
-        data = ((text[off:] + text) * (size // len(text) + 1))[:size]
-    else:
-        data = os.urandom(size)
-    with open(os.path.join(d, "f%05d.%s" % (i, "txt" if i % 2 == 0 else "bin")), "wb") as f:
-        f.write(data)
-PY
+python3 "$HERE/gentree.py" "$SRC/workspace/bench" "$MIB" "$FILES"
 TREE_BYTES=$(find "$SRC/workspace/bench" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 echo "   tree: $FILES files, $TREE_BYTES bytes of file data"
 sync
