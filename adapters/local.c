@@ -230,8 +230,7 @@ static bool root_gone(const struct local_rt *l)
 {
 	struct stat st;
 
-	return l->rootfd >= 0 && fstat(l->rootfd, &st) == 0 &&
-	       st.st_nlink == 0;
+	return l->rootfd >= 0 && fstat(l->rootfd, &st) == 0 && st.st_nlink == 0;
 }
 
 static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
@@ -744,6 +743,39 @@ bool cfs_local_bwrap_usable(void)
 	return usable;
 }
 
+/*
+ * The runtime fields of a local sandbox whose root (and bwrap mode) are
+ * set: its id ("local:<name>"), the tmp and mount directories as commands
+ * see them, the ops. Shared by a new sandbox and a kept one reopened.
+ */
+static int local_finish(struct local_rt *l)
+{
+	const char *name = strrchr(l->root, '/');
+
+	name = name ? name + 1 : l->root;
+	if (strncmp(name, "contextfs-sandbox-", 18) == 0)
+		name += 18;
+	l->id = cfs_asprintf("local:%s", name);
+	if (l->bwrap) {
+		l->tmp_dir = cfs_strdup("/tmp");
+		l->mount_base = cfs_strdup("/mnt/contextsdk");
+	} else {
+		l->tmp_dir = cfs_asprintf("%s/tmp", l->root);
+		l->mount_base = cfs_asprintf("%s/mnt/contextsdk", l->root);
+	}
+	if (!l->id || !l->tmp_dir || !l->mount_base)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	l->base.ops = &local_ops;
+	l->base.id = l->id;
+	l->base.provider = "local";
+	l->base.caps.directory_bundle = true;
+	l->base.caps.root_links = l->bwrap;
+	l->base.sandbox_timeout_ms = 0;
+	l->base.tmp_dir = l->tmp_dir;
+	l->base.mount_base = l->mount_base;
+	return 0;
+}
+
 int cfs_local_runtime_new(struct cfs_runtime **out,
 			  const struct cfs_local_opts *opts)
 {
@@ -751,7 +783,6 @@ int cfs_local_runtime_new(struct cfs_runtime **out,
 					   "mnt/contextsdk"};
 	struct cfs_local_opts def = {0};
 	struct local_rt *l = NULL;
-	const char *name;
 	char prefix[48];
 	int rc;
 
@@ -825,30 +856,9 @@ int cfs_local_runtime_new(struct cfs_runtime **out,
 		rc = cfs_error_errno(errno, "chmod %s/tmp", l->root);
 		goto fail;
 	}
-	name = strrchr(l->root, '/');
-	name = name ? name + 1 : l->root;
-	if (strncmp(name, "contextfs-sandbox-", 18) == 0)
-		name += 18;
-	l->id = cfs_asprintf("local:%s", name);
-	if (l->bwrap) {
-		l->tmp_dir = cfs_strdup("/tmp");
-		l->mount_base = cfs_strdup("/mnt/contextsdk");
-	} else {
-		l->tmp_dir = cfs_asprintf("%s/tmp", l->root);
-		l->mount_base = cfs_asprintf("%s/mnt/contextsdk", l->root);
-	}
-	if (!l->id || !l->tmp_dir || !l->mount_base) {
-		rc = CFS_ENOMEM;
+	rc = local_finish(l);
+	if (rc)
 		goto fail;
-	}
-	l->base.ops = &local_ops;
-	l->base.id = l->id;
-	l->base.provider = "local";
-	l->base.caps.directory_bundle = true;
-	l->base.caps.root_links = l->bwrap;
-	l->base.sandbox_timeout_ms = 0;
-	l->base.tmp_dir = l->tmp_dir;
-	l->base.mount_base = l->mount_base;
 	*out = &l->base;
 	return 0;
 fail:
@@ -864,7 +874,6 @@ int cfs_local_runtime_open(struct cfs_runtime **out,
 	struct cfs_local_opts def = {0};
 	struct local_rt *l = NULL;
 	struct stat sb;
-	const char *name;
 	int rc;
 
 	*out = NULL;
@@ -911,28 +920,9 @@ int cfs_local_runtime_open(struct cfs_runtime **out,
 		goto fail;
 	}
 	l->share_net = opts->share_net;
-	name = strrchr(l->root, '/') + 1;
-	if (strncmp(name, "contextfs-sandbox-", 18) == 0)
-		name += 18;
-	l->id = cfs_asprintf("local:%s", name);
-	if (l->bwrap) {
-		l->tmp_dir = cfs_strdup("/tmp");
-		l->mount_base = cfs_strdup("/mnt/contextsdk");
-	} else {
-		l->tmp_dir = cfs_asprintf("%s/tmp", l->root);
-		l->mount_base = cfs_asprintf("%s/mnt/contextsdk", l->root);
-	}
-	if (!l->id || !l->tmp_dir || !l->mount_base) {
-		rc = CFS_ENOMEM;
+	rc = local_finish(l);
+	if (rc)
 		goto fail;
-	}
-	l->base.ops = &local_ops;
-	l->base.id = l->id;
-	l->base.provider = "local";
-	l->base.caps.directory_bundle = true;
-	l->base.caps.root_links = l->bwrap;
-	l->base.tmp_dir = l->tmp_dir;
-	l->base.mount_base = l->mount_base;
 	*out = &l->base;
 	return 0;
 fail:
