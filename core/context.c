@@ -786,6 +786,7 @@ struct decrypt_source {
 	int fd;
 	bool done;
 	int final_rc; /* cfs_cipher_final's result once the fd is drained */
+	int tee_fd; /* >= 0: every plaintext byte is also written here */
 };
 
 static ssize_t decrypt_read(void *buf, size_t len, void *payload)
@@ -809,6 +810,11 @@ static ssize_t decrypt_read(void *buf, size_t len, void *payload)
 		return d->final_rc ? d->final_rc : 0;
 	}
 	rc = cfs_cipher_update(d->cipher, buf, (size_t)n, buf);
+	if (!rc && d->tee_fd >= 0) {
+		rc = cfs_write_all(d->tee_fd, buf, (size_t)n);
+		if (rc)
+			cfs_error_prefix("write the plaintext bundle");
+	}
 	return rc ? rc : n;
 }
 
@@ -933,10 +939,10 @@ static int fetch_stream_finish(struct fetch_stream *f, int *rfd)
  */
 static int fetch_unpack(uint64_t *bytes, struct cfs_store *st,
 			struct cfs_keys *keys, const char *key,
-			const cJSON *enc, int destdirfd,
+			const cJSON *enc, int destdirfd, int tee_fd,
 			cfs_progress_fn progress, void *payload)
 {
-	struct decrypt_source d = {NULL, -1, false, 0};
+	struct decrypt_source d = {NULL, -1, false, 0, tee_fd};
 	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct progress_scope ps;
@@ -1005,7 +1011,7 @@ static int check_key(char **prev_index, struct cfs_store *st,
 {
 	const char *key = cfs_manifest_tree_key(m);
 	const cJSON *enc = cfs_manifest_tree_encryption(m);
-	struct decrypt_source d = {NULL, -1, false, 0};
+	struct decrypt_source d = {NULL, -1, false, 0, -1};
 	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
@@ -1339,7 +1345,7 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		rc = cfs_error_errno(errno, "open %s", stage);
 		goto out;
 	}
-	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, progress,
+	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, -1, progress,
 			  progress_payload);
 	if (rc) {
 		cfs_error_prefix("export %s", refstr);
@@ -1361,6 +1367,41 @@ out:
 		error_restore(&se);
 	}
 	tmpdir_close(&t);
+	cfs_manifest_free(m);
+	return rc;
+}
+
+int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
+			     struct cfs_keys *keys, const char *refstr, int fd,
+			     cfs_progress_fn progress, void *progress_payload)
+{
+	struct cfs_manifest *m = NULL;
+	struct cfs_ref ref;
+	const char *key;
+	const cJSON *enc;
+	uint64_t bytes = 0;
+	int rc;
+
+	if (info)
+		memset(info, 0, sizeof(*info));
+	rc = cfs_ref_parse(&ref, refstr);
+	if (rc)
+		goto out;
+	rc = manifest_read(&m, NULL, st, ref.id);
+	if (rc)
+		goto out;
+	rc = resolve_ref(&key, &enc, info, m, &ref);
+	if (rc)
+		goto out;
+	rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, progress,
+			  progress_payload);
+	if (rc) {
+		cfs_error_prefix("fetch %s", refstr);
+		goto out;
+	}
+	if (info)
+		info->size_bytes = bytes;
+out:
 	cfs_manifest_free(m);
 	return rc;
 }
@@ -1395,7 +1436,8 @@ static int verify_one(struct verify_state *vs, const char *key,
 	if (rc)
 		return rc;
 	vs->n++;
-	rc = fetch_unpack(&bytes, vs->st, vs->keys, key, enc, -1, NULL, NULL);
+	rc = fetch_unpack(&bytes, vs->st, vs->keys, key, enc, -1, -1, NULL,
+			  NULL);
 	memset(&item, 0, sizeof(item));
 	item.key = key;
 	item.role = role;

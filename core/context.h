@@ -169,6 +169,18 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *ref, int destdirfd,
 		       cfs_progress_fn progress, void *progress_payload);
 
+/*
+ * Writes the plaintext bundle (the tar.zst) of ref into fd while it
+ * authenticates it and checks it with the archive safety rules (nothing
+ * extracted). What fd holds is trustworthy only when this returns 0: the
+ * caller keeps fd private (0600 in a 0700 directory) and removes it on
+ * failure. A runtime gets a tree this way without exporting and
+ * repacking it. info may be NULL.
+ */
+int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
+			     struct cfs_keys *keys, const char *ref, int fd,
+			     cfs_progress_fn progress, void *progress_payload);
+
 /* One object checked by verify. Strings borrow until the callback returns. */
 struct cfs_verify_item {
 	const char *key;

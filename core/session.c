@@ -1,10 +1,12 @@
 /*
  * The session engine (core/session.h): attach, run, save / checkpoint,
  * heartbeat and detach over the runtime contract. The sandbox side uses
- * the reference's tools (bash, python3 tarfile, zstd): the scripts below
+ * the reference's tools (bash, python3, zstd, tar): the scripts below
  * keep the reference's behaviour and checks (REFERENCE.md §5.1, §5.5,
- * §10.2), and every bundle that comes back is validated here again with
- * cfs_bundle_unpack before the engine commits it.
+ * §10.2), with GNU tar doing the bulk work where the sandbox has it, and
+ * every bundle that comes back is validated here again with
+ * cfs_bundle_unpack before the engine commits it. What goes up is the
+ * stored bundle itself, authenticated and checked as it is decrypted.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -142,19 +144,36 @@ static const char preamble[] =
 
 /*
  * Validating extractor (§5.5 runtime rules): clears the managed items,
- * then streams the bundle through zstd into tarfile, checking every member
- * before extracting it alone.
+ * then checks every member of the bundle before anything is extracted.
  *
- * Speed without weakening a check: a parent directory's realpath is cached
- * (`resolved`) until a member that could change how any path resolves is
- * extracted: a symlink, a hard link (link(2) on a symlink makes another
- * symlink) or a member replacing an existing non-directory. Files and
- * directories only add real directories, which resolve as before. Owners
- * are numeric: our bundles carry uid/gid 0 without names, so the name
- * lookups tarfile does as root found nothing. The stream buffer stays at
- * 64 KiB (tarfile copies its whole buffer on every header read).
+ * Fast path, where the sandbox has GNU tar >= 1.29: tar itself lists the
+ * archive (its own reading of every header, so what is checked is what it
+ * will extract; it prints each member as it reaches its header, so a bad
+ * one stops the scan before a bomb's data is decompressed). When every
+ * member passes the reference's checks and is plain (real parent
+ * directories, no member under or replacing a symlink or another member,
+ * hard links to earlier files with the same mode, file modes the data
+ * filter would keep unchanged, directories without setuid/setgid/sticky
+ * bits, no pre-existing symlink in the way), tar extracts the whole
+ * archive in one pass. Directories then keep their recorded modes (the
+ * layout's 0777 ones too, §5.2), which the data filter leaves at the
+ * sandbox's default. Anything else (busybox tar, an odd
+ * member, any failed check) goes to the reference's checked extractor,
+ * which reads the archive again, checks it and reports exactly what the
+ * reference reports; CONTEXTSDK_TAR_FAST=0 forces it.
+ *
+ * Checked extractor: streams the bundle through zstd into tarfile,
+ * checking every member before extracting it alone. A parent directory's
+ * realpath is cached (`resolved`) until a member that could change how
+ * any path resolves is extracted: a symlink, a hard link (link(2) on a
+ * symlink makes another symlink) or a member replacing an existing
+ * non-directory. Owners are numeric: our bundles carry uid/gid 0 without
+ * names, so the name lookups tarfile does as root found nothing. The
+ * stream buffer stays at 64 KiB (tarfile copies its whole buffer on every
+ * header read). A rejected archive is not decompressed further.
  */
 static const char unpack_py[] = PY_COMMON
+	"import codecs, re\n"
 	"MAX_ENTRIES = 1000000\n"
 	"BUF = 1 << 20\n"
 	"TFKW = {'copybufsize': BUF} if sys.version_info >= (3, 8) else {}\n"
@@ -189,66 +208,190 @@ static const char unpack_py[] = PY_COMMON
 	"    p = os.path.join(mount, n)\n"
 	"    if os.path.lexists(p):\n"
 	"        clear(p, n)\n"
-	"z = subprocess.Popen(['zstd', '-dc', '--', sys.argv[1]], "
-	"stdout=subprocess.PIPE, bufsize=BUF)\n"
-	"count = 0\n"
-	"total = 0\n"
+	"def zstd_open(quiet=False):\n"
+	"    return subprocess.Popen(['zstd', '-dc', '--', sys.argv[1]],\n"
+	"                            stdout=subprocess.PIPE, bufsize=BUF,\n"
+	"                            stderr=subprocess.DEVNULL if quiet else None)\n"
+	"def zstd_close(z):\n"
+	"    while z.stdout.read(BUF):\n"
+	"        pass\n"
+	"    z.stdout.close()\n"
+	"    if z.wait() != 0:\n"
+	"        fail('zstd decompression failed')\n"
+	"count = total = 0\n"
+	"def problem(name, kind, size, link):\n"
+	"    # The reference's checks (caps, names, link targets, types).\n"
+	"    global count, total\n"
+	"    count += 1\n"
+	"    if count > MAX_ENTRIES:\n"
+	"        return 'archive exceeds the %d entry limit' % MAX_ENTRIES\n"
+	"    total += max(size, 0)\n"
+	"    if total > MAX_BYTES:\n"
+	"        return 'archive exceeds the %d byte decompressed limit' % MAX_BYTES\n"
+	"    if unsafe(name):\n"
+	"        return 'unsafe archive entry: ' + name\n"
+	"    if kind in ('l', 'h'):\n"
+	"        if unsafe(link):\n"
+	"            return 'unsafe archive link target: %s -> %s' % (name, link)\n"
+	"    elif kind not in ('-', 'd'):\n"
+	"        return 'unsupported archive entry type: ' + name\n"
+	"    return None\n"
+	"# Fast path: GNU tar lists the archive (its own reading of every header,\n"
+	"# so what is checked is what it extracts); when every member passes the\n"
+	"# checks and is plain, it extracts the whole archive. Otherwise (another\n"
+	"# tar, an odd member, any failed check) the checked per-member extractor\n"
+	"# below reads the archive again, checks it and reports what it finds.\n"
+	"QS = r'\"((?:[^\"\\\\]|\\\\.)*)\"'\n"
+	"LINE = re.compile(r'([-a-zA-Z])([-rwxsStT]{9}) \\S+ +(\\d+) [^\"]*' + QS +\n"
+	"                  r'(?: -> ' + QS + r'| link to ' + QS + r')?$')\n"
+	"def unq(s):\n"
+	"    return os.fsdecode(codecs.escape_decode(s.encode('ascii'))[0])\n"
+	"def perm(s):\n"
+	"    v = 0\n"
+	"    for i, c in enumerate(s):\n"
+	"        if c != '-':\n"
+	"            v |= 1 << (8 - i)\n"
+	"    for i, hi in ((2, 0o4000), (5, 0o2000), (8, 0o1000)):\n"
+	"        if s[i] in 'sStT':\n"
+	"            v |= hi\n"
+	"            if s[i] in 'ST':\n"
+	"                v &= ~(1 << (8 - i))\n"
+	"    return v\n"
+	"seen, dirs, files, links, ondisk = set(), set(), set(), set(), {}\n"
+	"fmode = {}  # file -> mode; a hard link must repeat it (tar does not chmod)\n"
+	"def real_dir(d):\n"
+	"    ok = ondisk.get(d)\n"
+	"    if ok is None:\n"
+	"        p = os.path.join(mount, d)\n"
+	"        ok = not os.path.lexists(p) or \\\n"
+	"            (os.path.isdir(p) and not os.path.islink(p))\n"
+	"        ondisk[d] = ok\n"
+	"    return ok\n"
+	"def plain(name, kind, mode, size, link):\n"
+	"    # Extracts with GNU tar as the checked extractor would: real parent\n"
+	"    # directories, no entry replaced, no link through a link, file modes\n"
+	"    # the data filter keeps unchanged. Directories keep their recorded\n"
+	"    # modes (the layout's 0777 ones too), which the data filter ignores.\n"
+	"    parts = name.split('/')\n"
+	"    if name in seen or any(c in ('', '.') for c in parts):\n"
+	"        return False\n"
+	"    if kind in '-h' and (mode & ~0o755 or mode & 0o600 != 0o600 or\n"
+	"                         mode & 0o011 and not mode & 0o100):\n"
+	"        return False\n"
+	"    if kind == 'd' and mode & ~0o777 or kind != '-' and size:\n"
+	"        return False\n"
+	"    if kind == 'h' and fmode.get(link) != mode:\n"
+	"        return False\n"
+	"    for i in range(1, len(parts)):\n"
+	"        d = '/'.join(parts[:i])\n"
+	"        if d in links or d in files or d not in dirs and not real_dir(d):\n"
+	"            return False\n"
+	"    t = os.path.join(mount, name)\n"
+	"    return not os.path.lexists(t) or kind == 'd' and real_dir(name)\n"
+	"def gnu_tar():\n"
+	"    if os.environ.get('CONTEXTSDK_TAR_FAST', '1') != '1':\n"
+	"        return False\n"
+	"    try:\n"
+	"        v = subprocess.run(['tar', '--version'], stdout=subprocess.PIPE,\n"
+	"                           stderr=subprocess.DEVNULL).stdout\n"
+	"    except OSError:\n"
+	"        return False\n"
+	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"
+	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
+	"def scan():\n"
+	"    # tar prints each member as it reads its header, so a bad one stops\n"
+	"    # the scan before tar reads (or decompresses) its data.\n"
+	"    z = zstd_open(quiet=True)\n"
+	"    t = subprocess.Popen(['tar', '-tv', '--numeric-owner',\n"
+	"                          '--quoting-style=c', '-f', '-'], stdin=z.stdout,\n"
+	"                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,\n"
+	"                         env=dict(os.environ, LC_ALL='C'))\n"
+	"    z.stdout.close()\n"
+	"    ok = True\n"
+	"    for ln in t.stdout:\n"
+	"        m = LINE.match(ln.decode('ascii', 'replace').rstrip('\\n'))\n"
+	"        if not m:\n"
+	"            ok = False\n"
+	"            break\n"
+	"        kind, mode, size = m.group(1), perm(m.group(2)), int(m.group(3))\n"
+	"        name = unq(m.group(4))\n"
+	"        if kind == 'd' and name.endswith('/'):\n"
+	"            name = name.rstrip('/')\n"
+	"        link = unq(m.group(5) or m.group(6) or '')\n"
+	"        if problem(name, kind, size, link) or \\\n"
+	"                not plain(name, kind, mode, size, link):\n"
+	"            ok = False\n"
+	"            break\n"
+	"        seen.add(name)\n"
+	"        (dirs if kind == 'd' else links if kind == 'l' else files).add(name)\n"
+	"        if kind in ('-', 'h'):\n"
+	"            fmode[name] = mode\n"
+	"    if not ok:\n"
+	"        t.kill()\n"
+	"        z.kill()\n"
+	"    t.stdout.close()\n"
+	"    return t.wait() == 0 and z.wait() == 0 and ok\n"
+	"if gnu_tar() and scan():\n"
+	"    z = zstd_open()\n"
+	"    t = subprocess.run(['tar', '-x', '-f', '-', '-C', mount, '-p',\n"
+	"                        '--no-same-owner'], stdin=z.stdout)\n"
+	"    zstd_close(z)\n"
+	"    if t.returncode != 0:\n"
+	"        fail('extraction failed (tar exit %d)' % t.returncode)\n"
+	"    sys.exit(0)\n"
+	"count = total = 0\n"
+	"z = zstd_open()\n"
 	"resolved = {}\n"
+	"done = False\n"
 	"try:\n"
-	"    with tarfile.open(fileobj=z.stdout, mode='r|', bufsize=1 << 16, "
-	"**TFKW) as tf:\n"
+	"    with tarfile.open(fileobj=z.stdout, mode='r|', bufsize=1 << 16,\n"
+	"                      **TFKW) as tf:\n"
 	"        for m in tf:\n"
-	"            count += 1\n"
-	"            if count > MAX_ENTRIES:\n"
-	"                fail('archive exceeds the %d entry limit' % "
-	"MAX_ENTRIES)\n"
-	"            total += max(m.size, 0)\n"
-	"            if total > MAX_BYTES:\n"
-	"                fail('archive exceeds the %d byte decompressed limit' "
-	"% MAX_BYTES)\n"
-	"            if unsafe(m.name):\n"
-	"                fail('unsafe archive entry: ' + m.name)\n"
-	"            if m.issym() or m.islnk():\n"
-	"                if unsafe(m.linkname):\n"
-	"                    fail('unsafe archive link target: %s -> %s' % "
-	"(m.name, m.linkname))\n"
-	"            elif not (m.isfile() or m.isdir()):\n"
-	"                fail('unsupported archive entry type: ' + m.name)\n"
+	"            msg = problem(m.name, 'h' if m.islnk() else 'l' if m.issym()\n"
+	"                          else '-' if m.isfile() else 'd' if m.isdir()\n"
+	"                          else '?', m.size, m.linkname)\n"
+	"            if msg:\n"
+	"                fail(msg)\n"
 	"            d = os.path.dirname(m.name)\n"
 	"            parent = resolved.get(d)\n"
 	"            if parent is None:\n"
 	"                parent = os.path.realpath(os.path.join(mount, d))\n"
 	"                resolved[d] = parent\n"
 	"            if not inside(parent):\n"
-	"                fail('archive entry resolves outside the mount: ' + "
-	"m.name)\n"
-	"            if m.islnk() and not inside(os.path.realpath("
-	"os.path.join(mount, m.linkname))):\n"
-	"                fail('archive entry resolves outside the mount: ' + "
-	"m.name)\n"
+	"                fail('archive entry resolves outside the mount: ' + m.name)\n"
+	"            if m.islnk() and not inside(os.path.realpath(\n"
+	"                    os.path.join(mount, m.linkname))):\n"
+	"                fail('archive entry resolves outside the mount: ' + m.name)\n"
 	"            target = os.path.join(mount, m.name)\n"
-	"            if not m.isdir() and os.path.lexists(target) and "
-	"not os.path.isdir(target):\n"
+	"            if not m.isdir() and os.path.lexists(target) and \\\n"
+	"                    not os.path.isdir(target):\n"
 	"                os.unlink(target)\n"
 	"                resolved.clear()\n"
 	"            if m.issym() or m.islnk():\n"
 	"                resolved.clear()\n"
 	"            if hasattr(tarfile, 'data_filter'):\n"
-	"                tf.extract(m, mount, filter='data', "
-	"numeric_owner=True)\n"
+	"                tf.extract(m, mount, filter='data', numeric_owner=True)\n"
 	"            else:\n"
-	"                tf.extract(m, mount, set_attrs=True, "
-	"numeric_owner=True)\n"
+	"                tf.extract(m, mount, set_attrs=True, numeric_owner=True)\n"
+	"    done = True\n"
 	"except tarfile.TarError as e:\n"
 	"    fail('unreadable archive: %s' % e)\n"
 	"finally:\n"
-	"    while z.stdout.read(BUF):\n"
-	"        pass\n"
-	"if z.wait() != 0:\n"
-	"    fail('zstd decompression failed')\n";
+	"    if done:\n"
+	"        zstd_close(z)\n"
+	"    else:  # do not decompress the rest of a rejected archive (a bomb)\n"
+	"        z.kill()\n"
+	"        z.wait()\n";
 
-/* The runtime-side packer (§5.1). */
+/*
+ * The runtime-side packer (§5.1): with GNU tar, python walks the tree in
+ * tarfile.add's order with its filter (excludes, unsafe links, special
+ * files) and GNU tar writes the members it names (pax with sub-second
+ * mtimes, owners 0 without names, hard links detected), byte for byte the
+ * member list tarfile would write; otherwise tarfile writes them.
+ */
 static const char pack_py[] = PY_COMMON
+	"import re, stat\n"
 	"mount = os.environ['CONTEXTSDK_MOUNT']\n"
 	"excl = list(policy.get('exclude') or [])\n"
 	"def excluded(rel):\n"
@@ -284,16 +427,62 @@ static const char pack_py[] = PY_COMMON
 	"        return len(b)\n"
 	"    def tell(self):\n"
 	"        return self.n\n"
-	"z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' + "
-	"os.environ['CONTEXTSDK_ZSTD_LEVEL'], '-o', "
-	"os.environ['CONTEXTSDK_BUNDLE']], stdin=subprocess.PIPE, bufsize=BUF)\n"
+	"def gnu_tar():\n"
+	"    if os.environ.get('CONTEXTSDK_TAR_FAST', '1') != '1':\n"
+	"        return False\n"
+	"    try:\n"
+	"        v = subprocess.run(['tar', '--version'], stdout=subprocess.PIPE,\n"
+	"                           stderr=subprocess.DEVNULL).stdout\n"
+	"    except OSError:\n"
+	"        return False\n"
+	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"
+	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
+	"def walk(rel, out):\n"
+	"    # The members tarfile.add(filter=filt) would write, in its order.\n"
+	"    p = os.path.join(mount, rel)\n"
+	"    st = os.lstat(p)\n"
+	"    if excluded(rel):\n"
+	"        return\n"
+	"    if stat.S_ISLNK(st.st_mode):\n"
+	"        if unsafe(os.readlink(p)):\n"
+	"            return\n"
+	"    elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):\n"
+	"        return\n"
+	"    out.write(os.fsencode(rel) + b'\\0')\n"
+	"    if stat.S_ISDIR(st.st_mode):\n"
+	"        for c in sorted(os.listdir(p)):\n"
+	"            walk(rel + '/' + c, out)\n"
+	"z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' +\n"
+	"                      os.environ['CONTEXTSDK_ZSTD_LEVEL'], '-o',\n"
+	"                      os.environ['CONTEXTSDK_BUNDLE']],\n"
+	"                     stdin=subprocess.PIPE, bufsize=BUF)\n"
 	"try:\n"
-	"    with tarfile.open(fileobj=Out(z.stdin), mode='w', **TFKW) as tf:\n"
-	"        for n in items:\n"
-	"            p = os.path.join(mount, n)\n"
-	"            if not os.path.lexists(p) or excluded(n):\n"
-	"                continue\n"
-	"            tf.add(p, arcname=n, recursive=True, filter=filt)\n"
+	"    if gnu_tar():\n"
+	"        # GNU tar writes the members the walk names (pax, with the\n"
+	"        # sub-second mtimes tarfile keeps, owners 0 as filt() sets them).\n"
+	"        t = subprocess.Popen(['tar', '-c', '-f', '-', '-C', mount,\n"
+	"                              '--format=posix', '--pax-option=delete=atime,'\n"
+	"                              'delete=ctime', '--numeric-owner', '--owner=0',\n"
+	"                              '--group=0', '--no-recursion', '--null',\n"
+	"                              '--verbatim-files-from', '-T', '-'],\n"
+	"                             stdin=subprocess.PIPE, stdout=z.stdin)\n"
+	"        try:\n"
+	"            for n in items:\n"
+	"                if os.path.lexists(os.path.join(mount, n)):\n"
+	"                    walk(n, t.stdin)\n"
+	"        finally:\n"
+	"            t.stdin.close()\n"
+	"            rc = t.wait()\n"
+	"        # 1: a file changed while tar read it; the archive is still whole\n"
+	"        if rc not in (0, 1):\n"
+	"            fail('tar failed (exit %d)' % rc)\n"
+	"    else:\n"
+	"        with tarfile.open(fileobj=Out(z.stdin), mode='w', **TFKW) as tf:\n"
+	"            for n in items:\n"
+	"                p = os.path.join(mount, n)\n"
+	"                if not os.path.lexists(p) or excluded(n):\n"
+	"                    continue\n"
+	"                tf.add(p, arcname=n, recursive=True, filter=filt)\n"
 	"finally:\n"
 	"    z.stdin.close()\n"
 	"    rc = z.wait()\n"
@@ -309,18 +498,20 @@ static int put_assign(struct cfs_buf *b, const char *name, const char *value)
 	return rc ? rc : cfs_buf_puts(b, "\n");
 }
 
-static char *unpack_script(const struct cfs_session *s)
+static char *unpack_script_for(const char *bundle, const char *mount,
+			       const char *policy_json, bool keep_excluded,
+			       bool root_links)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	int rc = cfs_buf_puts(&b, preamble);
 
-	rc = rc ? rc : put_assign(&b, "bundle", s->bundle_path);
-	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
-	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
+	rc = rc ? rc : put_assign(&b, "bundle", bundle);
+	rc = rc ? rc : put_assign(&b, "mount", mount);
+	rc = rc ? rc : put_assign(&b, "policy", policy_json);
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "mkdir -p -- \"$mount\"\n"
 				   "CONTEXTSDK_POLICY=\"$policy\" ");
-	if (!rc && s->keep_excluded)
+	if (!rc && keep_excluded)
 		rc = cfs_buf_puts(&b, "CONTEXTSDK_KEEP_EXCLUDED=1 ");
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "CONTEXTSDK_MOUNT=\"$mount\" "
@@ -332,7 +523,7 @@ static char *unpack_script(const struct cfs_session *s)
 				   "for n in workspace memory artifacts logs "
 				   "cache config; do\n"
 				   "  mkdir -p -- \"$mount/$n\"\n");
-	if (!rc && s->rt->caps.root_links)
+	if (!rc && root_links)
 		rc = cfs_buf_puts(&b,
 				  "  if [ -L \"/$n\" ] || [ ! -e \"/$n\" ]; "
 				  "then ln -sfn -- \"$mount/$n\" \"/$n\" "
@@ -345,14 +536,21 @@ static char *unpack_script(const struct cfs_session *s)
 	return cfs_buf_detach(&b);
 }
 
-static char *pack_script(const struct cfs_session *s)
+static char *unpack_script(const struct cfs_session *s)
+{
+	return unpack_script_for(s->bundle_path, s->mount_path, s->policy_json,
+				 s->keep_excluded, s->rt->caps.root_links);
+}
+
+static char *pack_script_for(const char *bundle, const char *mount,
+			     const char *policy_json)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	int rc = cfs_buf_puts(&b, preamble);
 
-	rc = rc ? rc : put_assign(&b, "bundle", s->bundle_path);
-	rc = rc ? rc : put_assign(&b, "mount", s->mount_path);
-	rc = rc ? rc : put_assign(&b, "policy", s->policy_json);
+	rc = rc ? rc : put_assign(&b, "bundle", bundle);
+	rc = rc ? rc : put_assign(&b, "mount", mount);
+	rc = rc ? rc : put_assign(&b, "policy", policy_json);
 	rc = rc ? rc
 		: cfs_buf_puts(&b,
 			       "test -d \"$mount\"\n"
@@ -373,6 +571,23 @@ static char *pack_script(const struct cfs_session *s)
 		return NULL;
 	}
 	return cfs_buf_detach(&b);
+}
+
+static char *pack_script(const struct cfs_session *s)
+{
+	return pack_script_for(s->bundle_path, s->mount_path, s->policy_json);
+}
+
+char *cfs_session_script(const char *which, const char *bundle,
+			 const char *mount, const char *policy_json,
+			 bool keep_excluded)
+{
+	if (strcmp(which, "unpack") == 0)
+		return unpack_script_for(bundle, mount, policy_json,
+					 keep_excluded, false);
+	if (strcmp(which, "pack") == 0)
+		return pack_script_for(bundle, mount, policy_json);
+	return NULL;
 }
 
 static char *detach_script(const struct cfs_session *s)
@@ -733,8 +948,9 @@ static int open_subdir(int *fd_out, const char *tmpdir, const char *name)
 }
 
 /*
- * Exports the current tree (or opens src_dir) and packs it into
- * <tmpdir>/attach.tar.zst.
+ * The bundle to upload, <tmpdir>/attach.tar.zst: the current tree's own
+ * plaintext bundle, decrypted, authenticated and checked with the archive
+ * safety rules as it is written (no export, no repack), or src_dir packed.
  */
 static int build_bundle(struct cfs_session *s, const char *src_dir,
 			char **path_out)
@@ -743,30 +959,27 @@ static int build_bundle(struct cfs_session *s, const char *src_dir,
 	char *path = NULL;
 	int64_t t0 = cfs_monotonic_ms();
 
-	if (src_dir) {
-		treefd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		rc = treefd < 0 ? cfs_error_errno(errno, "opening %s", src_dir)
-				: 0;
-	} else {
-		rc = open_subdir(&treefd, s->tmpdir, "attach");
-		if (!rc)
-			rc = cfs_context_export(NULL, s->st, s->keys, s->id,
-						treefd, NULL, NULL);
-	}
-	if (rc)
-		goto out;
-	timing(s, "export", &t0);
 	path = cfs_asprintf("%s/attach.tar.zst", s->tmpdir);
-	if (!path) {
-		rc = CFS_ENOMEM;
-		goto out;
-	}
+	if (!path)
+		return CFS_ENOMEM;
 	bfd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (bfd < 0) {
 		rc = cfs_error_errno(errno, "creating %s", path);
 		goto out;
 	}
-	/* No fsync: a scratch file, uploaded and removed right away. */
+	if (!src_dir) {
+		/* No fsync: a scratch file, uploaded and removed right away. */
+		rc = cfs_context_fetch_bundle(NULL, s->st, s->keys, s->id, bfd,
+					      NULL, NULL);
+		if (!rc)
+			timing(s, "fetch", &t0);
+		goto out;
+	}
+	treefd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (treefd < 0) {
+		rc = cfs_error_errno(errno, "opening %s", src_dir);
+		goto out;
+	}
 	rc = cfs_bundle_pack(treefd, &s->policy, NULL, 0, cfs_bundle_fd_sink,
 			     &bfd, NULL);
 	if (!rc)
@@ -776,15 +989,8 @@ out:
 		close(bfd);
 	if (treefd >= 0)
 		close(treefd);
-	if (!src_dir) {
-		/* The exported plaintext tree is not needed any more. */
-		char *t = cfs_asprintf("%s/attach", s->tmpdir);
-
-		if (t)
-			cfs_rmtree_at(AT_FDCWD, t);
-		free(t);
-	}
 	if (rc) {
+		unlink(path);
 		free(path);
 		return rc;
 	}

@@ -163,6 +163,17 @@ void cfs_session_stop_checkpoints(struct cfs_session *s);
 /* Checkpoints taken by the periodic timer so far. */
 unsigned int cfs_session_checkpoints(const struct cfs_session *s);
 
+/*
+ * The bash script a session runs in the sandbox to unpack ("unpack": clear
+ * the managed roots, check and extract bundle into mount) or to pack
+ * ("pack": mount's persisted roots into bundle), for tests and for anyone
+ * auditing what runs in their sandbox. policy_json is the compact resolved
+ * policy. Heap string; NULL for another name or out of memory.
+ */
+char *cfs_session_script(const char *which, const char *bundle,
+			 const char *mount, const char *policy_json,
+			 bool keep_excluded);
+
 const char *cfs_session_owner(const struct cfs_session *s);
 const char *cfs_session_mount_path(const struct cfs_session *s);
 /* The context's resolved persistence policy. */

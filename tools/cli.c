@@ -337,7 +337,7 @@ int cli_scrypt_cost(uint64_t *out, const char *optval)
 {
 	const char *what = "--scrypt-cost";
 	const char *s = optval;
-	uint64_t v;
+	uint64_t v = 0;
 	int rc;
 
 	*out = 0;

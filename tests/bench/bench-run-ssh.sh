@@ -77,17 +77,33 @@ fi
 chmod 700 "$WORK"
 SSHD_PID=
 MNT=
+D=$WORK
 cleanup() {
 	if [ -n "$MNT" ]; then
 		"$BIN" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true
 	fi
 	if [ -n "$SSHD_PID" ]; then kill "$SSHD_PID" 2>/dev/null || true; wait "$SSHD_PID" 2>/dev/null || true; fi
+	if [ "$D" != "$WORK" ]; then umount "$D" 2>/dev/null || umount -l "$D" 2>/dev/null || true; fi
 	if [ "$KEEP" = 0 ]; then rm -rf -- "$WORK"; else echo "kept $WORK"; fi
 }
 trap cleanup EXIT
 
-SRC=$WORK/src
-STORE=$WORK/store
+# Every tree (source, store, both sides' remote and returned copies,
+# contextfs's temp dirs) lives on a freshly made ext4 (a loop device, as
+# root): on this machine's journal-less root ext4, creating many files
+# within ~30 s of deleting many crawls through recently_deleted() (5,000
+# files: 0.4 s -> 4 s), which would measure the disk's history, not the
+# tools. The loop file system is mounted before sshd starts so that its
+# mount namespace sees it.
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
+	truncate -s $((MIB * 24 + 2048))M "$WORK/fs.img"
+	mkfs.ext4 -q -F "$WORK/fs.img"
+	mkdir "$WORK/fs"
+	mount -o loop "$WORK/fs.img" "$WORK/fs" && D=$WORK/fs && chmod 700 "$D"
+fi
+[ "$D" != "$WORK" ] || echo "   (not root: trees stay in $WORK; recent deletions there can slow both sides)"
+SRC=$D/src
+STORE=$D/store
 KD=$WORK/sshd
 export CONTEXTSDK_STORAGE_DIR=$STORE
 CONTEXTSDK_KEY_HEX=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -95,8 +111,8 @@ export CONTEXTSDK_KEY_HEX
 unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG
 # contextfs's local temp dirs (the export it packs, the validated download
 # it commits) on the same filesystem as the baseline's trees
-mkdir -m 700 "$WORK/tmp"
-export TMPDIR=$WORK/tmp
+mkdir -m 700 "$D/tmp"
+export TMPDIR=$D/tmp
 
 # ---- the private sshd (tests/integration/test_run_ssh.py's fixture, without
 # the network namespace: it listens on 127.0.0.1 only). It runs in its own
@@ -166,7 +182,7 @@ run() {
 }
 
 step_run() {
-	CONTEXTFS_TIMING=1 run run "$1" "$BIN" run bench "${SSH_ARGS[@]}" --ssh-dir "$WORK/remote-run" -- true
+	CONTEXTFS_TIMING=1 run run "$1" "$BIN" run bench "${SSH_ARGS[@]}" --ssh-dir "$D/remote-run" -- true
 }
 step_tar() {
 	# ssh's own peak RSS counts for the baseline too: time the whole pipeline
@@ -176,13 +192,13 @@ step_tar() {
 		rm -rf -- "$dst" "$back"; mkdir -p -- "$dst" "$back"
 		tar -C "$src" -cf - . | "$@" "tar -C $dst -xf -"
 		"$@" "tar -C $dst -cf - ." | tar -C "$back" -xf -' _ \
-		"$WORK/remote-tar" "$WORK/back-tar" "$SRC" "${SSH[@]}"
+		"$D/remote-tar" "$D/back-tar" "$SRC" "${SSH[@]}"
 }
 step_old() {
-	CONTEXTFS_TIMING=1 run old "$1" "$OLD_BIN" run bench "${SSH_ARGS[@]}" --ssh-dir "$WORK/remote-old" -- true
+	CONTEXTFS_TIMING=1 run old "$1" "$OLD_BIN" run bench "${SSH_ARGS[@]}" --ssh-dir "$D/remote-old" -- true
 }
 step_push() {
-	CONTEXTFS_TIMING=1 run push "$1" "$BIN" push "$MNT" "${SSH_ARGS[@]}" --ssh-dir "$WORK/remote-push" -- true
+	CONTEXTFS_TIMING=1 run push "$1" "$BIN" push "$MNT" "${SSH_ARGS[@]}" --ssh-dir "$D/remote-push" -- true
 }
 
 STEPS="run tar"
@@ -206,8 +222,8 @@ for r in $(seq "$ROUNDS"); do
 	for _ in $(seq $(((r - 1) % $#))); do set -- "$@" "$1"; shift; done
 	for s in "$@"; do "step_$s" "$r"; done
 done
-diff -r "$SRC" "$WORK/back-tar" >/dev/null || die "the baseline's round trip differs from the source tree"
-diff -r "$SRC/workspace" "$WORK/remote-run/mnt/bench/workspace" >/dev/null ||
+diff -r "$SRC" "$D/back-tar" >/dev/null || die "the baseline's round trip differs from the source tree"
+diff -r "$SRC/workspace" "$D/remote-run/mnt/bench/workspace" >/dev/null ||
 	die "the tree contextfs extracted over ssh differs from the source tree"
 
 echo
