@@ -40,6 +40,7 @@
 
 #include "adapters/adapters.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/util.h"
 
 #define SSH_BIN "/usr/bin/ssh"
@@ -583,20 +584,50 @@ static void mux_stop(struct ssh_rt *s)
 	cfs_rmtree_at(AT_FDCWD, s->cm_dir);
 }
 
-/* A private directory for the control socket; none = no multiplexing. */
+/*
+ * The longest control socket directory: sun_path holds 108 bytes with its
+ * NUL, and ssh binds "<ControlPath>.<16 random chars>" before renaming it
+ * to <dir>/cm.
+ */
+#define CM_DIR_MAX (108 - 1 - (sizeof("/cm") - 1) - 17)
+
+/* mkdtemp under base (NULL: $TMPDIR); false when none or too long. */
+static bool mux_dir_in(struct ssh_rt *s, const char *base, const char *prefix)
+{
+	if (cfs_mkdtemp(&s->cm_dir, base, prefix) != 0) {
+		cfs_error_clear();
+		return false;
+	}
+	if (strlen(s->cm_dir) <= CM_DIR_MAX)
+		return true;
+	cfs_rmtree_at(AT_FDCWD, s->cm_dir);
+	free(s->cm_dir);
+	s->cm_dir = NULL;
+	return false;
+}
+
+/*
+ * A private directory for the control socket, under $TMPDIR or, when that
+ * path is too long for a socket, /tmp; none = no multiplexing (every call
+ * then pays a whole ssh handshake).
+ */
 static void mux_init(struct ssh_rt *s)
 {
 	char prefix[48];
 
 	cfs_sweep_stale_tmpdirs(NULL, "contextfs-ssh-");
 	snprintf(prefix, sizeof(prefix), "contextfs-ssh-%ld-", (long)getpid());
-	if (cfs_mkdtemp(&s->cm_dir, NULL, prefix) != 0) {
-		cfs_error_clear();
-		return;
+	if (!mux_dir_in(s, NULL, prefix)) {
+		cfs_sweep_stale_tmpdirs("/tmp", "contextfs-ssh-");
+		if (!mux_dir_in(s, "/tmp", prefix)) {
+			cfs_log(CFS_LOG_DEBUG, "ssh: no private directory for "
+					       "a control socket; connecting "
+					       "for every call");
+			return;
+		}
 	}
-	/* sun_path holds 108 bytes; ssh adds a suffix while it binds. */
-	if (strlen(s->cm_dir) > 60 ||
-	    !(s->cm_opt = cfs_asprintf("ControlPath=%s/cm", s->cm_dir))) {
+	s->cm_opt = cfs_asprintf("ControlPath=%s/cm", s->cm_dir);
+	if (!s->cm_opt) {
 		cfs_rmtree_at(AT_FDCWD, s->cm_dir);
 		free(s->cm_dir);
 		s->cm_dir = NULL;

@@ -207,3 +207,20 @@ def test_ssh_sigterm_stops_the_remote_command_and_saves(sshcli, ctx, store):
     assert _alive_with("sleep\0" + marker) == []
     assert cli.manifest(name)["latestVersion"]["message"] == "contextfs run SIGTERM save"
     assert not os.path.exists(os.path.join(store, "contexts", name, "lock.json"))
+
+
+def test_ssh_control_master_with_a_long_tmpdir(sshcli, ctx, tmp_path):
+    """A $TMPDIR too long for a unix socket path must not cost the control
+    master (every call would pay a whole handshake): its directory falls
+    back to /tmp."""
+    cli = sshcli
+    name, _ = ctx
+    long_tmp = tmp_path / ("t" * 90)
+    long_tmp.mkdir(mode=0o700)
+    cli.env["TMPDIR"] = str(long_tmp)
+    # the "remote" host is this machine: the control socket is visible here
+    r = cli.run("run", name, *cli.ssh_args, "--", "sh", "-c",
+                'for d in /tmp/contextfs-ssh-*; do [ -S "$d/cm" ] && echo mux; done; true')
+    assert r.rc == 0, r.err
+    assert "mux" in r.out.split()
+    assert not [n for n in os.listdir(long_tmp) if n.startswith("contextfs-ssh-")]
