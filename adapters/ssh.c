@@ -377,11 +377,13 @@ static int conn_error(struct ssh_rt *s, const struct sink *err,
 			     (int)(n > 600 ? 600 : n), n ? m : "exit 255");
 }
 
-static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
-		   const char *command, const char *user, int64_t timeout_ms)
+/* run(); out_fd >= 0: the command's stdout goes there, not to res. */
+static int run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+		  const char *command, const char *user, int64_t timeout_ms,
+		  int out_fd)
 {
 	struct ssh_rt *s = (struct ssh_rt *)rt;
-	struct sink out = {CFS_BUF_INIT, false, -1};
+	struct sink out = {CFS_BUF_INIT, false, out_fd};
 	struct sink err = {CFS_BUF_INIT, false, -1};
 	struct cfs_buf remote = CFS_BUF_INIT;
 	char nonce[17];
@@ -441,6 +443,18 @@ out:
 	cfs_buf_free(&out.buf);
 	cfs_buf_free(&err.buf);
 	return rc;
+}
+
+static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
+		   const char *command, const char *user, int64_t timeout_ms)
+{
+	return run_io(res, rt, command, user, timeout_ms, -1);
+}
+
+static int ssh_run_to_fd(struct cfs_run_result *res, struct cfs_runtime *rt,
+			 const char *command, int out_fd, int64_t timeout_ms)
+{
+	return run_io(res, rt, command, NULL, timeout_ms, out_fd);
 }
 
 /* Runs a transfer script; in_fd / out_fd carry the file's bytes. */
@@ -663,6 +677,7 @@ static const struct cfs_runtime_ops ssh_ops = {
 	.upload = ssh_upload,
 	.download = ssh_download,
 	.free = ssh_free,
+	.run_to_fd = ssh_run_to_fd,
 };
 
 static bool bad_word(const char *s)

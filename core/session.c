@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -452,9 +453,10 @@ static const char pack_py[] = PY_COMMON
 	"    if stat.S_ISDIR(st.st_mode):\n"
 	"        for c in sorted(os.listdir(p)):\n"
 	"            walk(rel + '/' + c, out)\n"
+	"dest = os.environ['CONTEXTSDK_BUNDLE']  # '-': stdout\n"
 	"z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' +\n"
-	"                      os.environ['CONTEXTSDK_ZSTD_LEVEL'], '-o',\n"
-	"                      os.environ['CONTEXTSDK_BUNDLE']],\n"
+	"                      os.environ['CONTEXTSDK_ZSTD_LEVEL']] +\n"
+	"                     (['-c'] if dest == '-' else ['-o', dest]),\n"
 	"                     stdin=subprocess.PIPE, bufsize=BUF)\n"
 	"try:\n"
 	"    if gnu_tar():\n"
@@ -542,19 +544,22 @@ static char *unpack_script(const struct cfs_session *s)
 				 s->keep_excluded, s->rt->caps.root_links);
 }
 
+/* bundle "-": the bundle goes to stdout (nothing written in the sandbox). */
 static char *pack_script_for(const char *bundle, const char *mount,
 			     const char *policy_json)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
+	bool to_stdout = strcmp(bundle, "-") == 0;
 	int rc = cfs_buf_puts(&b, preamble);
 
 	rc = rc ? rc : put_assign(&b, "bundle", bundle);
 	rc = rc ? rc : put_assign(&b, "mount", mount);
 	rc = rc ? rc : put_assign(&b, "policy", policy_json);
+	rc = rc ? rc : cfs_buf_puts(&b, "test -d \"$mount\"\n");
+	if (!rc && !to_stdout)
+		rc = cfs_buf_puts(&b, "rm -f -- \"$bundle\"\n");
 	rc = rc ? rc
 		: cfs_buf_puts(&b,
-			       "test -d \"$mount\"\n"
-			       "rm -f -- \"$bundle\"\n"
 			       "sync \"$mount\" 2>/dev/null || sync\n"
 			       "umask 077\n"
 			       "CONTEXTSDK_POLICY=\"$policy\" "
@@ -563,9 +568,9 @@ static char *pack_script_for(const char *bundle, const char *mount,
 			       "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL " "
 			       "python3 - <<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, pack_py);
-	rc = rc ? rc
-		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
-				   "test -s \"$bundle\"\n");
+	rc = rc ? rc : cfs_buf_puts(&b, "CONTEXTSDK_PY\n");
+	if (!rc && !to_stdout)
+		rc = cfs_buf_puts(&b, "test -s \"$bundle\"\n");
 	if (rc) {
 		cfs_buf_free(&b);
 		return NULL;
@@ -1256,9 +1261,102 @@ out:
 	return rc;
 }
 
+/* The sandbox's packer writing into a pipe, on a thread of its own. */
+struct pull {
+	struct cfs_session *s;
+	char *script;
+	int wfd;
+	int rc;
+	int code; /* error code of rc, kept across threads */
+	char *msg; /* and its message */
+	struct cfs_run_result res;
+};
+
+static void *pull_main(void *arg)
+{
+	struct pull *p = arg;
+	sigset_t set;
+
+	/* an unpacker that stopped early must give EPIPE, not kill us */
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	p->rc = cfs_runtime_run_to_fd(&p->res, p->s->rt, p->script, p->wfd,
+				      p->s->cmd_timeout_ms);
+	if (p->rc) {
+		p->code = cfs_error_last_code();
+		p->msg = cfs_strdup(cfs_error_last());
+	}
+	close(p->wfd);
+	p->wfd = -1;
+	return NULL;
+}
+
+/*
+ * The streamed fetch: the sandbox packs to its stdout, which the runtime
+ * streams into the unpacker here, so packing, transfer and validation
+ * overlap and no bundle is written in the sandbox or here. The packer's
+ * own failure explains a cut stream better than the unpacker's.
+ */
+static int fetch_streamed(struct cfs_session *s, int treefd, const char *label)
+{
+	struct cfs_bundle_stats stats;
+	struct pull p = {.s = s, .wfd = -1};
+	pthread_t th;
+	int fds[2], rfd, rc, e;
+	bool early = false;
+	int64_t t0 = cfs_monotonic_ms();
+
+	p.script = pack_script_for("-", s->mount_path, s->policy_json);
+	if (!p.script)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		free(p.script);
+		return cfs_error_errno(errno, "cannot create a pipe");
+	}
+	(void)fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
+	rfd = fds[0];
+	p.wfd = fds[1];
+	e = pthread_create(&th, NULL, pull_main, &p);
+	if (e) {
+		close(fds[0]);
+		close(fds[1]);
+		free(p.script);
+		return cfs_error_errno(e, "cannot start the transfer");
+	}
+	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &rfd, NULL,
+			       &stats);
+	if (rc) {
+		/* stopped before the stream's end: the unpacker's reason */
+		struct pollfd pf = {rfd, POLLIN, 0};
+
+		early = poll(&pf, 1, 0) != 1 || (pf.revents & POLLIN);
+	}
+	close(rfd); /* a packer still writing stops with EPIPE */
+	pthread_join(th, NULL);
+	free(p.script);
+	if (rc && early) {
+		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
+	} else if (p.rc) {
+		rc = cfs_error_set(p.code ? p.code : p.rc, "%s",
+				   p.msg ? p.msg : "transfer failed");
+		cfs_error_prefix("%s", label);
+	} else if (p.res.exit_code != 0) {
+		rc = cfs_runtime_check(&p.res, label);
+	} else if (rc) {
+		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
+	} else {
+		timing(s, "pack, transfer and validate", &t0);
+	}
+	free(p.msg);
+	cfs_run_result_clear(&p.res);
+	return rc;
+}
+
 /*
  * Packs in the sandbox, downloads, removes the sandbox's copy and
- * validates by unpacking into treefd. Callers hold save_mu.
+ * validates by unpacking into treefd (streamed where the runtime can).
+ * Callers hold save_mu.
  */
 static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 {
@@ -1267,6 +1365,8 @@ static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 	int bfd = -1, rc;
 	int64_t t0 = cfs_monotonic_ms();
 
+	if (cfs_runtime_streams(s->rt))
+		return fetch_streamed(s, treefd, label);
 	rc = run_script(s, pack_script(s), label);
 	if (rc)
 		return rc;

@@ -224,3 +224,16 @@ def test_ssh_control_master_with_a_long_tmpdir(sshcli, ctx, tmp_path):
     assert r.rc == 0, r.err
     assert "mux" in r.out.split()
     assert not [n for n in os.listdir(long_tmp) if n.startswith("contextfs-ssh-")]
+
+
+def test_ssh_streamed_pack_failure_is_the_packers(sshcli, ctx):
+    """The save streams the sandbox's packer into the local unpacker: a
+    packer that fails is reported as such (not as a truncated bundle), and
+    nothing is committed."""
+    cli = sshcli
+    name, _ = ctx
+    r = cli.run("run", name, *cli.ssh_args, "--", "sh", "-c", 'rm -rf "$(pwd)"')
+    assert r.rc != 0
+    assert "pack context tree failed with exit code 1" in r.err, r.err
+    assert "rejected" not in r.err
+    assert generation(cli, name) == 2
