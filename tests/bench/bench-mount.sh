@@ -5,7 +5,7 @@
 # Run by hand, as root (drop_caches, FUSE mounts); see README.md.
 #
 # usage: tests/bench/bench-mount.sh [-r ROUNDS] [-s "SYSTEM ..."] [-w WORKDIR]
-#                                   [-o OUTDIR] [-b CONTEXTFS] [-p PARTS] [-q]
+#                                   [-o OUTDIR] [-b CONTEXTFS] [-p PARTS] [-q] [-n]
 #
 #   -r ROUNDS   repeat the whole set of systems (default 2); the order of the
 #               systems is rotated every round, medians are reported
@@ -16,13 +16,24 @@
 #               cfs_commit / cfs_local = contextfs mount -o fsync=commit|local;
 #               cfs_wb = -o fsync=local,writeback_cache
 #   -w WORKDIR  scratch directory on local disk (default /var/tmp/cfs-bench-mount);
-#               backing dirs, the contextfs store and cache all live there
+#               the fresh filesystem's image (below) and the results live there
 #   -o OUTDIR   raw.tsv, summary.md, stall/storm output and logs
 #               (default WORKDIR/results/<timestamp>)
 #   -b PATH     contextfs binary (default $CONTEXTFS_BIN, else
 #               build-bench/tools/contextfs, else build/tools/contextfs)
 #   -p PARTS    subset of: fs stall storm (default all three)
 #   -q          quick: small sizes everywhere (a dry run of every step)
+#   -n          no fresh filesystem: put the trees directly in WORKDIR
+#
+# The data of every system (native's directory, the passthrough_ll and
+# gocryptfs backing dirs, contextfs's store and staging cache) lives on one
+# freshly made ext4 with a journal, loop-mounted (direct I/O) at WORKDIR/fs
+# before the first system starts and removed at the end (FRESH_FS_GIB, default
+# 16, sparse). The root ext4 of the project's machines has no journal, and
+# there creating many files within ~30 s of deleting many crawls through
+# ext4's recently_deleted(), so small_create/untar/small_delete/tree_rm
+# would measure what the disk did before. -n (or not being root, which the
+# script refuses anyway) uses WORKDIR itself.
 #
 # The workloads are tests/bench/fsbench.sh (see its header for the FSB_*
 # knobs, which pass through the environment). Output: summary.md, a table of
@@ -51,7 +62,9 @@ OUT=""
 BIN=${CONTEXTFS_BIN:-}
 PARTS="fs stall storm"
 QUICK=0
-while getopts "r:s:w:o:b:p:qh" o; do
+FRESH=1
+FRESH_FS_GIB=${FRESH_FS_GIB:-16}
+while getopts "r:s:w:o:b:p:qnh" o; do
 	case $o in
 	r) ROUNDS=$OPTARG ;;
 	s) SYSTEMS=$OPTARG ;;
@@ -60,7 +73,8 @@ while getopts "r:s:w:o:b:p:qh" o; do
 	b) BIN=$OPTARG ;;
 	p) PARTS=$OPTARG ;;
 	q) QUICK=1 ;;
-	*) sed -n '2,40p' "$0"; exit 2 ;;
+	n) FRESH=0 ;;
+	*) sed -n '2,52p' "$0"; exit 2 ;;
 	esac
 done
 if [ -z "$BIN" ]; then
@@ -101,6 +115,9 @@ RAW="$OUT/raw.tsv"
 LOG="$OUT/run.log"
 MNT="$WORK/mnt"
 BINDIR="$WORK/bin"
+# where the systems' trees live: the fresh fs, or WORKDIR itself (-n)
+if [ "$FRESH" = 1 ]; then DATA="$WORK/fs"; else DATA="$WORK"; fi
+LOOPDEV=""
 DAEMON_PID=""
 MOUNTED=""
 MOUNT_KIND=""
@@ -109,11 +126,11 @@ PW=bench-not-a-secret
 log() { printf '[bench-mount %s] %s\n' "$(date +%T)" "$*" | tee -a "$LOG" >&2; }
 
 # contextfs: a throwaway store and a raw key (no scrypt in any timing)
-export CONTEXTSDK_STORAGE_DIR="$WORK/store"
+export CONTEXTSDK_STORAGE_DIR="$DATA/store"
 CONTEXTSDK_KEY_HEX=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CONTEXTSDK_KEY_HEX
 unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG
-CFS_CACHE="$WORK/cfs-cache"
+CFS_CACHE="$DATA/cfs-cache"
 CFS_ID=bench
 cfs() { "$BIN" -q "$@"; }
 
@@ -173,7 +190,33 @@ prepare() {
 	chmod 600 "$WORK/passfile"
 	log "tree tarball: $(basename "$FSB_TAR") $(du -m "$FSB_TAR" | cut -f1) MiB, $(tar -tf "$FSB_TAR" | grep -vc '/$') files"
 	log "contextfs: $BIN ($("$BIN" --version 2>/dev/null | head -1))"
-	log "kernel $(uname -r), $(nproc) cpus, backing fs $(stat -f -c %T "$WORK") on $(df --output=source "$WORK" | tail -1)"
+	log "kernel $(uname -r), $(nproc) cpus, backing fs $(stat -f -c %T "$DATA") on $(df --output=source "$DATA" | tail -1)$([ -n "$LOOPDEV" ] && echo " (fresh ${FRESH_FS_GIB} GiB ext4 made for this run)")"
+}
+
+# ------------------------------------------------------- the fresh ext4
+# One filesystem for every system, made before the first one starts (see
+# the header): ext4 with a journal, inode tables and journal initialised by
+# mkfs (no lazy init thread writing in the background during the runs),
+# loop device in direct-I/O mode so that its pages are not cached twice.
+fresh_fs_up() {
+	command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is required for the fresh filesystem (e2fsprogs), or pass -n"
+	is_mounted "$DATA" && die "$DATA is still mounted (a previous run?); unmount it first"
+	rm -f "$WORK/fs.img"
+	truncate -s "${FRESH_FS_GIB}G" "$WORK/fs.img" || die "cannot create $WORK/fs.img"
+	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.img" ||
+		die "mkfs.ext4 $WORK/fs.img failed"
+	LOOPDEV=$(losetup -f --show --direct-io=on "$WORK/fs.img" 2>/dev/null ||
+		losetup -f --show "$WORK/fs.img") || die "losetup $WORK/fs.img failed"
+	mkdir -p "$DATA"
+	mount "$LOOPDEV" "$DATA" || { losetup -d "$LOOPDEV"; LOOPDEV=""; die "cannot mount $LOOPDEV on $DATA"; }
+}
+
+fresh_fs_down() {
+	[ -n "$LOOPDEV" ] || return 0
+	umount "$DATA" 2>/dev/null || umount -l "$DATA"
+	losetup -d "$LOOPDEV" 2>/dev/null
+	LOOPDEV=""
+	rm -f "$WORK/fs.img"
 }
 
 # ---------------------------------------------------------- mount helpers
@@ -203,7 +246,7 @@ fresh() { rm -rf "$1" && mkdir -p "$1"; }
 # cfs_mount OPTS LOGNAME: a fresh store, context and cache, then mount
 cfs_mount() {
 	local opts=$1 name=$2
-	fresh "$WORK/store"
+	fresh "$DATA/store"
 	fresh "$CFS_CACHE"
 	cfs init "$CFS_ID" >>"$LOG" 2>&1 || { log "contextfs init failed"; return 1; }
 	if ! cfs mount "$CFS_ID" "$MNT" -o "cache=$CFS_CACHE,$opts" \
@@ -230,21 +273,21 @@ mount_sys() {
 	DAEMON_PID=""
 	TESTDIR=""
 	MOUNT_KIND=""
-	fresh "$WORK/back"
+	fresh "$DATA/back"
 	mkdir -p "$MNT"
 	case $sys in
 	native)
-		TESTDIR="$WORK/back"; return 0 ;;
+		TESTDIR="$DATA/back"; return 0 ;;
 	pt_ll)	# low-level, inode based, defaults (cache=auto, timeout=1)
-		start_daemon "$sys" "$BINDIR/passthrough_ll" -f -o "source=$WORK/back" "$MNT"
+		start_daemon "$sys" "$BINDIR/passthrough_ll" -f -o "source=$DATA/back" "$MNT"
 		TESTDIR="$MNT" ;;
 	pt_ll_wb)	# writeback cache + cache=always (86400 s timeouts, keep_cache)
-		start_daemon "$sys" "$BINDIR/passthrough_ll" -f -o "source=$WORK/back,writeback,cache=always" "$MNT"
+		start_daemon "$sys" "$BINDIR/passthrough_ll" -f -o "source=$DATA/back,writeback,cache=always" "$MNT"
 		TESTDIR="$MNT" ;;
 	gocryptfs)
-		fresh "$WORK/cipher"
-		gocryptfs -init -quiet -passfile "$WORK/passfile" "$WORK/cipher" >>"$LOG" 2>&1 || return 1
-		start_daemon "$sys" gocryptfs -fg -quiet -nosyslog -passfile "$WORK/passfile" "$WORK/cipher" "$MNT"
+		fresh "$DATA/cipher"
+		gocryptfs -init -quiet -passfile "$WORK/passfile" "$DATA/cipher" >>"$LOG" 2>&1 || return 1
+		start_daemon "$sys" gocryptfs -fg -quiet -nosyslog -passfile "$WORK/passfile" "$DATA/cipher" "$MNT"
 		TESTDIR="$MNT" ;;
 	cfs_commit)	# contextfs, fsync = a commit that has landed in the store
 		cfs_mount "fsync=commit" "$sys" || return 1
@@ -296,10 +339,11 @@ umount_sys() {
 		DAEMON_PID=""
 	fi
 	MOUNT_KIND=""
-	rm -rf "$WORK/back" "$WORK/cipher" "$CFS_CACHE" "$WORK/store"
+	rm -rf "$DATA/back" "$DATA/cipher" "$CFS_CACHE" "$DATA/store"
 	sync
 }
-trap 'umount_sys; exit 130' INT TERM
+trap 'umount_sys; fresh_fs_down; exit 130' INT TERM
+trap 'fresh_fs_down' EXIT
 
 # ---------------------------------------------------------------- summary
 summarize() {
@@ -501,7 +545,7 @@ run_stall() {
 	local st="$OUT/stall.txt"
 	log "stall: contextfs fsync=commit, ${STALL_MIB} MiB tree"
 	umount_sys
-	fresh "$WORK/back"
+	fresh "$DATA/back"
 	cfs_mount "fsync=commit" stall || { echo "stall: mount failed" >>"$st"; return 1; }
 	local T="$MNT/workspace/stall"
 	{
@@ -583,7 +627,7 @@ run_storm() {
 	local so="$OUT/storm.txt"
 	log "storm: $STORM_THREADS threads x $STORM_FSYNCS fsyncs, ${STORM_MIB} MiB tree"
 	umount_sys
-	fresh "$WORK/back"
+	fresh "$DATA/back"
 	cfs_mount "fsync=commit" storm || { echo "storm: mount failed" >>"$so"; return 1; }
 	make_tree "$MNT/workspace/base" "$STORM_MIB" >/dev/null
 	"$BIN" -q sync "$MNT" >>"$LOG" 2>&1
@@ -657,6 +701,7 @@ PY
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 is_mounted "$MNT" && die "$MNT is still mounted (a previous run?); unmount it first"
+[ "$FRESH" = 1 ] && fresh_fs_up
 prepare
 log "systems: $SYSTEMS; rounds: $ROUNDS; parts: $PARTS; out: $OUT; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'round\tlabel\tworkload\tvalue\tunit\n' >"$RAW"
