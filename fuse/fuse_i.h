@@ -93,6 +93,7 @@ struct cfs_fs {
 	bool wb_wanted; /* -o writeback_cache */
 	bool writeback; /* ... and the kernel agreed (set by op_init) */
 	bool debug;
+	bool kernel_perms; /* default_permissions (see serve() in mount.c) */
 	unsigned commit_interval_s;
 	unsigned checkpoint_interval_s;
 	struct fuse_session *se;

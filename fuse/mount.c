@@ -46,7 +46,7 @@ extern char **environ;
 void cfs_mount_opts_init(struct cfs_mount_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->attr_timeout = 1.0;
+	o->attr_timeout = CFS_MOUNT_ATTR_TIMEOUT;
 }
 
 void cfs_mount_opts_clear(struct cfs_mount_opts *o)
@@ -111,8 +111,9 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 			o->writeback_cache = true;
 		} else if (!v && strcmp(tok, "no_writeback_cache") == 0) {
 			o->writeback_cache = false;
-		} else if (!v && (strcmp(tok, "default_permissions") == 0 ||
-				  strcmp(tok, "dev") == 0 ||
+		} else if (!v && strcmp(tok, "default_permissions") == 0) {
+			o->default_permissions = true;
+		} else if (!v && (strcmp(tok, "dev") == 0 ||
 				  strcmp(tok, "suid") == 0 ||
 				  strcmp(tok, "exec") == 0 ||
 				  strcmp(tok, "auto") == 0 ||
@@ -147,7 +148,7 @@ int cfs_mount_opts_parse(struct cfs_mount_opts *o, const char *optstr)
 					"second");
 			o->lock_ttl_ms = (int64_t)n * 1000;
 		} else if (v && strcmp(tok, "attr_timeout") == 0) {
-			rc = parse_num(&n, tok, v, 3600);
+			rc = parse_num(&n, tok, v, CFS_MOUNT_ATTR_TIMEOUT);
 			o->attr_timeout = (double)n;
 		} else if (v && strcmp(tok, "commit_interval") == 0) {
 			rc = parse_num(&n, tok, v, 86400 * 7);
@@ -653,11 +654,12 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	fs->fsync_local = o->fsync_local;
 	fs->wb_wanted = o->writeback_cache && !o->read_only;
 	if (fs->wb_wanted && !kernel_at_least(6, 15))
-		cfs_warn("%s: -o writeback_cache is verified on Linux >= 6.15 "
-			 "only: older kernels may finish writeback before the "
-			 "daemon has the data, so a commit or SIGTERM could miss "
-			 "pages; prefer the default write-through mount there",
-			 fs->mountpoint);
+		cfs_warn(
+			"%s: -o writeback_cache is verified on Linux >= 6.15 "
+			"only: older kernels may finish writeback before the "
+			"daemon has the data, so a commit or SIGTERM could miss "
+			"pages; prefer the default write-through mount there",
+			fs->mountpoint);
 	fs->debug = o->debug;
 	fs->commit_interval_s = o->commit_interval_s;
 	fs->checkpoint_interval_s = o->checkpoint_interval_s;
@@ -784,10 +786,23 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 	if (!fs->ro)
 		(void)cfs_state_write(fs, !recovered);
 
-	fuse_o = cfs_asprintf("fsname=contextfs:%s,subtype=contextfs,"
-			      "default_permissions%s%s",
-			      fs->ref.id, fs->ro ? ",ro" : "",
-			      o->allow_other ? ",allow_other" : "");
+	/*
+	 * The kernel checks permissions (default_permissions) unless only
+	 * root can use the mount: a root daemon without allow_other, whose
+	 * callers the kernel restricts to uid and gid 0. Root passes every
+	 * check the kernel would make (exec of a file without x bits the
+	 * kernel still refuses, access(2) is op_access), and skipping them
+	 * saves a GETATTR of the parent per create, unlink or rename: every
+	 * change to a directory expires its cached attributes.
+	 * -o default_permissions asks for them anyway (a root without
+	 * CAP_DAC_OVERRIDE would otherwise get the daemon's rights).
+	 */
+	fs->kernel_perms =
+		fs->uid != 0 || o->allow_other || o->default_permissions;
+	fuse_o = cfs_asprintf(
+		"fsname=contextfs:%s,subtype=contextfs%s%s%s", fs->ref.id,
+		fs->kernel_perms ? ",default_permissions" : "",
+		fs->ro ? ",ro" : "", o->allow_other ? ",allow_other" : "");
 	if (!fuse_o || fuse_opt_add_arg(&args, "contextfs") ||
 	    fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, fuse_o) ||
 	    (o->debug && fuse_opt_add_arg(&args, "-d"))) {

@@ -35,17 +35,29 @@ struct cfs_mount_opts {
 	bool read_only; /* ro: no lock, EROFS to writers */
 	bool fsync_local; /* fsync=local: fsync only reaches the staging disk */
 	bool allow_other; /* allow_other (passed to the kernel) */
+	/* default_permissions: the kernel checks permissions even on a root
+	 * mount without allow_other (where it otherwise does not) */
+	bool default_permissions;
 	/* writeback_cache: the kernel buffers writes; see docs/SEMANTICS.md */
 	bool writeback_cache;
 	int64_t lock_ttl_ms; /* lock_ttl=SECONDS; <= 0 = lock default */
-	double attr_timeout; /* attr_timeout=SECONDS (default 1.0) */
+	/* attr_timeout=SECONDS: how long the kernel may trust attributes,
+	 * names and absences (default CFS_MOUNT_ATTR_TIMEOUT) */
+	double attr_timeout;
 	unsigned commit_interval_s; /* commit_interval=SECONDS; 0 = off */
 	/* checkpoint_interval=SECONDS; 0 = off. Checkpoints (REFERENCE.md
 	 * §8.4) of changes not yet committed as a generation. */
 	unsigned checkpoint_interval_s;
 };
 
-/* Defaults (everything off, attr_timeout 1 s). */
+/*
+ * Only the daemon changes the staging tree, and the kernel learns of every
+ * change it makes itself (see docs/SEMANTICS.md, "Caching"): the kernel
+ * may keep what it was told for a day, as passthrough_ll -o cache=always.
+ */
+#define CFS_MOUNT_ATTR_TIMEOUT 86400
+
+/* Defaults (everything off, attr_timeout CFS_MOUNT_ATTR_TIMEOUT). */
 void cfs_mount_opts_init(struct cfs_mount_opts *o);
 /* Frees the owned strings (not the borrowed pointers). */
 void cfs_mount_opts_clear(struct cfs_mount_opts *o);

@@ -855,6 +855,8 @@ cJSON *cfs_fs_status_json(struct cfs_fs *fs)
 	/* what the kernel agreed to (fuse/initshim.h, -o writeback_cache) */
 	cJSON_AddBoolToObject(o, "writebackCache", fs->writeback);
 	cJSON_AddBoolToObject(o, "handleKillprivV2", fs->initshim.granted);
+	cJSON_AddBoolToObject(o, "kernelPermissionChecks", fs->kernel_perms);
+	cJSON_AddNumberToObject(o, "attrTimeout", fs->timeout);
 	cJSON_AddStringToObject(o, "fsync",
 				fs->fsync_local ? "local" : "commit");
 	cJSON_AddStringToObject(o, "state",

@@ -7,9 +7,16 @@ and asserts the identical outcome: the same return value, or the same errno
 native counterpart (the top-level layout, the xattr namespaces the mount
 keeps, commits on fsync) assert the mount's documented behaviour.
 
-One mount serves the whole module (mounted with allow_other so that the
-non-root cases, run in a forked child with uid/gid 65534, reach it). It is
-unmounted at the end, and the daemon must not have logged any error.
+One mount serves the whole module, in three modes: write-through and
+-o writeback_cache, both with allow_other so that the non-root cases (run in
+a forked child with uid/gid 65534) reach it and the kernel checks
+permissions (default_permissions); and "rootonly", write-through without
+allow_other, where only root can reach the mount and the daemon does not ask
+the kernel for permission checks (fuse/mount.c serve()): there the non-root
+cases check that uid 65534 is refused and skip the rest. The kernel keeps
+attributes, names and absences for a day (attr_timeout), so every case is
+also a check that nothing it cached went stale. The mount is unmounted at
+the end, and the daemon must not have logged any error.
 
 Run:  CONTEXTFS_BIN=build-x/tools/contextfs /usr/bin/python3 -m pytest tests/integration/test_posix.py
 """
@@ -227,7 +234,17 @@ class Pair:
                 assert n[1] == value, n[1]
         return n[1]
 
+    def other_users(self):
+        """Non-root cases need allow_other: on the root-only mount, check
+        that uid 65534 cannot reach it at all, and skip the rest."""
+        if self.rootonly:
+            assert as_nobody(os.stat, self.m) == ("err", "EACCES")
+            assert self.env.status(self.mp)["kernelPermissionChecks"] is False
+            pytest.skip("root-only mount: other users are refused by the kernel")
+        assert self.env.status(self.mp)["kernelPermissionChecks"] is True
+
     def nobody(self, fn, err=None):
+        self.other_users()
         n = as_nobody(fn, self.n)
         m = as_nobody(fn, self.m)
         assert m == n, "as uid %d: mount %r != native %r" % (NOBODY, m, n)
@@ -276,21 +293,23 @@ def st_view(st, times=False):
 # ---- fixtures ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["writethrough", "writeback_cache"])
+@pytest.fixture(scope="module", params=["writethrough", "writeback_cache", "rootonly"])
 def mounted(request):
-    """The default write-through mount, and -o writeback_cache (the kernel
-    buffers writes): both must behave as the native filesystem."""
+    """The default write-through mount, -o writeback_cache (the kernel
+    buffers writes) and a root-only mount (no allow_other: no kernel
+    permission checks): all must behave as the native filesystem."""
     # under /tmp, traversable by uid 65534 (pytest's tmp_path is 0700)
     base = tempfile.mkdtemp(prefix="cfs-posix-", dir="/tmp")
     os.chmod(base, 0o755)
     env = Env(base)
     env.run("init", "ctx")
-    opts = "allow_other" + (",writeback_cache" if request.param == "writeback_cache" else "")
+    opts = {"writethrough": "allow_other", "writeback_cache": "allow_other,writeback_cache",
+            "rootonly": ""}[request.param]
     mp = env.mount("ctx", opts=opts)
     os.chmod(j(mp, "workspace"), 0o755)
     native = j(base, "native")
     os.mkdir(native, 0o755)
-    yield env, mp, native, request.param == "writeback_cache"
+    yield env, mp, native, request.param
     try:
         if is_mounted(mp):
             env.umount(mp)
@@ -303,7 +322,7 @@ def mounted(request):
 
 @pytest.fixture
 def pp(mounted, request):
-    env, mp, native, wb = mounted
+    env, mp, native, mode = mounted
     name = "t-" + request.node.name.replace("[", "-").replace("]", "")[:80]
     m = j(mp, "workspace", name)
     n = j(native, name)
@@ -311,7 +330,8 @@ def pp(mounted, request):
     os.mkdir(m, 0o755)
     os.mkdir(n, 0o755)
     pair = Pair(env, mp, m, n)
-    pair.wb = wb
+    pair.wb = mode == "writeback_cache"
+    pair.rootonly = mode == "rootonly"
     yield pair
     os.umask(old)
 
@@ -1198,6 +1218,7 @@ def test_permissions_as_nobody(pp):
                          ("rodir/f", 0o666), ("open", 0o777), ("sticky", 0o1777), ("sticky/roots", 0o666)):
             os.chmod(j(r, nm), mode)
 
+    pp.other_users()
     pp.setup(mk)
     pp.nobody(lambda r: rfile(j(r, "secret")), errno.EACCES)
     pp.nobody(lambda r: rfile(j(r, "ro")))
@@ -1257,6 +1278,8 @@ def test_setid_bits_cleared_like_native(pp):
             wfile(j(r, nm), b"x")
             os.chmod(j(r, nm), mode)
         os.chown(j(r, "ingroup_sgid_nox"), 0, NOBODY)
+
+    pp.other_users()
 
     def append(nm):
         def fn(r):
