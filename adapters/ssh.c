@@ -257,13 +257,13 @@ out:
 }
 
 /*
- * The remote wrapper: runs script with bash in its own session, a
- * watchdog killing that session after timeout_s (0 = none), then prints
- * the trailer "<TRAILER><nonce>=<status>[ timeout]" as the last stderr
- * line.
+ * The remote wrapper: runs script with bash in its own session (stdin
+ * passed through with with_stdin, else /dev/null), a watchdog killing
+ * that session after timeout_s (0 = none), then prints the trailer
+ * "<TRAILER><nonce>=<status>[ timeout]" as the last stderr line.
  */
 static int wrap(struct cfs_buf *b, const char *script, int64_t timeout_ms,
-		const char *nonce)
+		const char *nonce, bool with_stdin)
 {
 	struct cfs_buf inner = CFS_BUF_INIT;
 	int rc = cfs_buf_puts(&inner, "c=");
@@ -273,7 +273,7 @@ static int wrap(struct cfs_buf *b, const char *script, int64_t timeout_ms,
 		: cfs_buf_printf(
 			  &inner,
 			  "\nf=\"${TMPDIR:-/tmp}/.cfs-wd-%s\"\n"
-			  "setsid bash -c \"$c\" </dev/null & p=$!\n"
+			  "setsid bash -c \"$c\" %s & p=$!\n"
 			  "printf '%s%s=%%d\\n' \"$p\" >&2\n"
 			  "w=\nif [ %lld -gt 0 ]; then\n"
 			  "  setsid bash -c \"sleep %lld.%03lld; echo t > '$f'; "
@@ -285,7 +285,8 @@ static int wrap(struct cfs_buf *b, const char *script, int64_t timeout_ms,
 			  "t=$(cat \"$f\" 2>/dev/null); rm -f \"$f\"; fi\n"
 			  "printf '\\n%s%s=%%d%%s\\n' \"$r\" "
 			  "\"${t:+ timeout}\" >&2\n",
-			  nonce, PIDTAG, nonce, (long long)timeout_ms,
+			  nonce, with_stdin ? "<&0" : "</dev/null", PIDTAG,
+			  nonce, (long long)timeout_ms,
 			  (long long)(timeout_ms / 1000),
 			  (long long)(timeout_ms % 1000), TRAILER, nonce);
 	rc = rc ? rc : cfs_buf_puts(b, "exec bash -c ");
@@ -377,10 +378,13 @@ static int conn_error(struct ssh_rt *s, const struct sink *err,
 			     (int)(n > 600 ? 600 : n), n ? m : "exit 255");
 }
 
-/* run(); out_fd >= 0: the command's stdout goes there, not to res. */
+/*
+ * run(); in_fd >= 0: the command's stdin; out_fd >= 0: its stdout goes
+ * there, not to res.
+ */
 static int run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
 		  const char *command, const char *user, int64_t timeout_ms,
-		  int out_fd)
+		  int in_fd, int out_fd)
 {
 	struct ssh_rt *s = (struct ssh_rt *)rt;
 	struct sink out = {CFS_BUF_INIT, false, out_fd};
@@ -398,11 +402,12 @@ static int run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
 				     "login user only (asked for %s)",
 				     user);
 	cfs_random_hex(nonce, 8);
-	rc = wrap(&remote, command, timeout_ms > 0 ? timeout_ms : 0, nonce);
+	rc = wrap(&remote, command, timeout_ms > 0 ? timeout_ms : 0, nonce,
+		  in_fd >= 0);
 	if (rc)
 		goto out;
 	rc = ssh_spawn(
-		&status, s, remote.ptr, true, -1, &out, &err,
+		&status, s, remote.ptr, true, in_fd, &out, &err,
 		timeout_ms > 0 ? cfs_monotonic_ms() + timeout_ms + GRACE_MS : 0,
 		rt->cancel);
 	if (rc)
@@ -448,13 +453,14 @@ out:
 static int ssh_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		   const char *command, const char *user, int64_t timeout_ms)
 {
-	return run_io(res, rt, command, user, timeout_ms, -1);
+	return run_io(res, rt, command, user, timeout_ms, -1, -1);
 }
 
-static int ssh_run_to_fd(struct cfs_run_result *res, struct cfs_runtime *rt,
-			 const char *command, int out_fd, int64_t timeout_ms)
+static int ssh_run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+		      const char *command, int in_fd, int out_fd,
+		      int64_t timeout_ms)
 {
-	return run_io(res, rt, command, NULL, timeout_ms, out_fd);
+	return run_io(res, rt, command, NULL, timeout_ms, in_fd, out_fd);
 }
 
 /* Runs a transfer script; in_fd / out_fd carry the file's bytes. */
@@ -677,7 +683,7 @@ static const struct cfs_runtime_ops ssh_ops = {
 	.upload = ssh_upload,
 	.download = ssh_download,
 	.free = ssh_free,
-	.run_to_fd = ssh_run_to_fd,
+	.run_io = ssh_run_io,
 };
 
 static bool bad_word(const char *s)

@@ -66,23 +66,24 @@ int cfs_runtime_download(struct cfs_runtime *rt, const char *remote_path,
 bool cfs_runtime_streams(const struct cfs_runtime *rt)
 {
 	return rt && rt->ops && rt->ops->version == CFS_RUNTIME_VERSION &&
-	       rt->ops->run_to_fd;
+	       rt->ops->run_io;
 }
 
-int cfs_runtime_run_to_fd(struct cfs_run_result *res, struct cfs_runtime *rt,
-			  const char *command, int out_fd, int64_t timeout_ms)
+int cfs_runtime_run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+		       const char *command, int in_fd, int out_fd,
+		       int64_t timeout_ms)
 {
 	int rc = check_ops(rt);
 
 	memset(res, 0, sizeof(*res));
 	if (rc)
 		return rc;
-	if (!rt->ops->run_to_fd)
+	if (!rt->ops->run_io)
 		return cfs_error_set(CFS_EUNSUPPORTED,
 				     "runtime %s cannot stream a command's "
-				     "output",
+				     "input or output",
 				     rt->id);
-	return rt->ops->run_to_fd(res, rt, command, out_fd, timeout_ms);
+	return rt->ops->run_io(res, rt, command, in_fd, out_fd, timeout_ms);
 }
 
 int cfs_runtime_keep_alive(struct cfs_runtime *rt)

@@ -81,14 +81,16 @@ struct cfs_runtime_ops {
 	/* Frees the handle (after dispose or kill, or leaving the sandbox). */
 	void (*free)(struct cfs_runtime *rt);
 	/*
-	 * Optional: run() with the command's stdout streamed into out_fd
-	 * (binary safe; res->out stays empty) as it is produced, so that a
-	 * caller can consume a transfer while the sandbox still makes it.
-	 * A reader closing its end makes this fail with CFS_EIO. res gets
-	 * the exit code and stderr as with run().
+	 * Optional: run() with the command's stdin read from in_fd (-1:
+	 * none) and its stdout streamed into out_fd (-1: captured in res as
+	 * with run()), binary safe, as they are produced and consumed, so
+	 * that a transfer overlaps the work at both ends. A reader closing
+	 * out_fd's other end makes this fail with CFS_EIO. res gets the exit
+	 * code and stderr as with run().
 	 */
-	int (*run_to_fd)(struct cfs_run_result *res, struct cfs_runtime *rt,
-			 const char *command, int out_fd, int64_t timeout_ms);
+	int (*run_io)(struct cfs_run_result *res, struct cfs_runtime *rt,
+		      const char *command, int in_fd, int out_fd,
+		      int64_t timeout_ms);
 };
 
 /*
@@ -135,8 +137,9 @@ int cfs_runtime_upload(struct cfs_runtime *rt, const char *local_path,
 int cfs_runtime_download(struct cfs_runtime *rt, const char *remote_path,
 			 const char *local_path);
 /* CFS_EUNSUPPORTED when the adapter cannot stream (use a file). */
-int cfs_runtime_run_to_fd(struct cfs_run_result *res, struct cfs_runtime *rt,
-			  const char *command, int out_fd, int64_t timeout_ms);
+int cfs_runtime_run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+		       const char *command, int in_fd, int out_fd,
+		       int64_t timeout_ms);
 bool cfs_runtime_streams(const struct cfs_runtime *rt);
 int cfs_runtime_keep_alive(struct cfs_runtime *rt); /* 0 if unsupported */
 /* CFS_EUNSUPPORTED when the adapter cannot kill. */

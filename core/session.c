@@ -174,7 +174,7 @@ static const char preamble[] =
  * header read). A rejected archive is not decompressed further.
  */
 static const char unpack_py[] = PY_COMMON
-	"import codecs, re\n"
+	"import codecs, re, signal, threading\n"
 	"MAX_ENTRIES = 1000000\n"
 	"BUF = 1 << 20\n"
 	"TFKW = {'copybufsize': BUF} if sys.version_info >= (3, 8) else {}\n"
@@ -299,15 +299,9 @@ static const char unpack_py[] = PY_COMMON
 	"        return False\n"
 	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"
 	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
-	"def scan():\n"
+	"def scan_list(z, t):\n"
 	"    # tar prints each member as it reads its header, so a bad one stops\n"
 	"    # the scan before tar reads (or decompresses) its data.\n"
-	"    z = zstd_open(quiet=True)\n"
-	"    t = subprocess.Popen(['tar', '-tv', '--numeric-owner',\n"
-	"                          '--quoting-style=c', '-f', '-'], stdin=z.stdout,\n"
-	"                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,\n"
-	"                         env=dict(os.environ, LC_ALL='C'))\n"
-	"    z.stdout.close()\n"
 	"    ok = True\n"
 	"    for ln in t.stdout:\n"
 	"        m = LINE.match(ln.decode('ascii', 'replace').rstrip('\\n'))\n"
@@ -331,8 +325,62 @@ static const char unpack_py[] = PY_COMMON
 	"        t.kill()\n"
 	"        z.kill()\n"
 	"    t.stdout.close()\n"
-	"    return t.wait() == 0 and z.wait() == 0 and ok\n"
-	"if gnu_tar() and scan():\n"
+	"    return ok\n"
+	"def tar_list(stdin):\n"
+	"    return subprocess.Popen(['tar', '-tv', '--numeric-owner',\n"
+	"                             '--quoting-style=c', '-f', '-'], stdin=stdin,\n"
+	"                            stdout=subprocess.PIPE,\n"
+	"                            stderr=subprocess.DEVNULL,\n"
+	"                            env=dict(os.environ, LC_ALL='C'))\n"
+	"def scan_end(z, t, ok):\n"
+	"    # zstd may be cut off by tar leaving after the end-of-archive blocks\n"
+	"    return t.wait() == 0 and z.wait() in (0, -signal.SIGPIPE) and ok\n"
+	"def scan():\n"
+	"    z = zstd_open(quiet=True)\n"
+	"    t = tar_list(z.stdout)\n"
+	"    z.stdout.close()\n"
+	"    return scan_end(z, t, scan_list(z, t))\n"
+	"def receive(fast):\n"
+	"    # The bundle arrives on fd 3: into the bundle file and, on the fast\n"
+	"    # path, through the scan at the same time.\n"
+	"    part = sys.argv[1] + '.part'\n"
+	"    f = open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),\n"
+	"             'wb')\n"
+	"    z = t = th = None\n"
+	"    res = [False]\n"
+	"    if fast:\n"
+	"        z = subprocess.Popen(['zstd', '-dcq'], stdin=subprocess.PIPE,\n"
+	"                             stdout=subprocess.PIPE,\n"
+	"                             stderr=subprocess.DEVNULL, bufsize=0)\n"
+	"        t = tar_list(z.stdout)\n"
+	"        z.stdout.close()\n"
+	"        th = threading.Thread(target=lambda: res.__setitem__(\n"
+	"            0, scan_list(z, t)))\n"
+	"        th.start()\n"
+	"    feed = z is not None\n"
+	"    while True:\n"
+	"        b = os.read(3, BUF)\n"
+	"        if not b:\n"
+	"            break\n"
+	"        f.write(b)\n"
+	"        while feed and b:\n"
+	"            try:\n"
+	"                b = b[os.write(z.stdin.fileno(), b):]\n"
+	"            except OSError:  # the scan stopped\n"
+	"                feed = False\n"
+	"    f.close()\n"
+	"    os.rename(part, sys.argv[1])\n"
+	"    if z is None:\n"
+	"        return False\n"
+	"    z.stdin.close()\n"
+	"    th.join()\n"
+	"    return scan_end(z, t, res[0])\n"
+	"fast = gnu_tar()\n"
+	"if os.environ.get('CONTEXTSDK_BUNDLE_STDIN') == '1':\n"
+	"    fast = receive(fast)\n"
+	"elif fast:\n"
+	"    fast = scan()\n"
+	"if fast:\n"
 	"    z = zstd_open()\n"
 	"    t = subprocess.run(['tar', '-x', '-f', '-', '-C', mount, '-p',\n"
 	"                        '--no-same-owner'], stdin=z.stdout)\n"
@@ -500,9 +548,13 @@ static int put_assign(struct cfs_buf *b, const char *name, const char *value)
 	return rc ? rc : cfs_buf_puts(b, "\n");
 }
 
+/*
+ * from_stdin: the bundle arrives on the script's stdin (run_io) and is
+ * written to bundle while it is checked; else it was uploaded there.
+ */
 static char *unpack_script_for(const char *bundle, const char *mount,
 			       const char *policy_json, bool keep_excluded,
-			       bool root_links)
+			       bool root_links, bool from_stdin)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	int rc = cfs_buf_puts(&b, preamble);
@@ -510,14 +562,22 @@ static char *unpack_script_for(const char *bundle, const char *mount,
 	rc = rc ? rc : put_assign(&b, "bundle", bundle);
 	rc = rc ? rc : put_assign(&b, "mount", mount);
 	rc = rc ? rc : put_assign(&b, "policy", policy_json);
+	/* the plaintext must not linger, whatever happens */
 	rc = rc ? rc
-		: cfs_buf_puts(&b, "mkdir -p -- \"$mount\"\n"
-				   "CONTEXTSDK_POLICY=\"$policy\" ");
+		: cfs_buf_puts(&b, "trap 'rm -f -- \"$bundle\" "
+				   "\"$bundle.part\"' EXIT\n"
+				   "mkdir -p -- \"$mount\"\n");
+	if (!rc && from_stdin)
+		rc = cfs_buf_puts(&b, "(umask 077; mkdir -p -- "
+				      "\"$(dirname -- \"$bundle\")\")\n"
+				      "CONTEXTSDK_BUNDLE_STDIN=1 ");
+	rc = rc ? rc : cfs_buf_puts(&b, "CONTEXTSDK_POLICY=\"$policy\" ");
 	if (!rc && keep_excluded)
 		rc = cfs_buf_puts(&b, "CONTEXTSDK_KEEP_EXCLUDED=1 ");
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "CONTEXTSDK_MOUNT=\"$mount\" "
-				   "python3 - \"$bundle\" <<'CONTEXTSDK_PY'\n");
+				   "python3 - \"$bundle\" 3<&0 "
+				   "<<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, unpack_py);
 	rc = rc ? rc
 		: cfs_buf_puts(&b, "CONTEXTSDK_PY\n"
@@ -541,7 +601,8 @@ static char *unpack_script_for(const char *bundle, const char *mount,
 static char *unpack_script(const struct cfs_session *s)
 {
 	return unpack_script_for(s->bundle_path, s->mount_path, s->policy_json,
-				 s->keep_excluded, s->rt->caps.root_links);
+				 s->keep_excluded, s->rt->caps.root_links,
+				 false);
 }
 
 /* bundle "-": the bundle goes to stdout (nothing written in the sandbox). */
@@ -587,9 +648,10 @@ char *cfs_session_script(const char *which, const char *bundle,
 			 const char *mount, const char *policy_json,
 			 bool keep_excluded)
 {
-	if (strcmp(which, "unpack") == 0)
+	if (strcmp(which, "unpack") == 0 || strcmp(which, "unpack-stdin") == 0)
 		return unpack_script_for(bundle, mount, policy_json,
-					 keep_excluded, false);
+					 keep_excluded, false,
+					 strcmp(which, "unpack-stdin") == 0);
 	if (strcmp(which, "pack") == 0)
 		return pack_script_for(bundle, mount, policy_json);
 	return NULL;
@@ -953,6 +1015,37 @@ static int open_subdir(int *fd_out, const char *tmpdir, const char *name)
 }
 
 /*
+ * Uploads and unpacks in one command: the bundle is the unpacker's stdin,
+ * checked in the sandbox as it arrives (run_io).
+ */
+static int push_streamed(struct cfs_session *s, const char *bundle)
+{
+	struct cfs_run_result res;
+	char *script;
+	int fd, rc;
+
+	fd = open(bundle, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cfs_error_errno(errno, "opening %s", bundle);
+	script = unpack_script_for(s->bundle_path, s->mount_path,
+				   s->policy_json, s->keep_excluded,
+				   s->rt->caps.root_links, true);
+	if (!script) {
+		close(fd);
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	}
+	rc = cfs_runtime_run_io(&res, s->rt, script, fd, -1, s->cmd_timeout_ms);
+	close(fd);
+	free(script);
+	if (!rc)
+		rc = cfs_runtime_check(&res, "mount context bundle");
+	else
+		cfs_error_prefix("uploading the context to %s", s->rt->id);
+	cfs_run_result_clear(&res);
+	return rc;
+}
+
+/*
  * The bundle to upload, <tmpdir>/attach.tar.zst: the current tree's own
  * plaintext bundle, decrypted, authenticated and checked with the archive
  * safety rules as it is written (no export, no repack), or src_dir packed.
@@ -1118,17 +1211,27 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 		if (rc)
 			goto fail;
 		t0 = cfs_monotonic_ms();
-		rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
-		unlink(bundle);
-		if (rc) {
-			cfs_error_prefix("uploading the context to %s", rt->id);
-			goto fail;
+		if (cfs_runtime_streams(rt)) {
+			rc = push_streamed(s, bundle);
+			unlink(bundle);
+			if (rc)
+				goto fail;
+			timing(s, "transfer and remote extract", &t0);
+		} else {
+			rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
+			unlink(bundle);
+			if (rc) {
+				cfs_error_prefix("uploading the context to %s",
+						 rt->id);
+				goto fail;
+			}
+			timing(s, "upload", &t0);
+			rc = run_script(s, unpack_script(s),
+					"mount context bundle");
+			if (rc)
+				goto fail;
+			timing(s, "remote extract", &t0);
 		}
-		timing(s, "upload", &t0);
-		rc = run_script(s, unpack_script(s), "mount context bundle");
-		if (rc)
-			goto fail;
-		timing(s, "remote extract", &t0);
 	}
 	rc = heartbeat_start(s, opts->heartbeat_ms);
 	if (rc)
@@ -1281,8 +1384,8 @@ static void *pull_main(void *arg)
 	sigemptyset(&set);
 	sigaddset(&set, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	p->rc = cfs_runtime_run_to_fd(&p->res, p->s->rt, p->script, p->wfd,
-				      p->s->cmd_timeout_ms);
+	p->rc = cfs_runtime_run_io(&p->res, p->s->rt, p->script, -1, p->wfd,
+				   p->s->cmd_timeout_ms);
 	if (p->rc) {
 		p->code = cfs_error_last_code();
 		p->msg = cfs_strdup(cfs_error_last());

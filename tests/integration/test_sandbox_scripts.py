@@ -39,12 +39,23 @@ def script(which, bundle, mount, keep=False):
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
-def run_script(text, fast, timeout=60):
+def run_script(text, fast, timeout=60, stdin=None):
     env = dict(os.environ, CONTEXTSDK_TAR_FAST="1" if fast else "0", PATH="/usr/bin:/bin")
-    return subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=stdin if stdin is not None else subprocess.DEVNULL)
 
 
-def unpack(tmp, name, zst, fast, keep=False, prepare=None):
+# how the bundle reaches the unpacker: uploaded as a file first, or on its
+# stdin (run_io), written to the bundle path while it is checked
+VIA = ["file", "stdin"]
+
+
+@pytest.fixture(params=VIA)
+def via(request):
+    return request.param
+
+
+def unpack(tmp, name, zst, fast, keep=False, prepare=None, via="file"):
     """Unpacks zst into <tmp>/<name>/target (outside: <tmp>/<name>/outside)."""
     base = os.path.join(str(tmp), name)
     mount = os.path.join(base, "target")
@@ -56,9 +67,21 @@ def unpack(tmp, name, zst, fast, keep=False, prepare=None):
     if prepare:
         prepare(mount, outside)
     bundle = os.path.join(base, "bundle.tar.zst")
-    with open(bundle, "wb") as f:
-        f.write(zst)
-    r = run_script(script("unpack", bundle, mount, keep), fast)
+    if via == "file":
+        with open(bundle, "wb") as f:
+            f.write(zst)
+        r = run_script(script("unpack", bundle, mount, keep), fast)
+    else:
+        src = os.path.join(str(tmp), name + ".upload")
+        with open(src, "wb") as f:
+            f.write(zst)
+        with open(src, "rb") as f:
+            r = run_script(script("unpack-stdin", os.path.join(base, "tmp", "b.tar.zst"), mount, keep), fast,
+                           stdin=f)
+        os.unlink(src)
+        # the received plaintext is gone, whatever happened
+        assert os.listdir(os.path.join(base, "tmp")) == []
+        os.rmdir(os.path.join(base, "tmp"))
     return r, mount, outside
 
 
@@ -109,10 +132,10 @@ def benign_members():
     ]
 
 
-def test_unpack_fast_path_matches_checked_extractor(tmp_path):
+def test_unpack_fast_path_matches_checked_extractor(tmp_path, via):
     zst = bundle(benign_members())
-    rf, mf, _ = unpack(tmp_path, "fast", zst, fast=True)
-    rs, ms, _ = unpack(tmp_path, "slow", zst, fast=False)
+    rf, mf, _ = unpack(tmp_path, "fast", zst, fast=True, via=via)
+    rs, ms, _ = unpack(tmp_path, "slow", zst, fast=False, via=via)
     assert rf.returncode == 0, rf.stderr
     assert rs.returncode == 0, rs.stderr
     tf, ts = tree(mf), tree(ms)
@@ -129,6 +152,7 @@ def test_unpack_fast_path_matches_checked_extractor(tmp_path):
     assert tf["workspace/shared"][1] == 0o777 and tf["workspace/sub"][1] == 0o700
     # the plaintext bundle is gone, the layout dirs exist
     assert not os.path.exists(os.path.join(str(tmp_path), "fast", "bundle.tar.zst"))
+    assert not os.path.exists(os.path.join(str(tmp_path), "fast", "tmp"))
     for n in archives.LAYOUT:
         assert os.path.isdir(os.path.join(mf, n))
 
@@ -149,10 +173,10 @@ def test_unpack_fast_path_matches_checked_extractor(tmp_path):
     # names tar would normalise
     ("dot-name", [("./workspace/dot.txt", "file", b"dot\n", 0o644, "")]),
 ])
-def test_unpack_falls_back_to_checked_extractor(tmp_path, case, extra):
+def test_unpack_falls_back_to_checked_extractor(tmp_path, case, extra, via):
     zst = bundle(archives.seed_members("s") + extra)
-    rf, mf, of = unpack(tmp_path, "fast", zst, fast=True)
-    rs, ms, os_ = unpack(tmp_path, "slow", zst, fast=False)
+    rf, mf, of = unpack(tmp_path, "fast", zst, fast=True, via=via)
+    rs, ms, os_ = unpack(tmp_path, "slow", zst, fast=False, via=via)
     assert (rf.returncode, rf.stderr) == (rs.returncode, rs.stderr)
     assert {k: v[:4] for k, v in tree(mf).items()} == {k: v[:4] for k, v in tree(ms).items()}
     # the checked extractor ran: directory mtimes are not the archive's
@@ -165,7 +189,7 @@ BROKEN = sorted(archives.broken_bundles("s"))
 
 
 @pytest.mark.parametrize("case", HOSTILE + BROKEN)
-def test_unpack_hostile_archives(tmp_path, case):
+def test_unpack_hostile_archives(tmp_path, case, via):
     """Hostile bundles are refused by both paths with the same message; the
     merely broken ones (which contextfs's own reader refuses before any
     upload) end the same way in both."""
@@ -175,14 +199,14 @@ def test_unpack_hostile_archives(tmp_path, case):
         outside = os.path.join(str(tmp_path), name, "outside")
         zst = {**archives.hostile_bundles("s", outside), **archives.broken_bundles("s")}[case]
         t0 = time.monotonic()
-        r, mount, outside = unpack(tmp_path, name, zst, fast=fast)
+        r, mount, outside = unpack(tmp_path, name, zst, fast=fast, via=via)
         assert time.monotonic() - t0 < 30, "a bomb was decompressed"
         results[name] = (r.returncode, r.stderr.replace(os.path.join(str(tmp_path), name), "BASE"))
         if case in HOSTILE:
             assert r.returncode != 0, "%s accepted by the %s path" % (case, name)
         # nothing written outside the mount, nothing left outside its parent
         assert outside_state(outside) == {"victim.txt": b"victim\n"}
-        assert set(os.listdir(os.path.dirname(mount))) - {"bundle.tar.zst"} == {"outside", "target"}
+        assert set(os.listdir(os.path.dirname(mount))) == {"outside", "target"}
         for d, dirs, files in os.walk(mount):
             for n in dirs + files:
                 p = os.path.join(d, n)
