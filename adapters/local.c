@@ -60,6 +60,7 @@ struct local_rt {
 struct output {
 	struct cfs_buf buf;
 	bool truncated;
+	int fd; /* >= 0: the bytes go here (run_io), not to buf */
 };
 
 /* ------------------------------------------------------------------ */
@@ -146,6 +147,8 @@ static int drain(int fd, struct output *o)
 			       ? 0
 			       : cfs_error_errno(errno, "reading command "
 							"output");
+	if (o->fd >= 0)
+		return cfs_write_all(o->fd, chunk, (size_t)n);
 	if (o->buf.len + (size_t)n > CFS_RUNTIME_OUTPUT_MAX) {
 		size_t keep = CFS_RUNTIME_OUTPUT_MAX - o->buf.len;
 
@@ -176,10 +179,11 @@ static int status_exit_code(const char *text)
 	return -1;
 }
 
-static void child_exec(struct local_rt *l, const char *const *argv, int outfd,
-		       int errfd, int statusfd)
+static void child_exec(struct local_rt *l, const char *const *argv, int infd,
+		       int outfd, int errfd, int statusfd)
 {
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int devnull =
+		infd >= 0 ? infd : open("/dev/null", O_RDONLY | O_CLOEXEC);
 	int keep = statusfd >= 0 ? 4 : 3;
 
 	setsid();
@@ -233,12 +237,15 @@ static bool root_gone(const struct local_rt *l)
 	return l->rootfd >= 0 && fstat(l->rootfd, &st) == 0 && st.st_nlink == 0;
 }
 
-static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
-		     const char *command, const char *user, int64_t timeout_ms)
+/* run(); in_fd >= 0: the command's stdin; out_fd >= 0: its stdout. */
+static int run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+		  const char *command, const char *user, int64_t timeout_ms,
+		  int in_fd, int out_fd)
 {
 	struct local_rt *l = (struct local_rt *)rt;
-	struct output out = {CFS_BUF_INIT, false}, err = {CFS_BUF_INIT, false};
-	struct output status = {CFS_BUF_INIT, false};
+	struct output out = {CFS_BUF_INIT, false, out_fd};
+	struct output err = {CFS_BUF_INIT, false, -1};
+	struct output status = {CFS_BUF_INIT, false, -1};
 	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, spipe[2] = {-1, -1};
 	const char *argv[MAX_ARGV];
 	int argc = 0, rc = 0, wstatus = 0;
@@ -280,7 +287,7 @@ static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
 		goto out;
 	}
 	if (pid == 0)
-		child_exec(l, argv, opipe[1], epipe[1], spipe[1]);
+		child_exec(l, argv, in_fd, opipe[1], epipe[1], spipe[1]);
 	atomic_store(&l->child, pid);
 	close(opipe[1]);
 	close(epipe[1]);
@@ -440,6 +447,19 @@ out:
 	cfs_buf_free(&err.buf);
 	cfs_buf_free(&status.buf);
 	return rc;
+}
+
+static int local_run(struct cfs_run_result *res, struct cfs_runtime *rt,
+		     const char *command, const char *user, int64_t timeout_ms)
+{
+	return run_io(res, rt, command, user, timeout_ms, -1, -1);
+}
+
+static int local_run_io(struct cfs_run_result *res, struct cfs_runtime *rt,
+			const char *command, int in_fd, int out_fd,
+			int64_t timeout_ms)
+{
+	return run_io(res, rt, command, NULL, timeout_ms, in_fd, out_fd);
 }
 
 /* ------------------------------------------------------------------ */
@@ -703,6 +723,7 @@ static const struct cfs_runtime_ops local_ops = {
 	.kill = local_dispose,
 	.dispose = local_dispose,
 	.free = local_free,
+	.run_io = local_run_io,
 };
 
 bool cfs_local_bwrap_usable(void)
