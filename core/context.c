@@ -2490,7 +2490,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	uint64_t gen, next = 0, cpn = 0, size = 0, keep;
 	size_t nextra = 0;
 	int bfd = -1;
-	int64_t now;
+	int64_t now, t0;
 	int rc;
 
 	tmpdir_init(&t);
@@ -2565,10 +2565,12 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			 save ? "contextfs-save-" : "contextfs-checkpoint-");
 	if (rc)
 		goto out;
+	t0 = cfs_monotonic_ms();
 	if (!opts->key_verified) {
 		rc = check_key(&prev_index, st, keys, old);
 		if (rc)
 			goto out;
+		cfs_log_timing(id, "commit: key check", &t0);
 	}
 
 	/* the version record travels inside the bundle, not in srcdir */
@@ -2591,6 +2593,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		free(prev_index);
 		prev_index = NULL;
 		malloc_trim(0);
+		cfs_log_timing(id, "commit: index and version record", &t0);
 		snprintf(vpath, sizeof(vpath),
 			 CFS_META_DIR "/versions/%" PRIu64 ".json", next);
 		extra[0] =
@@ -2633,6 +2636,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			cfs_error_prefix("nothing to %s", what);
 		goto out;
 	}
+	cfs_log_timing(id, "commit: pack, encrypt and write", &t0);
 
 	/* the new manifest (pure computation, before anything is written) */
 	rc = cfs_manifest_dup(&nm, old);
@@ -2718,6 +2722,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		goto out;
 	close_fd(&bfd);
 	tmpdir_close(&t);
+	cfs_log_timing(id, "commit: store the bundle", &t0);
 
 	/* 7. the commit point: is the lock still ours? */
 	if (opts->owner) {
@@ -2733,6 +2738,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (rc)
 		goto out;
 	keylist_free(&written);
+	cfs_log_timing(id, "commit: lock check and manifest", &t0);
 
 	/* 10. superseded objects beyond retention; failures only warn */
 	{

@@ -6,6 +6,9 @@
 #include "core/util.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -92,4 +95,19 @@ void cfs_log_quiet(void)
 	pthread_mutex_lock(&log_lock);
 	log_off = 1;
 	pthread_mutex_unlock(&log_lock);
+}
+
+void cfs_log_timing(const char *what, const char *phase, int64_t *t0)
+{
+	static atomic_int on = -1;
+	int64_t now = cfs_monotonic_ms();
+
+	if (on < 0) {
+		const char *e = getenv("CONTEXTFS_TIMING");
+
+		on = e && strcmp(e, "1") == 0;
+	}
+	cfs_log(on ? CFS_LOG_WARN : CFS_LOG_DEBUG, "timing: %s %s %.3f s",
+		what, phase, (double)(now - *t0) / 1000.0);
+	*t0 = now;
 }

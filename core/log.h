@@ -5,6 +5,8 @@
 #ifndef CFS_CORE_LOG_H
 #define CFS_CORE_LOG_H
 
+#include <stdint.h>
+
 enum cfs_log_level {
 	CFS_LOG_ERROR = 0,
 	CFS_LOG_WARN = 1,
@@ -21,6 +23,13 @@ void cfs_log_to_syslog(const char *ident);
 int cfs_log_to_file(const char *path);
 /* Silences everything (tests, --quiet). */
 void cfs_log_quiet(void);
+/*
+ * Logs how long a phase took ("timing: WHAT PHASE SECONDS", since *t0, a
+ * cfs_monotonic_ms() value) and restarts the clock: at debug level, or as
+ * a warning with CONTEXTFS_TIMING=1 in the environment (the benchmarks in
+ * tests/bench use it).
+ */
+void cfs_log_timing(const char *what, const char *phase, int64_t *t0);
 
 #define cfs_error_log(...) cfs_log(CFS_LOG_ERROR, __VA_ARGS__)
 #define cfs_warn(...) cfs_log(CFS_LOG_WARN, __VA_ARGS__)

@@ -100,17 +100,7 @@ struct cfs_session {
  */
 static void timing(const struct cfs_session *s, const char *phase, int64_t *t0)
 {
-	static atomic_int on = -1;
-	int64_t now = cfs_monotonic_ms();
-
-	if (on < 0) {
-		const char *e = getenv("CONTEXTFS_TIMING");
-
-		on = e && strcmp(e, "1") == 0;
-	}
-	cfs_log(on ? CFS_LOG_WARN : CFS_LOG_DEBUG, "timing: %s %s %.3f s",
-		s->id, phase, (double)(now - *t0) / 1000.0);
-	*t0 = now;
+	cfs_log_timing(s->id, phase, t0);
 }
 
 /* ------------------------------------------------------------------ */
