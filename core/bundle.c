@@ -29,6 +29,7 @@
 #include "core/util.h"
 
 #define IO_CHUNK (128 * 1024)
+#define TAR_RECORD 10240
 /* Most libzstd worker threads we start (each costs a few MiB). */
 #define ZSTD_MAX_WORKERS 4
 /*
@@ -827,9 +828,13 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
 		goto out;
 	}
+	/*
+	 * Unblocked: libarchive hands headers and our read buffers straight
+	 * to pk_write_cb instead of copying every byte into a block buffer
+	 * first (the records are padded at the end).
+	 */
 	if (archive_write_set_format_pax(p.a) != ARCHIVE_OK ||
-	    archive_write_set_bytes_per_block(p.a, 65536) != ARCHIVE_OK ||
-	    archive_write_set_bytes_in_last_block(p.a, 10240) != ARCHIVE_OK) {
+	    archive_write_set_bytes_per_block(p.a, 0) != ARCHIVE_OK) {
 		rc = pk_archive_error(&p, "configuring tar writer");
 		goto out;
 	}
@@ -859,6 +864,16 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 	if (r != ARCHIVE_OK) {
 		rc = pk_archive_error(&p, "finishing tar stream");
 		goto out;
+	}
+	/* whole 10240-byte records, as tar and python's tarfile write them */
+	if (p.st.tar_bytes % TAR_RECORD) {
+		static const char zeros[TAR_RECORD];
+		size_t pad = TAR_RECORD - p.st.tar_bytes % TAR_RECORD;
+
+		rc = pk_compress(&p, zeros, pad, ZSTD_e_continue);
+		if (rc)
+			goto out;
+		p.st.tar_bytes += pad;
 	}
 	rc = pk_compress(&p, NULL, 0, ZSTD_e_end);
 	if (rc)
