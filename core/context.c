@@ -1303,12 +1303,30 @@ static int publish_stage(int destdirfd, int sfd, const char *stage)
 	return rc;
 }
 
+/* Parses ref, reads its manifest and finds its tree object (export, fetch). */
+static int open_ref(struct cfs_manifest **m, const char **key,
+		    const cJSON **enc, struct cfs_ref_info *info,
+		    struct cfs_store *st, const char *refstr)
+{
+	struct cfs_ref ref;
+	int rc;
+
+	*m = NULL;
+	if (info)
+		memset(info, 0, sizeof(*info));
+	rc = cfs_ref_parse(&ref, refstr);
+	if (!rc)
+		rc = manifest_read(m, NULL, st, ref.id);
+	if (!rc)
+		rc = resolve_ref(key, enc, info, *m, &ref);
+	return rc;
+}
+
 int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *refstr, int destdirfd,
 		       cfs_progress_fn progress, void *progress_payload)
 {
 	struct cfs_manifest *m = NULL;
-	struct cfs_ref ref;
 	struct tmpdir t;
 	const char *key;
 	const cJSON *enc;
@@ -1319,15 +1337,7 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 	int rc;
 
 	tmpdir_init(&t);
-	if (info)
-		memset(info, 0, sizeof(*info));
-	rc = cfs_ref_parse(&ref, refstr);
-	if (rc)
-		goto out;
-	rc = manifest_read(&m, NULL, st, ref.id);
-	if (rc)
-		goto out;
-	rc = resolve_ref(&key, &enc, info, m, &ref);
+	rc = open_ref(&m, &key, &enc, info, st, refstr);
 	if (rc)
 		goto out;
 	/* extract privately; publish only once GCM has authenticated */
@@ -1376,21 +1386,12 @@ int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			     cfs_progress_fn progress, void *progress_payload)
 {
 	struct cfs_manifest *m = NULL;
-	struct cfs_ref ref;
 	const char *key;
 	const cJSON *enc;
 	uint64_t bytes = 0;
 	int rc;
 
-	if (info)
-		memset(info, 0, sizeof(*info));
-	rc = cfs_ref_parse(&ref, refstr);
-	if (rc)
-		goto out;
-	rc = manifest_read(&m, NULL, st, ref.id);
-	if (rc)
-		goto out;
-	rc = resolve_ref(&key, &enc, info, m, &ref);
+	rc = open_ref(&m, &key, &enc, info, st, refstr);
 	if (rc)
 		goto out;
 	rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, progress,

@@ -115,23 +115,33 @@ static const char preamble[] =
 	"{ echo 'missing python3' >&2; exit 32; }\n";
 
 /* Common python helpers: policy, unsafe(), items. */
-#define PY_COMMON                                                              \
-	"import fnmatch, json, os, shutil, subprocess, sys, tarfile\n"         \
-	"def fail(msg):\n"                                                     \
-	"    sys.stderr.write(msg + '\\n')\n"                                  \
-	"    sys.exit(1)\n"                                                    \
-	"def unsafe(v):\n"                                                     \
-	"    v = v.replace('\\\\', '/')\n"                                     \
-	"    return v.startswith('/') or '\\0' in v or '..' in v.split('/')\n" \
-	"policy = json.loads(os.environ['CONTEXTSDK_POLICY'])\n"               \
-	"items = []\n"                                                         \
-	"for n in ['.contextsdk', 'contextsdk.json'] + "                       \
-	"list(policy.get('roots') or []):\n"                                   \
-	"    if not n or n in items:\n"                                        \
-	"        continue\n"                                                   \
-	"    if unsafe(n) or n == '.':\n"                                      \
-	"        fail('unsafe persistence root: ' + n)\n"                      \
-	"    items.append(n)\n"
+#define PY_COMMON                                                                          \
+	"import fnmatch, json, os, re, shutil, subprocess, sys, tarfile\n"                 \
+	"def fail(msg):\n"                                                                 \
+	"    sys.stderr.write(msg + '\\n')\n"                                              \
+	"    sys.exit(1)\n"                                                                \
+	"def unsafe(v):\n"                                                                 \
+	"    v = v.replace('\\\\', '/')\n"                                                 \
+	"    return v.startswith('/') or '\\0' in v or '..' in v.split('/')\n"             \
+	"policy = json.loads(os.environ['CONTEXTSDK_POLICY'])\n"                           \
+	"items = []\n"                                                                     \
+	"for n in ['.contextsdk', 'contextsdk.json'] + list(policy.get('roots') or []):\n" \
+	"    if not n or n in items:\n"                                                    \
+	"        continue\n"                                                               \
+	"    if unsafe(n) or n == '.':\n"                                                  \
+	"        fail('unsafe persistence root: ' + n)\n"                                  \
+	"    items.append(n)\n"                                                            \
+	"# GNU tar >= 1.29 does the bulk work (CONTEXTSDK_TAR_FAST=0: never)\n"            \
+	"def gnu_tar():\n"                                                                 \
+	"    if os.environ.get('CONTEXTSDK_TAR_FAST', '1') != '1':\n"                      \
+	"        return False\n"                                                           \
+	"    try:\n"                                                                       \
+	"        v = subprocess.run(['tar', '--version'], stdout=subprocess.PIPE,\n"       \
+	"                           stderr=subprocess.DEVNULL).stdout\n"                   \
+	"    except OSError:\n"                                                            \
+	"        return False\n"                                                           \
+	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"                     \
+	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
 
 /*
  * Validating extractor (§5.5 runtime rules): clears the managed items,
@@ -164,7 +174,7 @@ static const char preamble[] =
  * header read). A rejected archive is not decompressed further.
  */
 static const char unpack_py[] = PY_COMMON
-	"import codecs, re, signal, threading\n"
+	"import codecs, signal, threading\n"
 	"MAX_ENTRIES = 1000000\n"
 	"BUF = 1 << 20\n"
 	"TFKW = {'copybufsize': BUF} if sys.version_info >= (3, 8) else {}\n"
@@ -279,16 +289,6 @@ static const char unpack_py[] = PY_COMMON
 	"            return False\n"
 	"    t = os.path.join(mount, name)\n"
 	"    return not os.path.lexists(t) or kind == 'd' and real_dir(name)\n"
-	"def gnu_tar():\n"
-	"    if os.environ.get('CONTEXTSDK_TAR_FAST', '1') != '1':\n"
-	"        return False\n"
-	"    try:\n"
-	"        v = subprocess.run(['tar', '--version'], stdout=subprocess.PIPE,\n"
-	"                           stderr=subprocess.DEVNULL).stdout\n"
-	"    except OSError:\n"
-	"        return False\n"
-	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"
-	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
 	"def scan_list(z, t):\n"
 	"    # tar prints each member as it reads its header, so a bad one stops\n"
 	"    # the scan before tar reads (or decompresses) its data.\n"
@@ -430,7 +430,7 @@ static const char unpack_py[] = PY_COMMON
  * member list tarfile would write; otherwise tarfile writes them.
  */
 static const char pack_py[] = PY_COMMON
-	"import re, stat\n"
+	"import stat\n"
 	"mount = os.environ['CONTEXTSDK_MOUNT']\n"
 	"excl = list(policy.get('exclude') or [])\n"
 	"def excluded(rel):\n"
@@ -466,16 +466,6 @@ static const char pack_py[] = PY_COMMON
 	"        return len(b)\n"
 	"    def tell(self):\n"
 	"        return self.n\n"
-	"def gnu_tar():\n"
-	"    if os.environ.get('CONTEXTSDK_TAR_FAST', '1') != '1':\n"
-	"        return False\n"
-	"    try:\n"
-	"        v = subprocess.run(['tar', '--version'], stdout=subprocess.PIPE,\n"
-	"                           stderr=subprocess.DEVNULL).stdout\n"
-	"    except OSError:\n"
-	"        return False\n"
-	"    m = re.match(rb'tar \\(GNU tar\\) (\\d+)\\.(\\d+)', v)\n"
-	"    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 29)\n"
 	"def walk(rel, out):\n"
 	"    # The members tarfile.add(filter=filt) would write, in its order.\n"
 	"    p = os.path.join(mount, rel)\n"
