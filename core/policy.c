@@ -201,19 +201,56 @@ bool cfs_fnmatch(const char *pattern, const char *name)
 	return fnmatch_n(pattern, strlen(pattern), name);
 }
 
+/*
+ * The longest run of pat[0:len] without a wildcard or class character:
+ * every string pat matches (and every path the prefix rule below takes)
+ * contains it, so a path without it is rejected before any matching.
+ */
+static void literal_run(const char *pat, size_t len, const char **run,
+			size_t *rlen)
+{
+	const char *pe = pat + len, *start = pat, *p = pat;
+
+	*run = pat;
+	*rlen = 0;
+	for (;;) {
+		const char *end = p;
+
+		if (p < pe && *p != '*' && *p != '?' && *p != '[') {
+			p++;
+			continue;
+		}
+		if ((size_t)(p - start) > *rlen) {
+			*rlen = (size_t)(p - start);
+			*run = start;
+		}
+		if (p == pe)
+			return;
+		/* a closed class is one wildcard character; an unclosed '['
+		 * (a literal) just ends the run */
+		if (*p == '[' && (end = class_end(p + 1, pe)))
+			p = end;
+		start = ++p;
+	}
+}
+
 static bool pattern_excludes(const char *pat, const char *rel)
 {
-	size_t plen = strlen(pat), tlen = plen, plen_trim;
+	size_t plen = strlen(pat), tlen = plen, plen_trim, rlen;
+	const char *run;
 
 	if (plen >= 3 && memcmp(pat + plen - 3, "/**", 3) == 0)
 		tlen = plen - 3;
+	plen_trim = tlen;
+	while (plen_trim > 0 && pat[plen_trim - 1] == '/')
+		plen_trim--;
+	literal_run(pat, plen_trim, &run, &rlen);
+	if (rlen > 1 && !memmem(rel, strlen(rel), run, rlen))
+		return false;
 	if (fnmatch_n(pat, plen, rel) || fnmatch_n(pat, tlen, rel))
 		return true;
 	if (tlen == 0)
 		return false;
-	plen_trim = tlen;
-	while (plen_trim > 0 && pat[plen_trim - 1] == '/')
-		plen_trim--;
 	return strncmp(rel, pat, plen_trim) == 0 && rel[plen_trim] == '/';
 }
 

@@ -166,6 +166,39 @@ static void test_custom_exclusions(void)
 	       "no prune by wildcard pattern without /**");
 }
 
+/*
+ * Patterns whose literal characters sit inside classes or across
+ * wildcards: the quick rejection (a path without the pattern's longest
+ * literal run cannot match) must never reject what fnmatch accepts.
+ */
+static void test_literal_run_rejection(void)
+{
+	char *roots[] = {"workspace"};
+	char *excl[] = {"*.[ch]",     "**/[!x]uild/**", "a?cd/**",
+			"**/[]]x/**", "**/q[rs/**",	"deep//"};
+	struct cfs_policy p = {roots, 1, excl, 6};
+	static const struct excl_case cases[] = {
+		{"src/x.c", true}, /* "ch" is a class, not a run */
+		{"src/x.h", true},
+		{"src/x.o", false},
+		{"w/build/o", true}, /* "uild" after a class */
+		{"w/xuild/o", false},
+		{"abcd/e", true}, /* run "cd" after '?' */
+		{"abd/e", false},
+		{"w/]x/y", true}, /* "]" first in a class */
+		{"w/q[rs/t", true}, /* unclosed '[' is literal */
+		{"w/qr/t", false},
+		{"deep/x", true}, /* prefix rule, trailing '/'s */
+		{"deeper/x", false},
+	};
+
+	for (size_t i = 0; i < CFS_ARRAY_SIZE(cases); i++)
+		TAP_OK(cfs_policy_excluded(&p, cases[i].path) ==
+			       cases[i].expect,
+		       "literal runs: %s %s", cases[i].path,
+		       cases[i].expect ? "excluded" : "kept");
+}
+
 static cJSON *parse(const char *s)
 {
 	return cJSON_Parse(s);
@@ -259,6 +292,7 @@ int main(void)
 	test_defaults();
 	test_default_exclusions();
 	test_custom_exclusions();
+	test_literal_run_rejection();
 	test_json();
 	test_unsafe();
 	return tap_done();
