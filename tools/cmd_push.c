@@ -48,6 +48,7 @@
 #include "core/crypto.h"
 #include "core/error.h"
 #include "core/ids.h"
+#include "core/log.h"
 #include "core/manifest.h"
 #include "core/policy.h"
 #include "core/session.h"
@@ -1219,7 +1220,7 @@ static int run(struct cli *cli)
 	char *base_path = NULL, *theirs_path = NULL, *mount_path = NULL;
 	char *msg = NULL, *root = NULL, newsid[24];
 	const char *id;
-	int64_t timeout = 0;
+	int64_t timeout = 0, t0 = cfs_monotonic_ms();
 	double base_gen = -1, gen = -1;
 	int basefd = -1, theirsfd = -1, rc;
 	bool ran = false, new_state = false, dispose = !keep;
@@ -1371,12 +1372,14 @@ static int run(struct cli *cli)
 			cfs_error_prefix("committing %s before the push", mp);
 			goto out;
 		}
+		cfs_log_timing(id, "push: snapshot commit", &t0);
 		base_gen = jnum(reply, "generation");
 		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
 		rc = cfs_context_export(NULL, st, keys, ref, basefd, NULL,
 					NULL);
 		if (rc)
 			goto out;
+		cfs_log_timing(id, "push: export the base", &t0);
 		cJSON_Delete(reply);
 		reply = NULL;
 	}
@@ -1486,9 +1489,11 @@ static int run(struct cli *cli)
 	rc = rc ? rc : tree_load(&theirs, &pol, theirs_path);
 	if (rc)
 		goto out;
+	cfs_log_timing(id, "push: load the trees", &t0);
 	rc = merge_trees(&m, &base, &theirs);
 	if (rc)
 		goto out;
+	cfs_log_timing(id, "push: merge", &t0);
 
 	/* ---- commit the mount */
 	free(msg);
@@ -1499,6 +1504,7 @@ static int run(struct cli *cli)
 		cfs_error_prefix("committing the merged changes in %s", mp);
 		goto out;
 	}
+	cfs_log_timing(id, "push: commit the mount", &t0);
 	gen = jnum(reply, "generation");
 	if (state) {
 		cJSON_DeleteItemFromObjectCaseSensitive(state,
