@@ -818,10 +818,11 @@ static int add_entry(enum outcome *res, const struct item *it, int pfd,
 	return rc == EEXIST ? 0 : rc;
 }
 
+/* For a path the sandbox changed (theirs differs from the base). */
 static void decide(struct item *it)
 {
-	/* theirs unchanged, or both made the same change: nothing to do */
-	if (same_side(&it->b, &it->t, true) || same_side(&it->o, &it->t, true))
+	/* both made the same change: nothing to do */
+	if (same_side(&it->o, &it->t, true))
 		it->act = ACT_SKIP;
 	else if (same_side(&it->b, &it->o, false))
 		it->act = ACT_APPLY;
@@ -936,6 +937,12 @@ static int merge_trees(struct merge *m, const struct tree *base,
 			it->t.sb.st_size = theirs->v[j].size;
 			it->t.sb.st_mtim = theirs->v[j].mtime;
 			j++;
+		}
+		/* what the sandbox left alone needs no look at the mount
+		 * (each look is a walk of FUSE lookups) */
+		if (same_side(&it->b, &it->t, true)) {
+			it->act = ACT_SKIP;
+			continue;
 		}
 		it->o.present = stat_rel(m->mountfd, it->path, &it->o.sb);
 		decide(it);
