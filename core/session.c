@@ -1185,21 +1185,30 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 	if (rc)
 		goto fail;
 	if (!opts->reuse) {
+		bool scratch = false; /* bundle is ours to remove */
 		int64_t t0;
 
-		rc = build_bundle(s, opts->src_dir, &bundle);
+		if (opts->src_dir && opts->src_bundle) {
+			bundle = cfs_strdup(opts->src_bundle);
+			rc = bundle ? 0 : CFS_ENOMEM;
+		} else {
+			rc = build_bundle(s, opts->src_dir, &bundle);
+			scratch = true;
+		}
 		if (rc)
 			goto fail;
 		t0 = cfs_monotonic_ms();
 		if (cfs_runtime_streams(rt)) {
 			rc = push_streamed(s, bundle);
-			unlink(bundle);
+			if (scratch)
+				unlink(bundle);
 			if (rc)
 				goto fail;
 			timing(s, "transfer and remote extract", &t0);
 		} else {
 			rc = cfs_runtime_upload(rt, bundle, s->bundle_path);
-			unlink(bundle);
+			if (scratch)
+				unlink(bundle);
 			if (rc) {
 				cfs_error_prefix("uploading the context to %s",
 						 rt->id);

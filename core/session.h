@@ -82,6 +82,11 @@ struct cfs_session_opts {
 	 * the sandbox's tree back with cfs_session_fetch().
 	 */
 	const char *src_dir;
+	/*
+	 * With src_dir: a plaintext bundle of that same tree (the caller's
+	 * file, left in place), uploaded instead of packing src_dir again.
+	 */
+	const char *src_bundle;
 	/* Detached: the sandbox already holds the tree (a kept sandbox);
 	 * upload nothing. */
 	bool reuse;

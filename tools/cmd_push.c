@@ -1163,6 +1163,46 @@ static int build_command(char **out, char **words, struct cli *cli)
 	return 0;
 }
 
+/*
+ * The pushed generation, once: its plaintext bundle decrypted (and
+ * authenticated) into <tmp>/base.tar.zst, which the session uploads as
+ * it is, and unpacked from there into basefd, the merge's base.
+ */
+static int fetch_base(char **bundle_out, struct cfs_store *st,
+		      struct cfs_keys *keys, const char *ref, const char *tmp,
+		      int basefd)
+{
+	char *path = cfs_asprintf("%s/base.tar.zst", tmp);
+	int fd, rc;
+
+	*bundle_out = NULL;
+	if (!path)
+		return CFS_ENOMEM;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = cfs_error_errno(errno, "creating %s", path);
+		free(path);
+		return rc;
+	}
+	rc = cfs_context_fetch_bundle(NULL, st, keys, ref, fd, NULL, NULL);
+	if (!rc && lseek(fd, 0, SEEK_SET) < 0)
+		rc = cfs_error_errno(errno, "rewinding %s", path);
+	if (!rc) {
+		rc = cfs_bundle_unpack(basefd, cfs_bundle_fd_source, &fd, NULL,
+				       NULL);
+		if (rc)
+			cfs_error_prefix("unpacking %s", ref);
+	}
+	close(fd);
+	if (rc) {
+		unlink(path);
+		free(path);
+		return rc;
+	}
+	*bundle_out = path;
+	return 0;
+}
+
 static int parse_timeout(int64_t *out, const char *s)
 {
 	uint64_t v = 0;
@@ -1225,6 +1265,7 @@ static int run(struct cli *cli)
 	cJSON *status = NULL, *reply = NULL, *state = NULL;
 	char *command = NULL, *words = NULL, *tmp = NULL, *sdir = NULL;
 	char *base_path = NULL, *theirs_path = NULL, *mount_path = NULL;
+	char *base_bundle = NULL;
 	char *msg = NULL, *root = NULL, newsid[24];
 	const char *id;
 	int64_t timeout = 0, t0 = cfs_monotonic_ms();
@@ -1382,11 +1423,10 @@ static int run(struct cli *cli)
 		cfs_log_timing(id, "push: snapshot commit", &t0);
 		base_gen = jnum(reply, "generation");
 		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
-		rc = cfs_context_export(NULL, st, keys, ref, basefd, NULL,
-					NULL);
+		rc = fetch_base(&base_bundle, st, keys, ref, tmp, basefd);
 		if (rc)
 			goto out;
-		cfs_log_timing(id, "push: export the base", &t0);
+		cfs_log_timing(id, "push: fetch the base", &t0);
 		cJSON_Delete(reply);
 		reply = NULL;
 	}
@@ -1468,6 +1508,7 @@ static int run(struct cli *cli)
 	rt->cancel = &cli_stop_cancel;
 	so.mount_path = mount_path;
 	so.src_dir = pull ? NULL : base_path;
+	so.src_bundle = pull ? NULL : base_bundle;
 	so.reuse = pull;
 	so.keep_excluded = state && !new_state;
 	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
@@ -1645,6 +1686,7 @@ out:
 	free(sdir);
 	free(root);
 	free(base_path);
+	free(base_bundle);
 	free(theirs_path);
 	free(mount_path);
 	free(msg);
