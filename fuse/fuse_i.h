@@ -94,6 +94,8 @@ struct cfs_fs {
 	bool writeback; /* ... and the kernel agreed (set by op_init) */
 	bool debug;
 	bool kernel_perms; /* default_permissions (see serve() in mount.c) */
+	/* close(2) on the staging filesystem reports nothing: no FLUSH */
+	bool close_silent;
 	unsigned commit_interval_s;
 	unsigned checkpoint_interval_s;
 	struct fuse_session *se;

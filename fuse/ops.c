@@ -34,6 +34,7 @@
 #include "core/util.h"
 
 #define TABLE_INITIAL 1024
+#define CFS_ROOT_ATTR_TIMEOUT 1.0
 
 static struct cfs_fs *fs_of(fuse_req_t req)
 {
@@ -459,6 +460,18 @@ static void wr_end(struct cfs_fs *fs, int rc)
 	pthread_rwlock_unlock(&fs->freeze);
 }
 
+/*
+ * How long the kernel may keep n's attributes. The root's stay short: a
+ * stat of the mountpoint is how tools (cfs_mount_is_stale, users) find a
+ * mount whose daemon died, and it must reach the daemon to fail ENOTCONN.
+ */
+static double attr_timeout(const struct cfs_fs *fs, const struct cfs_node *n)
+{
+	if (n == &fs->root && fs->timeout > CFS_ROOT_ATTR_TIMEOUT)
+		return CFS_ROOT_ATTR_TIMEOUT;
+	return fs->timeout;
+}
+
 /* st (of the backing inode) as the kernel sees it. */
 static void fill_attr(struct cfs_fs *fs, struct cfs_node *n, struct stat *st)
 {
@@ -700,7 +713,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		return;
 	}
 	fill_attr(fs, n, &st);
-	fuse_reply_attr(req, &st, fs->timeout);
+	fuse_reply_attr(req, &st, attr_timeout(fs, n));
 }
 
 /* ---- copy-on-write ------------------------------------------------------ */
@@ -1076,7 +1089,7 @@ done:
 		return;
 	}
 	fill_attr(fs, n, &st);
-	fuse_reply_attr(req, &st, fs->timeout);
+	fuse_reply_attr(req, &st, attr_timeout(fs, n));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -1592,6 +1605,17 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct cfs_handle *h = (struct cfs_handle *)(uintptr_t)fi->fh;
+
+	/*
+	 * Where close(2) of the staging fs can report nothing, ENOSYS makes
+	 * the kernel stop sending FLUSH: one round trip less per close. It
+	 * still writes dirty pages back (writeback_cache) before close
+	 * returns; only the FLUSH request itself goes.
+	 */
+	if (fs_of(req)->close_silent) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	/* close(dup(fd)) reports delayed write errors of the staging fs. */
 	int fd = dup(h->fd);
 	int rc = fd < 0 ? errno : (close(fd) ? errno : 0);

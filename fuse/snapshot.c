@@ -857,6 +857,7 @@ cJSON *cfs_fs_status_json(struct cfs_fs *fs)
 	cJSON_AddBoolToObject(o, "handleKillprivV2", fs->initshim.granted);
 	cJSON_AddBoolToObject(o, "kernelPermissionChecks", fs->kernel_perms);
 	cJSON_AddNumberToObject(o, "attrTimeout", fs->timeout);
+	cJSON_AddBoolToObject(o, "flushOnClose", !fs->close_silent);
 	cJSON_AddStringToObject(o, "fsync",
 				fs->fsync_local ? "local" : "commit");
 	cJSON_AddStringToObject(o, "state",

@@ -257,3 +257,28 @@ def test_root_only_mount_keeps_root_semantics(mnt):
     with pytest.raises(OSError) as e:
         os.rmdir(d)
     assert e.value.errno == errno.ENOTEMPTY
+
+
+def test_close_without_flush_still_delivers(mnt):
+    """On a staging filesystem whose close(2) reports nothing (ext4, xfs,
+    btrfs, tmpfs, f2fs) the mount answers FLUSH with ENOSYS once and the
+    kernel stops sending it. What close(2) covers must not change: with
+    -o writeback_cache the kernel still hands its dirty pages over before
+    close returns, so the staging file has them at once."""
+    env, mp, ws, stg = mnt
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", stg], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    silent = fstype in ("ext2/ext3", "xfs", "btrfs", "tmpfs", "f2fs")
+    assert env.status(mp)["flushOnClose"] is (not silent)
+    for i in range(20):
+        data = os.urandom(3000 + i * 1000)
+        p = os.path.join(ws, "c%d" % i)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data[:1000])
+        os.pwrite(fd, data[1000:], 1000)
+        os.close(fd)
+        assert rfile(os.path.join(stg, "c%d" % i)) == data, i
+        assert rfile(p) == data
+    if env.mode != "writeback_cache":
+        # (the kernel sends its own mtime for written-back pages later)
+        same_as_staging(ws, stg, "c0", "c19")
