@@ -9,18 +9,20 @@
 #
 # Generates a context of N files (default 5,000) totalling --mib MiB (default
 # 100) under workspace/ (bench-bundle.sh's generator, scaled: mostly small
-# files, some medium, a few large; every other file compressible text, the others random),
-# starts a private sshd on a free loopback port (throwaway host key, client
-# key in authorized_keys, a known_hosts file; all in WORKDIR), then, --rounds
+# files, some medium, a few large; every other file compressible text, the others random)
+# on a freshly made loop-mounted ext4 in WORKDIR (as root; every tree of
+# both sides lives there), starts a private sshd on a free loopback port
+# (throwaway host key, client key in authorized_keys, a known_hosts file;
+# all in WORKDIR), then, --rounds
 # times (default 3) with the order of the steps rotated every round:
 #   run    contextfs run bench --runtime ssh ... -- true
-#          (export, pack, upload, extract there, run, pack there, download,
-#          validate, commit)
+#          (fetch the stored bundle, upload and unpack there, run, pack
+#          there streamed into the local validation, commit)
 #   tar    tar -C src -cf - . | ssh host 'tar -C dst -xf -'
 #          then ssh host 'tar -C dst -cf - .' | tar -C back -xf -
 #   push   (--push, needs /dev/fuse) contextfs push MOUNT --runtime ssh -- true
-#          on a mount of the context (commit, export, upload, extract, run,
-#          pack, download, validate, merge, commit)
+#          on a mount of the context (commit, fetch the base, upload and
+#          unpack, run, pack streamed into the validation, merge, commit)
 #   old    (--compare-bin OLD) the run step with another contextfs binary
 #          (before/after figures under the same load)
 # and prints the medians: seconds, MB/s of tree bytes, the contextfs/baseline
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
 	--push) PUSH=1; shift ;;
 	--keep) KEEP=1; shift ;;
 	--compare-bin) OLD_BIN=$2; shift 2 ;;
-	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
 	*) echo "bench-run-ssh: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
