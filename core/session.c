@@ -149,8 +149,9 @@ static const char preamble[] =
  *
  * Fast path, where the sandbox has GNU tar >= 1.29: tar itself lists the
  * archive (its own reading of every header, so what is checked is what it
- * will extract; it prints each member as it reaches its header, so a bad
- * one stops the scan before a bomb's data is decompressed). When every
+ * will extract; GNU tar 1.34 prints each member as it reaches its header,
+ * so a bad one stops the scan before a bomb's data is decompressed, and
+ * a bundle contextfs uploads has passed the same caps here). When every
  * member passes the reference's checks and is plain (real parent
  * directories, no member under or replacing a symlink or another member,
  * hard links to earlier files with the same mode, file modes the data
