@@ -80,9 +80,11 @@ static void tmpdir_init(struct tmpdir *t)
 	t->fd = -1;
 }
 
-static int tmpdir_open(struct tmpdir *t, const char *prefix)
+/* A private directory under base (NULL: $TMPDIR). */
+static int tmpdir_open_in(struct tmpdir *t, const char *base,
+			  const char *prefix)
 {
-	int rc = cfs_mkdtemp(&t->path, NULL, prefix);
+	int rc = cfs_mkdtemp(&t->path, base, prefix);
 
 	if (rc)
 		return rc;
@@ -90,6 +92,11 @@ static int tmpdir_open(struct tmpdir *t, const char *prefix)
 	if (t->fd < 0)
 		return cfs_error_errno(errno, "open %s", t->path);
 	return 0;
+}
+
+static int tmpdir_open(struct tmpdir *t, const char *prefix)
+{
+	return tmpdir_open_in(t, NULL, prefix);
 }
 
 /* Removes everything; safe on a never-opened tmpdir. */
@@ -109,6 +116,37 @@ static void tmpdir_close(struct tmpdir *t)
 		free(t->path);
 		t->path = NULL;
 	}
+}
+
+/*
+ * Where a commit writes its ciphertext bundle: the store's staging
+ * directory when it has one (put then links the file instead of copying
+ * it), else bt is not used and the bundle goes to t. Dead runs of this
+ * host leave directories named contextfs-stage-<host>-<pid>-*; they are
+ * swept here (another host sharing the store has its own names).
+ */
+static struct tmpdir *bundle_tmpdir(struct tmpdir *bt, struct tmpdir *t,
+				    struct cfs_store *st)
+{
+	const char *dir = cfs_store_staging_dir(st);
+	char host[64] = "", prefix[128];
+
+	if (!dir)
+		return t;
+	(void)gethostname(host, sizeof(host) - 1);
+	for (char *c = host; *c; c++)
+		if (*c == '/' || *c == '-')
+			*c = '_';
+	snprintf(prefix, sizeof(prefix), "contextfs-stage-%s-", host);
+	cfs_sweep_stale_tmpdirs(dir, prefix);
+	snprintf(prefix, sizeof(prefix), "contextfs-stage-%s-%ld-", host,
+		 (long)getpid());
+	if (tmpdir_open_in(bt, dir, prefix)) {
+		cfs_error_clear();
+		tmpdir_close(bt);
+		return t;
+	}
+	return bt;
 }
 
 static int tmpdir_file(int *out, struct tmpdir *t, const char *name)
@@ -2478,7 +2516,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	struct saved_error err;
 	struct uploader up = {0};
 	bool ps_on = false;
-	struct tmpdir t;
+	struct tmpdir t, bt;
 	char etag[CFS_ETAG_MAX], key[CFS_KEY_MAX], vpath[64];
 	char attempt[CFS_ATTEMPT_LEN + 1];
 	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
@@ -2495,6 +2533,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	int rc;
 
 	tmpdir_init(&t);
+	tmpdir_init(&bt);
 	if (res)
 		memset(res, 0, sizeof(*res));
 	if (!opts) {
@@ -2630,8 +2669,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		progress_push(&ps, st, opts->progress, opts->progress_payload);
 		ps_on = true;
 	}
-	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, srcdirfd, &policy, extra,
-			  nextra, up.st ? &up : NULL);
+	rc = pack_encrypt(&bfd, &enc, &size, bundle_tmpdir(&bt, &t, st), keys,
+			  srcdirfd, &policy, extra, nextra, up.st ? &up : NULL);
 	if (rc) {
 		if (rc == CFS_ENOTFOUND)
 			cfs_error_prefix("nothing to %s", what);
@@ -2722,6 +2761,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (rc)
 		goto out;
 	close_fd(&bfd);
+	tmpdir_close(&bt);
 	tmpdir_close(&t);
 	cfs_log_timing(id, "commit: store the bundle", &t0);
 
@@ -2797,6 +2837,7 @@ out:
 	keylist_free(&doomed);
 	keylist_free(&victims);
 	close_fd(&bfd);
+	tmpdir_close(&bt);
 	tmpdir_close(&t);
 	cfs_policy_free(&policy);
 	cJSON_Delete(pjson);

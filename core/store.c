@@ -144,6 +144,13 @@ int cfs_growing_wait(struct cfs_growing *g, uint64_t want, uint64_t *size,
 	return 0;
 }
 
+const char *cfs_store_staging_dir(struct cfs_store *st)
+{
+	if (!st || !st->ops || !st->ops->staging_dir)
+		return NULL;
+	return st->ops->staging_dir(st);
+}
+
 bool cfs_store_streams_put(const struct cfs_store *st)
 {
 	return st && st->ops && (st->ops->flags & CFS_STORE_STREAMS_PUT);

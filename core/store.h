@@ -123,6 +123,13 @@ struct cfs_store_ops {
 	const char *(*describe)(struct cfs_store *st);
 	void (*free)(struct cfs_store *st);
 	unsigned flags; /* CFS_STORE_* below */
+	/*
+	 * Optional: a private (0700) directory on the store's own filesystem
+	 * where the engine may stage a file it is about to put, so that put
+	 * links it into place instead of copying it; NULL = none ($TMPDIR).
+	 * Only ciphertext goes there.
+	 */
+	const char *(*staging_dir)(struct cfs_store *st);
 };
 
 /* put takes a cfs_source with growing != NULL (uploads while it grows). */
@@ -136,6 +143,7 @@ struct cfs_store {
 };
 
 /* Thin dispatchers (core/store.c), NULL-safe where it makes sense. */
+const char *cfs_store_staging_dir(struct cfs_store *st);
 int cfs_store_get_fd(struct cfs_store *st, const char *key, int fd,
 		     struct cfs_objinfo *info);
 /* Reads a small object into a NUL-terminated heap string (*out). */

@@ -76,6 +76,8 @@
 struct fs_store {
 	struct cfs_store base; /* first member */
 	char *root; /* absolute, no trailing slash */
+	char *staging; /* <root>/.contextfs-staging once made, else NULL */
+	bool staging_tried;
 	unsigned stale_ms, timeout_ms, retry_ms, refresh_ms;
 };
 
@@ -1285,10 +1287,39 @@ static const char *fs_describe(struct cfs_store *st)
 	return fs_of(st)->root;
 }
 
+/*
+ * <root>/.contextfs-staging (0700, ours, not a symlink): where a commit
+ * writes its ciphertext bundle, so that put links it into place even when
+ * $TMPDIR is another filesystem (a tmpfs /tmp: the bundle would fill
+ * memory, then be copied). Outside contexts/, so no listing sees it.
+ */
+static const char *fs_staging_dir(struct cfs_store *st)
+{
+	struct fs_store *fs = fs_of(st);
+	struct stat sb;
+	char *p;
+
+	if (fs->staging_tried)
+		return fs->staging;
+	fs->staging_tried = true;
+	p = cfs_asprintf("%s/.contextfs-staging", fs->root);
+	if (!p)
+		return NULL;
+	if ((mkdir(p, 0700) < 0 && errno != EEXIST) || lstat(p, &sb) < 0 ||
+	    !S_ISDIR(sb.st_mode) || sb.st_uid != geteuid() ||
+	    ((sb.st_mode & 0777) != 0700 && chmod(p, 0700) < 0)) {
+		free(p);
+		return NULL;
+	}
+	fs->staging = p;
+	return p;
+}
+
 static void fs_free(struct cfs_store *st)
 {
 	struct fs_store *fs = fs_of(st);
 
+	free(fs->staging);
 	free(fs->root);
 	free(fs);
 }
@@ -1303,6 +1334,7 @@ static const struct cfs_store_ops fs_ops = {
 	.list = fs_list,
 	.describe = fs_describe,
 	.free = fs_free,
+	.staging_dir = fs_staging_dir,
 };
 
 char *cfs_store_fs_default_dir(void)

@@ -1,6 +1,7 @@
 """The command-line surface (brief: cli.md): help, version, --json shapes, exit
 codes, doctor, and key hygiene (no secret in output or in any argv)."""
 
+import hashlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+import refreader
 from conftest import EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, assert_one_error_line, write_file
 
 COMMANDS = ["init", "status", "verify", "log", "export", "commit", "checkpoint", "unlock", "restore", "gc",
@@ -355,3 +357,40 @@ def test_unlock_semantics(cli_raw, tmp_path):
                                                     and r.json["lock"]["expired"] is False)
     cli_raw.ok("unlock", "lk", "--force")
     assert not os.path.exists(lp)
+
+
+def test_commit_stages_its_bundle_in_the_store(cli_raw, tmp_path):
+    """A commit writes its ciphertext bundle in <store>/.contextfs-staging
+    (0700) so the store links it into place even when $TMPDIR is another
+    filesystem (here a tmpfs); nothing stays there; dead runs of this host
+    are swept, another host's staging directories are not touched."""
+    import socket
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm tmpfs here")
+    c = cli_raw
+    c.json("init", "stg")
+    src = str(tmp_path / "src")
+    c.ok("export", "stg", src)
+    write_file(src, "workspace/big.bin", os.urandom(3 << 20))
+    staging = os.path.join(c.store, ".contextfs-staging")
+    host = socket.gethostname().replace("/", "_").replace("-", "_")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    dead = os.path.join(staging, "contextfs-stage-%s-999999-abcdef" % host)
+    other = os.path.join(staging, "contextfs-stage-otherhost-999999-abcdef")
+    for d in (dead, other):
+        os.mkdir(d, 0o700)
+        with open(os.path.join(d, "bundle.enc"), "wb") as f:
+            f.write(b"x" * 1000)
+    shm = "/dev/shm/cfs-test-%d" % os.getpid()
+    os.mkdir(shm, 0o700)
+    try:
+        r = c.run("commit", "stg", "--from", src, "-m", "staged", env={"TMPDIR": shm})
+        assert r.rc == 0, r.err
+        assert os.listdir(shm) == []
+    finally:
+        os.rmdir(shm)
+    assert stat.S_IMODE(os.stat(staging).st_mode) == 0o700
+    assert sorted(os.listdir(staging)) == [os.path.basename(other)]
+    files = refreader.read_tree_files(c.store, "stg", raw_key_hex=c.raw_key_hex)
+    with open(os.path.join(src, "workspace/big.bin"), "rb") as f:
+        assert files["workspace/big.bin"]["sha256"] == hashlib.sha256(f.read()).hexdigest()

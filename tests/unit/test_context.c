@@ -398,7 +398,8 @@ static const struct cfs_store_ops faulty_ops = {CFS_STORE_OPS_VERSION,
 						f_list,
 						f_describe,
 						f_free,
-						0};
+						0,
+						NULL};
 
 /* One store of a kind, fresh and empty: what a test runs on. */
 struct backend {
@@ -997,7 +998,8 @@ static const struct cfs_store_ops blind_ops = {CFS_STORE_OPS_VERSION,
 					       b_list,
 					       b_describe,
 					       b_free,
-					       0};
+					       0,
+					       NULL};
 
 static void test_create_race_and_force(struct backend *b)
 {

@@ -1488,7 +1488,8 @@ static const struct cfs_store_ops lax_ops = {CFS_STORE_OPS_VERSION,
 					     lax_list,
 					     lax_describe,
 					     lax_free,
-					     0};
+					     0,
+					     NULL};
 
 static void test_probe_offline(void)
 {
