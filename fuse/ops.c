@@ -626,8 +626,6 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	} else {
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	}
-	if (conn->max_write < (1u << 20))
-		conn->max_write = conn->max_write; /* keep the kernel's */
 	cfs_info("%s: serving %s (%s)", fs->mountpoint, fs->refstr,
 		 fs->ro ? "read-only" : "read-write");
 }
