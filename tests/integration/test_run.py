@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import (EXIT_LOCKED, EXIT_IO, TEST_SCRYPT_COST, sha256_file, snapshot_dir,
+from conftest import (EXIT_LOCKED, EXIT_IO, EXIT_UNSAFE, TEST_SCRYPT_COST, sha256_file, snapshot_dir,
                       write_file)
 
 ROOTS = ["workspace", "memory", "artifacts", "logs", "config"]
@@ -465,3 +465,19 @@ def test_hostile_sandbox_cannot_reach_the_host(cli, ctx, workdir, mode):
     assert not os.path.exists(os.path.join(out, "memory/etc"))
     with open(os.path.join(out, "workspace/ok.txt")) as f:
         assert f.read() == "ok\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unsafe_name_from_the_sandbox_is_refused(cli, ctx, mode):
+    """A name the archive rules refuse (a backslash segment that reads as
+    `..`), followed by more data: the save streams the sandbox's packer into
+    the local validation, which stops at that member and says so (not a
+    transfer or packer error); nothing is committed."""
+    name, _ = ctx
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--", "sh", "-c",
+                "head -c 2000000 /dev/urandom > workspace/a.bin; "
+                "printf x > 'workspace/..\\evil'; "
+                "head -c 4000000 /dev/urandom > workspace/z.bin")
+    assert r.rc == EXIT_UNSAFE, r.err
+    assert "rejected: unsafe archive entry: workspace/..\\evil" in r.err, r.err
+    assert generation(cli, name) == 2
