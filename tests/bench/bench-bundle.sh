@@ -49,8 +49,9 @@ else
 	[ -z "$(ls -A "$WORK")" ] || die "$WORK is not empty"
 fi
 EXP=$WORK
+. "$HERE/freshfs.sh"
 cleanup() {
-	if [ "$EXP" != "$WORK" ]; then umount "$EXP" 2>/dev/null || umount -l "$EXP" 2>/dev/null || true; fi
+	fresh_fs_down "$WORK/export.img" "$WORK/exp"
 	if [ "$KEEP" = 0 ]; then rm -rf -- "$WORK"; else echo "kept $WORK"; fi
 }
 trap cleanup EXIT
@@ -91,17 +92,14 @@ run tar_commit bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2"' _ 
 rm -f "$WORK/baseline.tar.zst"
 run tar_commit_sync bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2" && sync "$2"' _ "$SRC" "$WORK/baseline.tar.zst"
 echo "== export"
-# Both sides extract into a freshly made ext4 (a loop device, as root): on
-# an ext4 without a journal, creating many files within ~30 s of deleting
-# many crawls through recently_deleted() (a 1 GiB export: 3.5 s -> 7.5 s),
-# which would measure the disk's history, not the tool.
-if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
-	truncate -s $((MIB * 4 + 1024))M "$WORK/export.img"
-	mkfs.ext4 -q -F "$WORK/export.img"
-	mkdir "$WORK/exp"
-	mount -o loop "$WORK/export.img" "$WORK/exp" && EXP=$WORK/exp
+# Both sides extract into a freshly made ext4 (freshfs.sh): on the
+# journal-less root ext4 a 1 GiB export took 3.5 s or 7.5 s depending on
+# what had been deleted just before.
+if fresh_fs_up "$WORK/export.img" "$WORK/exp" $((MIB * 4 + 1024)); then
+	EXP=$WORK/exp
+else
+	echo "   (exporting into $WORK; recent deletions there can slow both sides)"
 fi
-[ "$EXP" != "$WORK" ] || echo "   (not root: exporting into $WORK; recent deletions there can slow both sides)"
 run cfs_export "$BIN" export bench "$EXP/out-cfs" -q
 mkdir "$EXP/out-tar"
 run tar_export bash -c 'zstd -dc -q "$1" | tar -C "$2" -xf -' _ "$WORK/baseline.tar.zst" "$EXP/out-tar"

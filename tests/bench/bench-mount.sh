@@ -195,28 +195,18 @@ prepare() {
 
 # ------------------------------------------------------- the fresh ext4
 # One filesystem for every system, made before the first one starts (see
-# the header): ext4 with a journal, inode tables and journal initialised by
-# mkfs (no lazy init thread writing in the background during the runs),
-# loop device in direct-I/O mode so that its pages are not cached twice.
-fresh_fs_up() {
-	command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is required for the fresh filesystem (e2fsprogs), or pass -n"
+# the header and freshfs.sh).
+. "$HERE/freshfs.sh"
+data_fs_up() {
 	is_mounted "$DATA" && die "$DATA is still mounted (a previous run?); unmount it first"
-	rm -f "$WORK/fs.img"
-	truncate -s "${FRESH_FS_GIB}G" "$WORK/fs.img" || die "cannot create $WORK/fs.img"
-	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.img" ||
-		die "mkfs.ext4 $WORK/fs.img failed"
-	LOOPDEV=$(losetup -f --show --direct-io=on "$WORK/fs.img" 2>/dev/null ||
-		losetup -f --show "$WORK/fs.img") || die "losetup $WORK/fs.img failed"
-	mkdir -p "$DATA"
-	mount "$LOOPDEV" "$DATA" || { losetup -d "$LOOPDEV"; LOOPDEV=""; die "cannot mount $LOOPDEV on $DATA"; }
+	fresh_fs_up "$WORK/fs.img" "$DATA" $((FRESH_FS_GIB * 1024)) ||
+		die "cannot make the fresh filesystem on $WORK/fs.img (or pass -n)"
+	LOOPDEV=$FRESH_LOOPDEV
 }
 
-fresh_fs_down() {
-	[ -n "$LOOPDEV" ] || return 0
-	umount "$DATA" 2>/dev/null || umount -l "$DATA"
-	losetup -d "$LOOPDEV" 2>/dev/null
+data_fs_down() {
+	fresh_fs_down "$WORK/fs.img" "$DATA"
 	LOOPDEV=""
-	rm -f "$WORK/fs.img"
 }
 
 # ---------------------------------------------------------- mount helpers
@@ -342,8 +332,8 @@ umount_sys() {
 	rm -rf "$DATA/back" "$DATA/cipher" "$CFS_CACHE" "$DATA/store"
 	sync
 }
-trap 'umount_sys; fresh_fs_down; exit 130' INT TERM
-trap 'fresh_fs_down' EXIT
+trap 'umount_sys; data_fs_down; exit 130' INT TERM
+trap 'data_fs_down' EXIT
 
 # ---------------------------------------------------------------- summary
 summarize() {
@@ -701,7 +691,7 @@ PY
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 is_mounted "$MNT" && die "$MNT is still mounted (a previous run?); unmount it first"
-[ "$FRESH" = 1 ] && fresh_fs_up
+[ "$FRESH" = 1 ] && data_fs_up
 prepare
 log "systems: $SYSTEMS; rounds: $ROUNDS; parts: $PARTS; out: $OUT; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'round\tlabel\tworkload\tvalue\tunit\n' >"$RAW"
