@@ -1360,12 +1360,13 @@ static int open_ref(struct cfs_manifest **m, const char **key,
 	return rc;
 }
 
-int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
-		       struct cfs_keys *keys, const char *refstr, int destdirfd,
-		       cfs_progress_fn progress, void *progress_payload)
+/* Export; bundle_fd >= 0 also receives the plaintext bundle. */
+static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
+		      struct cfs_keys *keys, const char *refstr, int destdirfd,
+		      int bundle_fd, cfs_progress_fn progress,
+		      void *progress_payload)
 {
 	struct cfs_manifest *m = NULL;
-	struct tmpdir t;
 	const char *key;
 	const cJSON *enc;
 	uint64_t bytes = 0;
@@ -1374,7 +1375,6 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 	int sfd = -1;
 	int rc;
 
-	tmpdir_init(&t);
 	rc = open_ref(&m, &key, &enc, info, st, refstr);
 	if (rc)
 		goto out;
@@ -1393,7 +1393,7 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		rc = cfs_error_errno(errno, "open %s", stage);
 		goto out;
 	}
-	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, -1, progress,
+	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, bundle_fd, progress,
 			  progress_payload);
 	if (rc) {
 		cfs_error_prefix("export %s", refstr);
@@ -1414,9 +1414,24 @@ out:
 		cfs_rmtree_at(destdirfd, stage);
 		error_restore(&se);
 	}
-	tmpdir_close(&t);
 	cfs_manifest_free(m);
 	return rc;
+}
+
+int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
+		       struct cfs_keys *keys, const char *refstr, int destdirfd,
+		       cfs_progress_fn progress, void *progress_payload)
+{
+	return export_ref(info, st, keys, refstr, destdirfd, -1, progress,
+			  progress_payload);
+}
+
+int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
+			      struct cfs_keys *keys, const char *refstr,
+			      int destdirfd, int bundle_fd)
+{
+	return export_ref(info, st, keys, refstr, destdirfd, bundle_fd, NULL,
+			  NULL);
 }
 
 int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,

@@ -170,6 +170,16 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       cfs_progress_fn progress, void *progress_payload);
 
 /*
+ * cfs_context_export() that also writes the plaintext bundle (the tar.zst)
+ * into bundle_fd in the same pass, for a caller that needs the tree and
+ * the bundle (push: the merge's base and the upload). What bundle_fd holds
+ * is trustworthy only when this returns 0; keep it private.
+ */
+int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
+			      struct cfs_keys *keys, const char *ref,
+			      int destdirfd, int bundle_fd);
+
+/*
  * Writes the plaintext bundle (the tar.zst) of ref into fd while it
  * authenticates it and checks it with the archive safety rules (nothing
  * extracted). What fd holds is trustworthy only when this returns 0: the

@@ -1164,9 +1164,9 @@ static int build_command(char **out, char **words, struct cli *cli)
 }
 
 /*
- * The pushed generation, once: its plaintext bundle decrypted (and
- * authenticated) into <tmp>/base.tar.zst, which the session uploads as
- * it is, and unpacked from there into basefd, the merge's base.
+ * The pushed generation, once: exported into basefd (the merge's base)
+ * while its plaintext bundle goes to <tmp>/base.tar.zst in the same pass,
+ * which the session uploads as it is.
  */
 static int fetch_base(char **bundle_out, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *ref, const char *tmp,
@@ -1178,21 +1178,13 @@ static int fetch_base(char **bundle_out, struct cfs_store *st,
 	*bundle_out = NULL;
 	if (!path)
 		return CFS_ENOMEM;
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = cfs_error_errno(errno, "creating %s", path);
 		free(path);
 		return rc;
 	}
-	rc = cfs_context_fetch_bundle(NULL, st, keys, ref, fd, NULL, NULL);
-	if (!rc && lseek(fd, 0, SEEK_SET) < 0)
-		rc = cfs_error_errno(errno, "rewinding %s", path);
-	if (!rc) {
-		rc = cfs_bundle_unpack(basefd, cfs_bundle_fd_source, &fd, NULL,
-				       NULL);
-		if (rc)
-			cfs_error_prefix("unpacking %s", ref);
-	}
+	rc = cfs_context_export_bundle(NULL, st, keys, ref, basefd, fd);
 	close(fd);
 	if (rc) {
 		unlink(path);
