@@ -62,6 +62,8 @@ export CONTEXTSDK_STORAGE_DIR=$STORE
 CONTEXTSDK_KEY_HEX=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CONTEXTSDK_KEY_HEX
 unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG
+# commit caches (~/.cache/contextfs/commits) stay in the work directory
+export XDG_CACHE_HOME=$WORK/xdg-cache
 
 echo "== generating $FILES files, $MIB MiB in $SRC"
 "$BIN" init bench -q >/dev/null

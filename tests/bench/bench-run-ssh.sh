@@ -5,7 +5,7 @@
 #
 #   tests/bench/bench-run-ssh.sh [--bin PATH] [--dir WORKDIR] [--mib N]
 #                                [--files N] [--rounds N] [--push] [--keep]
-#                                [--compare-bin OLD]
+#                                [--compare-bin OLD] [--rate MBIT]
 #
 # Generates a context of N files (default 5,000) totalling --mib MiB (default
 # 100) under workspace/ (bench-bundle.sh's generator, scaled: mostly small
@@ -28,6 +28,9 @@
 # and prints the medians: seconds, MB/s of tree bytes, the contextfs/baseline
 # throughput ratio (target >= 0.8) and peak RSS (/usr/bin/time -v), plus
 # contextfs's phase timings (CONTEXTFS_TIMING=1) of the median run.
+# --rate MBIT puts the ssh connections through an emulated link of that
+# bandwidth (shape.sh: tc on lo, only sshd's port): on bare loopback both
+# ends share the 2 cores and the "link" is CPU.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,7 @@ ROUNDS=3
 PUSH=0
 KEEP=0
 OLD_BIN=
+RATE=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -51,7 +55,8 @@ while [ $# -gt 0 ]; do
 	--push) PUSH=1; shift ;;
 	--keep) KEEP=1; shift ;;
 	--compare-bin) OLD_BIN=$2; shift 2 ;;
-	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+	--rate) RATE=$2; shift 2 ;;
+	-h | --help) sed -n '2,33p' "$0"; exit 0 ;;
 	*) echo "bench-run-ssh: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
@@ -69,6 +74,7 @@ fi
 [ -x /usr/sbin/sshd ] || die "sshd is required (apt-get install -y openssh-server)"
 [ -x "$PYTHON" ] || die "$PYTHON is required"
 for t in tar zstd ssh ssh-keygen unshare; do command -v "$t" >/dev/null || die "$t is required"; done
+case "$RATE" in *[!0-9]*) die "--rate takes a whole number of Mbit/s" ;; esac
 
 if [ -z "$WORK" ]; then
 	WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cfs-bench-ssh.XXXXXX")
@@ -81,7 +87,9 @@ SSHD_PID=
 MNT=
 D=$WORK
 . "$HERE/freshfs.sh"
+. "$HERE/shape.sh"
 cleanup() {
+	shape_down
 	if [ -n "$MNT" ]; then
 		"$BIN" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true
 	fi
@@ -152,6 +160,11 @@ SSH=(ssh -T -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes
 	-o "UserKnownHostsFile=$KD/known_hosts" -o LogLevel=ERROR
 	-p "$PORT" -i "$KD/id" -o IdentitiesOnly=yes root@127.0.0.1)
 "${SSH[@]}" true || die "cannot log in to the private sshd"
+LINK="loopback"
+if [ -n "$RATE" ]; then
+	shape_up "$PORT" "$RATE" || die "cannot shape the link to sshd"
+	LINK="$RATE Mbit/s each way (tc on lo)"
+fi
 SSH_ARGS=(--runtime ssh --ssh-host 127.0.0.1 --ssh-user root --ssh-port "$PORT"
 	--ssh-key "$KD/id" --ssh-known-hosts "$KD/known_hosts")
 
@@ -226,7 +239,7 @@ diff -r "$SRC/workspace" "$D/remote-run/mnt/bench/workspace" >/dev/null ||
 	die "the tree contextfs extracted over ssh differs from the source tree"
 
 echo
-echo "tree: $TREE_BYTES bytes in $NFILES files; $ROUNDS rounds, medians (min-max)"
+echo "tree: $TREE_BYTES bytes in $NFILES files; link: $LINK; $ROUNDS rounds, medians (min-max)"
 "$PYTHON" - "$TREE_BYTES" "$WORK" <<'PY'
 import glob, os, re, statistics, sys
 b, work = int(sys.argv[1]), sys.argv[2]

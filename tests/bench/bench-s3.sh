@@ -3,7 +3,8 @@
 # `curl --aws-sigv4` PUT and GET of the same bytes, in the same run. Run by hand
 # (not part of any suite); see README.md.
 #
-#   tests/bench/bench-s3.sh [--bin PATH] [--dir WORKDIR] [--mib N] [--files N] [--keep]
+#   tests/bench/bench-s3.sh [--bin PATH] [--dir WORKDIR] [--mib N] [--files N]
+#                           [--rate MBIT] [--keep]
 #
 # Generates a tree of --mib MiB (default 1024) in --files files (default
 # 20,000 per GiB) like bench-bundle.sh, then, against one RGW:
@@ -17,6 +18,10 @@
 #            rows is what the transfer costs contextfs
 # and prints seconds, MB/s of bundle bytes, contextfs throughput / curl
 # throughput (target >= 0.8) and peak RSS (/usr/bin/time -v) of every step.
+# --rate MBIT puts every request to the server (contextfs's and curl's)
+# through an emulated link of that bandwidth (shape.sh: tc on lo, only the
+# S3 port, as root): on bare loopback RGW shares the 2 cores with the
+# client and the "link" is CPU.
 #
 # The server: S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY (and
 # S3_REGION) of a running one, or else a fresh RGW started with tests/s3/rgw
@@ -33,6 +38,7 @@ WORK=
 MIB=1024
 FILES=
 KEEP=0
+RATE=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -41,13 +47,15 @@ while [ $# -gt 0 ]; do
 	--mib) MIB=$2; shift 2 ;;
 	--files) FILES=$2; shift 2 ;;
 	--keep) KEEP=1; shift ;;
-	-h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+	--rate) RATE=$2; shift 2 ;;
+	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
 	*) echo "bench-s3: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
 
 die() { echo "bench-s3: $*" >&2; exit 1; }
 case "$MIB" in '' | *[!0-9]*) die "--mib takes a number of MiB" ;; esac
+case "$RATE" in *[!0-9]*) die "--rate takes a whole number of Mbit/s" ;; esac
 if [ "$MIB" -lt 16 ] || [ "$MIB" -gt 65536 ]; then die "--mib must be 16..65536"; fi
 [ -n "$FILES" ] || FILES=$((MIB * 20000 / 1024))
 case "$FILES" in '' | *[!0-9]*) die "--files takes a number" ;; esac
@@ -65,9 +73,14 @@ fi
 
 RGW_DIR=
 PREFIX=bench-s3-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+. "$HERE/shape.sh"
+. "$HERE/freshfs.sh"
+EXP=$WORK
 cleanup() {
 	local rc=$?
 	set +e
+	shape_down
+	fresh_fs_down "$WORK/export.img" "$WORK/exp"
 	if [ -z "$RGW_DIR" ] && [ -n "${S3CURL+x}" ]; then
 		# someone else's server: the contextfs objects and curl's copy
 		list_keys | while read -r k; do
@@ -94,6 +107,17 @@ fi
 : "${S3_BUCKET:?}" "${S3_ACCESS_KEY:?}" "${S3_SECRET_KEY:?}"
 REGION=${S3_REGION:-us-east-1}
 ENDPOINT_B=${S3_ENDPOINT%/}/$S3_BUCKET
+LINK=loopback
+if [ -n "$RATE" ]; then
+	S3_HOST_PORT=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1])
+print(p.hostname, p.port or (443 if p.scheme == "https" else 80))' "$S3_ENDPOINT")
+	case "$S3_HOST_PORT" in
+	127.* | "localhost "*) ;;
+	*) die "--rate shapes loopback only; $S3_ENDPOINT is not on this machine" ;;
+	esac
+	shape_up "${S3_HOST_PORT#* }" "$RATE" || die "cannot shape the link to the server"
+	LINK="$RATE Mbit/s each way (tc on lo)"
+fi
 
 # the contextfs side: a raw key (no scrypt in the timing), the bucket via --store
 export CONTEXTSDK_S3_ENDPOINT=$S3_ENDPOINT CONTEXTSDK_S3_REGION=$REGION
@@ -102,6 +126,8 @@ export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 CONTEXTSDK_KEY_HEX=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CONTEXTSDK_KEY_HEX
 unset CONTEXTSDK_PASSPHRASE CONTEXTSDK_CONFIG CONTEXTSDK_STORAGE_DIR
+# commit caches (~/.cache/contextfs/commits) stay in the work directory
+export XDG_CACHE_HOME=$WORK/xdg-cache
 cfs() { "$BIN" --store "s3://$S3_BUCKET/$PREFIX" "$@"; }
 
 # the curl side: SigV4 by curl itself, unsigned payload (as contextfs sends)
@@ -143,22 +169,30 @@ echo "== GET (curl), PUT (curl)"
 run curl_get1 "${S3CURL[@]}" -o "$BUNDLE" "$ENDPOINT_B/$PREFIX/$TREE_KEY"
 [ "$(stat -c %s "$BUNDLE")" = "$BUNDLE_BYTES" ] || die "curl GET got $(stat -c %s "$BUNDLE") bytes"
 run curl_put "${S3CURL[@]}" -o /dev/null -T "$BUNDLE" "$ENDPOINT_B/$PREFIX/curl-put.bin"
+# Both exports go to a freshly made ext4 (freshfs.sh), side by side: on the
+# journal-less root ext4 creating 20,000 files soon after mass deletions
+# crawls through recently_deleted() (a local-store export took 11.7 s there
+# and 3.5 s on a fresh filesystem).
+if fresh_fs_up "$WORK/export.img" "$WORK/exp" $((MIB * 3 + 1024)); then
+	EXP=$WORK/exp
+else
+	echo "   (exporting into $WORK; recent deletions there can slow the exports)"
+fi
 echo "== export (contextfs), GET (curl)"
-run cfs_export "$BIN" --store "s3://$S3_BUCKET/$PREFIX" export bench "$WORK/out" -q
+run cfs_export "$BIN" --store "s3://$S3_BUCKET/$PREFIX" export bench "$EXP/out" -q
 run curl_get2 "${S3CURL[@]}" -o "$BUNDLE.2" "$ENDPOINT_B/$PREFIX/$TREE_KEY"
 cmp -s "$BUNDLE" "$BUNDLE.2" || die "the two curl GETs differ"
 rm -f "$BUNDLE.2" "$BUNDLE"
-diff -r "$SRC/workspace/bench" "$WORK/out/workspace/bench" >/dev/null ||
+diff -r "$SRC/workspace/bench" "$EXP/out/workspace/bench" >/dev/null ||
 	die "contextfs export differs from the source tree"
-rm -rf "$WORK/out"
 echo "== commit, export (contextfs, local store)"
 "$BIN" --store "$WORK/local" init bench -q >/dev/null
 run local_commit "$BIN" --store "$WORK/local" commit bench --from "$SRC" -m bench -q
-run local_export "$BIN" --store "$WORK/local" export bench "$WORK/out" -q
-rm -rf "$WORK/out" "$WORK/local"
+run local_export "$BIN" --store "$WORK/local" export bench "$EXP/out-local" -q
+rm -rf "$EXP/out" "$EXP/out-local" "$WORK/local"
 
 echo
-echo "tree: $TREE_BYTES bytes in $FILES files; encrypted bundle: $BUNDLE_BYTES bytes (MB/s below are of bundle bytes)"
+echo "tree: $TREE_BYTES bytes in $FILES files; encrypted bundle: $BUNDLE_BYTES bytes (MB/s below are of bundle bytes); link: $LINK"
 # shellcheck disable=SC2154 # SEC_* and RSS_* are set by run's eval
 python3 - "$BUNDLE_BYTES" "$SEC_cfs_commit" "$SEC_curl_put" "$SEC_cfs_export" "$SEC_curl_get1" \
 	"$SEC_curl_get2" "$RSS_cfs_commit" "$RSS_curl_put" "$RSS_cfs_export" "$RSS_curl_get1" \
