@@ -25,6 +25,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <sodium.h>
+#include <zstd.h>
 
 #include "core/bundle.h"
 #include "core/crypto.h"
@@ -1120,6 +1121,203 @@ out:
 	}
 	cfs_cipher_free(d.cipher);
 	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* The commit cache: the authenticated index between commits           */
+/* ------------------------------------------------------------------ */
+
+/* Plaintext bytes key_confirm reads: a zstd frame header is at most 18. */
+#define KEY_CONFIRM_BYTES 32
+/* Cap on a cached index (as PREV_INDEX_MAX). */
+#define CACHE_INDEX_MAX PREV_INDEX_MAX
+
+/* Whether buf starts with a zstd frame (magic and a valid header). */
+static bool zstd_frame_start(const uint8_t *buf, size_t len)
+{
+	uint32_t magic;
+
+	if (len < 4)
+		return false;
+	magic = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 |
+		(uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+	return magic == ZSTD_MAGICNUMBER &&
+	       ZSTD_getFrameContentSize(buf, len) != ZSTD_CONTENTSIZE_ERROR;
+}
+
+/*
+ * Confirms that keys decrypt the current tree object of m after reading
+ * only its first bytes: every bundle starts with a zstd frame header,
+ * which a wrong key turns into noise (a false match needs the 32-bit
+ * magic and a valid header by chance). This is not authentication, so it
+ * is only used with an index whose object we authenticated or wrote (the
+ * commit cache); on success the keys adopt the object's salt, as
+ * check_key's do.
+ */
+static int key_confirm(struct cfs_store *st, struct cfs_keys *keys,
+		       const struct cfs_manifest *m)
+{
+	const char *key = cfs_manifest_tree_key(m);
+	struct cfs_cipher *cipher = NULL;
+	struct cfs_encmeta meta;
+	struct fetch_stream f;
+	uint8_t buf[KEY_CONFIRM_BYTES];
+	size_t got = 0;
+	int rfd = -1, rc;
+
+	rc = cfs_encmeta_from_json(&meta, cfs_manifest_tree_encryption(m));
+	if (rc)
+		return rc;
+	rc = cfs_cipher_decrypt_new(&cipher, keys, &meta);
+	if (rc)
+		return rc;
+	rc = fetch_stream_start(&f, &rfd, st, key);
+	if (!rc)
+		rc = cfs_read_all(rfd, buf, sizeof(buf), &got);
+	{
+		/* we stop reading early: the download's EPIPE is expected */
+		int rc2 = fetch_stream_finish(&f, &rfd);
+
+		if (!rc && got < sizeof(buf))
+			rc = rc2 ? rc2
+				 : cfs_error_set(CFS_ECORRUPT,
+						 "%s is too short to be a "
+						 "bundle",
+						 key);
+	}
+	if (!rc)
+		rc = cfs_cipher_update(cipher, buf, got, buf);
+	if (!rc && !zstd_frame_start(buf, got))
+		rc = cfs_error_set(CFS_EAUTH,
+				   "the key does not decrypt the current data "
+				   "of %s (the passphrase or key is not this "
+				   "context's); nothing was committed",
+				   cfs_manifest_id(m));
+	sodium_memzero(buf, sizeof(buf));
+	cfs_cipher_free(cipher);
+	return rc ? rc : cfs_keys_adopt_salt(keys, &meta);
+}
+
+/* <dir>/<sha256 of store and id>.json */
+static char *cache_path(const char *dir, struct cfs_store *st, const char *id)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	char name[65];
+
+	if (cfs_buf_puts(&b, cfs_store_describe(st)) ||
+	    cfs_buf_put(&b, "", 1) || cfs_buf_puts(&b, id)) {
+		cfs_buf_free(&b);
+		return NULL;
+	}
+	cfs_sha256_hex(name, b.ptr, b.len);
+	cfs_buf_free(&b);
+	return cfs_asprintf("%s/%s.json", dir, name);
+}
+
+/* The tag of a tree's encryption metadata, or NULL. */
+static const char *enc_tag(const cJSON *enc)
+{
+	return cfs_json_str(enc, "authTag");
+}
+
+/*
+ * The index cached for the current tree of m (heap), or NULL when there is
+ * none for exactly that object (its key and GCM tag).
+ */
+static char *cache_load(const char *dir, struct cfs_store *st, const char *id,
+			const struct cfs_manifest *m)
+{
+	char *path = cache_path(dir, st, id), *buf = NULL, *out = NULL;
+	const char *tk = cfs_manifest_tree_key(m);
+	const char *tag = enc_tag(cfs_manifest_tree_encryption(m));
+	cJSON *o = NULL;
+	size_t len;
+
+	if (!path || !tk || !tag ||
+	    cfs_read_file_at(&buf, &len, AT_FDCWD, path,
+			     CACHE_INDEX_MAX + 4096))
+		goto out;
+	o = cJSON_ParseWithLength(buf, len);
+	if (o && cfs_json_str(o, "id") && !strcmp(cfs_json_str(o, "id"), id) &&
+	    cfs_json_str(o, "treeKey") &&
+	    !strcmp(cfs_json_str(o, "treeKey"), tk) && cfs_json_str(o, "tag") &&
+	    !strcmp(cfs_json_str(o, "tag"), tag) && cfs_json_str(o, "index"))
+		out = cfs_strdup(cfs_json_str(o, "index"));
+out:
+	cfs_error_clear();
+	cJSON_Delete(o);
+	free(buf);
+	free(path);
+	return out;
+}
+
+/* Entries of the commit cache unused for this long are removed. */
+#define CACHE_MAX_AGE_S (30 * 24 * 3600)
+
+/*
+ * Removes the cache's entries not written for CACHE_MAX_AGE_S (contexts
+ * and stores this machine no longer commits to), so the directory does
+ * not grow with every context ever committed.
+ */
+static void cache_prune(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	time_t now = time(NULL);
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		struct stat sb;
+		size_t n = strlen(de->d_name);
+
+		if (n != 64 + 5 || strcmp(de->d_name + 64, ".json") != 0)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
+			    0 &&
+		    S_ISREG(sb.st_mode) && sb.st_mtime < now - CACHE_MAX_AGE_S)
+			(void)unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+/* Best effort: remembers the index of the tree this commit wrote. */
+static void cache_save(const char *dir, struct cfs_store *st, const char *id,
+		       const char *tree_key, const cJSON *enc, int recfd,
+		       size_t reclen)
+{
+	char *path = NULL, *text = NULL, *index = NULL;
+	cJSON *o = NULL;
+	size_t got = 0;
+
+	if (reclen > CACHE_INDEX_MAX || !enc_tag(enc))
+		return;
+	index = cfs_malloc(reclen + 1);
+	if (!index || lseek(recfd, 0, SEEK_SET) != 0 ||
+	    cfs_read_all(recfd, index, reclen, &got) || got != reclen)
+		goto out;
+	index[reclen] = '\0';
+	o = cJSON_CreateObject();
+	if (!o || !cJSON_AddNumberToObject(o, "version", 1) ||
+	    !cJSON_AddStringToObject(o, "id", id) ||
+	    !cJSON_AddStringToObject(o, "treeKey", tree_key) ||
+	    !cJSON_AddStringToObject(o, "tag", enc_tag(enc)) ||
+	    !cJSON_AddStringToObject(o, "index", index))
+		goto out;
+	text = cJSON_PrintUnformatted(o);
+	path = cache_path(dir, st, id);
+	if (text && path && cfs_mkdir_p_at(AT_FDCWD, dir, 0700) == 0 &&
+	    cfs_write_file_at(AT_FDCWD, path, text, strlen(text), 0600,
+			      false) == 0)
+		cache_prune(dir);
+out:
+	if (cfs_error_last()[0])
+		cfs_debug("commit cache %s: %s", dir, cfs_error_last());
+	cfs_error_clear();
+	cJSON_Delete(o);
+	free(text);
+	free(path);
+	free(index);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2622,10 +2820,34 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		goto out;
 	t0 = cfs_monotonic_ms();
 	if (!opts->key_verified) {
-		rc = check_key(&prev_index, st, keys, old);
-		if (rc)
+		/*
+		 * The index of the tree this machine wrote or read last, when
+		 * it is still the current one, saves downloading the whole
+		 * tree: only the key needs confirming (1 GiB tree: 2.0 s on a
+		 * local store, 5 s over a 1 Gbit/s link to S3).
+		 */
+		char *cached =
+			opts->index_cache_dir
+				? cache_load(opts->index_cache_dir, st, id, old)
+				: NULL;
+
+		rc = cached ? key_confirm(st, keys, old) : -1;
+		if (rc == CFS_EAUTH) {
+			free(cached);
 			goto out;
-		cfs_log_timing(id, "commit: key check", &t0);
+		}
+		if (rc == 0) {
+			prev_index = cached;
+			cfs_log_timing(id, "commit: key check (cached index)",
+				       &t0);
+		} else {
+			free(cached);
+			cfs_error_clear();
+			rc = check_key(&prev_index, st, keys, old);
+			if (rc)
+				goto out;
+			cfs_log_timing(id, "commit: key check", &t0);
+		}
 	}
 
 	/* the version record travels inside the bundle, not in srcdir */
@@ -2832,6 +3054,9 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			}
 		}
 	}
+	if (save && opts->index_cache_dir && recfd >= 0)
+		cache_save(opts->index_cache_dir, st, id, key, enc, recfd,
+			   reclen);
 out:
 	if (up.started) {
 		/* failed before step 5: the upload ends (or is aborted) first */

@@ -115,6 +115,15 @@ struct cfs_commit_opts {
 	/* fill cfs_commit_result.index_json (a mount keeps it for the next
 	 * commit's prev_index) */
 	bool want_index_json;
+	/*
+	 * Optional private directory (made 0700) where a save leaves the
+	 * index of the tree it wrote, keyed by store and context. A later
+	 * commit without key_verified whose current tree is still exactly
+	 * that object (key and GCM tag) takes its changedPaths base from
+	 * there and only confirms the key on the object's first bytes,
+	 * instead of downloading and authenticating the whole tree.
+	 */
+	const char *index_cache_dir;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

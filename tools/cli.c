@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "core/manifest.h"
 #include "core/util.h"
+#include "fuse/mount.h"
 #include "storage/storage.h"
 
 #ifndef CFS_VERSION
@@ -1514,8 +1515,17 @@ static int commit_dir(struct cfs_commit_result *cr, struct cfs_store *st,
 		      void *payload)
 {
 	const struct dir_write *w = payload;
+	struct cfs_commit_opts o = *co;
+	char *cache = cfs_mount_default_cache();
+	char *dir = cache ? cfs_asprintf("%s/contextfs/commits", cache) : NULL;
+	int rc;
 
-	return cfs_context_commit(cr, st, keys, w->id, w->dirfd, co);
+	/* the index of our last commit saves a download (context.h) */
+	o.index_cache_dir = dir;
+	rc = cfs_context_commit(cr, st, keys, w->id, w->dirfd, &o);
+	free(dir);
+	free(cache);
+	return rc;
 }
 
 int cli_commit_dir_locked(struct cli *cli, struct cfs_commit_result *cr,

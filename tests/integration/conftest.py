@@ -71,6 +71,7 @@ class Cli:
         self.raw_key_hex = raw_key_hex
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXTSDK_")}
         env.pop("CONTEXTFS_SCRYPT_COST", None)
+        env.pop("XDG_CACHE_HOME", None)  # caches under the private HOME
         env["HOME"] = os.path.join(workdir, "home")
         os.makedirs(env["HOME"], exist_ok=True)
         env["CONTEXTSDK_STORAGE_DIR"] = store

@@ -394,3 +394,71 @@ def test_commit_stages_its_bundle_in_the_store(cli_raw, tmp_path):
     files = refreader.read_tree_files(c.store, "stg", raw_key_hex=c.raw_key_hex)
     with open(os.path.join(src, "workspace/big.bin"), "rb") as f:
         assert files["workspace/big.bin"]["sha256"] == hashlib.sha256(f.read()).hexdigest()
+
+
+def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
+    """A CLI commit leaves the index of the tree it wrote in a private
+    cache (~/.cache/contextfs/commits, 0700/0600); the next commit whose
+    current tree is still that object confirms the key on the object's
+    first bytes and takes changedPaths from there instead of downloading
+    the whole tree. A wrong key is still refused with nothing committed;
+    a tree someone else committed since, or a damaged cache file, falls
+    back to the full authenticated check with the same changedPaths.
+    Entries unused for 30 days are removed."""
+    c = cli_raw
+    c.json("init", "ix")
+    src = str(tmp_path / "src")
+    c.ok("export", "ix", src)
+    write_file(src, "workspace/a.txt", b"one\n")
+    c.ok("commit", "ix", "--from", src, "-m", "1")
+    cache = os.path.join(c.env["HOME"], ".cache", "contextfs", "commits")
+    files = os.listdir(cache)
+    assert len(files) == 1, files
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(cache, files[0])).st_mode) == 0o600
+    timing = {"CONTEXTFS_TIMING": "1"}
+
+    def commit(cli, msg, expect_cached):
+        r = cli.json("commit", "ix", "--from", src, "-m", msg, env=timing)
+        assert ("key check (cached index)" in r.err) == expect_cached, r.err
+        assert bool(re.search(r"commit: key check [0-9]", r.err)) == (not expect_cached), r.err
+        return [(p["path"], p["type"]) for p in r.json["changedPaths"]]
+
+    write_file(src, "workspace/a.txt", b"two\n")
+    write_file(src, "workspace/b.txt", b"new\n")
+    assert commit(c, "2", True) == [("workspace/a.txt", "modified"), ("workspace/b.txt", "added")]
+    gen = c.manifest("ix")["generation"]
+
+    # a wrong key with a valid cache entry: refused, nothing written
+    wrong = c.run("commit", "ix", "--from", src, "-m", "x", env={"CONTEXTSDK_KEY_HEX": "11" * 32})
+    assert wrong.rc == 5, wrong.err
+    assert "does not decrypt" in wrong.err and "nothing was committed" in wrong.err
+    assert c.manifest("ix")["generation"] == gen
+
+    # another machine (its own HOME, so its own cache) commits: ours is stale
+    other_home = str(tmp_path / "other-home")
+    os.makedirs(other_home)
+    os.remove(os.path.join(src, "workspace/b.txt"))
+    r = c.json("commit", "ix", "--from", src, "-m", "other", env={"HOME": other_home})
+    assert [(p["path"], p["type"]) for p in r.json["changedPaths"]] == [("workspace/b.txt", "removed")]
+    write_file(src, "workspace/c.txt", b"c\n")
+    assert commit(c, "3", False) == [("workspace/c.txt", "added")]
+    # ... and now current again
+    write_file(src, "workspace/a.txt", b"three\n")
+    assert commit(c, "4", True) == [("workspace/a.txt", "modified")]
+
+    # a damaged cache file is ignored; entries unused for 30 days go
+    with open(os.path.join(cache, files[0]), "wb") as f:
+        f.write(b"{not json")
+    old, young = (os.path.join(cache, ("%064x" % n) + ".json") for n in (1, 2))
+    for p in (old, young):
+        with open(p, "w") as f:
+            f.write("{}")
+    os.utime(old, (time.time() - 31 * 86400,) * 2)
+    os.utime(young, (time.time() - 29 * 86400,) * 2)
+    os.remove(os.path.join(src, "workspace/c.txt"))
+    assert commit(c, "5", False) == [("workspace/c.txt", "removed")]
+    assert sorted(os.listdir(cache)) == sorted([files[0], os.path.basename(young)])
+    tree = refreader.read_tree_files(c.store, "ix", raw_key_hex=c.raw_key_hex)
+    assert tree["workspace/a.txt"]["sha256"] == hashlib.sha256(b"three\n").hexdigest()
+    assert "workspace/c.txt" not in tree and "workspace/b.txt" not in tree
