@@ -1281,22 +1281,20 @@ static void cache_prune(const char *dir)
 	closedir(d);
 }
 
-/* Best effort: remembers the index of the tree this commit wrote. */
+/*
+ * Best effort: remembers index (the version record stored as the tree's
+ * .contextsdk/index.json, authenticated or written by us) for the tree
+ * object tree_key with encryption metadata enc.
+ */
 static void cache_save(const char *dir, struct cfs_store *st, const char *id,
-		       const char *tree_key, const cJSON *enc, int recfd,
-		       size_t reclen)
+		       const char *tree_key, const cJSON *enc,
+		       const char *index)
 {
-	char *path = NULL, *text = NULL, *index = NULL;
+	char *path = NULL, *text = NULL;
 	cJSON *o = NULL;
-	size_t got = 0;
 
-	if (reclen > CACHE_INDEX_MAX || !enc_tag(enc))
+	if (!index || strlen(index) > CACHE_INDEX_MAX || !enc_tag(enc))
 		return;
-	index = cfs_malloc(reclen + 1);
-	if (!index || lseek(recfd, 0, SEEK_SET) != 0 ||
-	    cfs_read_all(recfd, index, reclen, &got) || got != reclen)
-		goto out;
-	index[reclen] = '\0';
 	o = cJSON_CreateObject();
 	if (!o || !cJSON_AddNumberToObject(o, "version", 1) ||
 	    !cJSON_AddStringToObject(o, "id", id) ||
@@ -1317,7 +1315,22 @@ out:
 	cJSON_Delete(o);
 	free(text);
 	free(path);
-	free(index);
+}
+
+/* The whole of fd (from its start) as a string (heap), or NULL. */
+static char *read_fd_string(int fd, size_t len)
+{
+	char *s = cfs_malloc(len + 1);
+	size_t got = 0;
+
+	if (s && lseek(fd, 0, SEEK_SET) == 0 &&
+	    cfs_read_all(fd, s, len, &got) == 0 && got == len) {
+		s[len] = '\0';
+		return s;
+	}
+	free(s);
+	cfs_error_clear();
+	return NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1559,10 +1572,36 @@ static int open_ref(struct cfs_manifest **m, const char **key,
 }
 
 /* Export; bundle_fd >= 0 also receives the plaintext bundle. */
+/*
+ * The index of an exported tree (its .contextsdk/index.json, a regular
+ * file reached without following links) as a heap string, or NULL.
+ */
+static char *exported_index(int treefd)
+{
+	int dfd = openat(treefd, CFS_META_DIR,
+			 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	char *buf = NULL;
+	struct stat sb;
+	int fd;
+
+	if (dfd < 0)
+		return NULL;
+	fd = openat(dfd, "index.json",
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	close(dfd);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+	    (uint64_t)sb.st_size <= CACHE_INDEX_MAX)
+		buf = read_fd_string(fd, (size_t)sb.st_size);
+	close(fd);
+	return buf;
+}
+
 static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *refstr, int destdirfd,
 		      int bundle_fd, cfs_progress_fn progress,
-		      void *progress_payload)
+		      void *progress_payload, const char *cache_dir)
 {
 	struct cfs_manifest *m = NULL;
 	const char *key;
@@ -1597,6 +1636,18 @@ static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 		cfs_error_prefix("export %s", refstr);
 		goto out;
 	}
+	/*
+	 * Authenticated and still private: the current tree's index seeds
+	 * the commit cache, so the commit that follows an export does not
+	 * download the tree again to check the key.
+	 */
+	if (cache_dir && cfs_manifest_tree_key(m) &&
+	    strcmp(key, cfs_manifest_tree_key(m)) == 0) {
+		char *ij = exported_index(sfd);
+
+		cache_save(cache_dir, st, cfs_manifest_id(m), key, enc, ij);
+		free(ij);
+	}
 	rc = publish_stage(destdirfd, sfd, stage);
 	if (rc)
 		goto out;
@@ -1621,7 +1672,15 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       cfs_progress_fn progress, void *progress_payload)
 {
 	return export_ref(info, st, keys, refstr, destdirfd, -1, progress,
-			  progress_payload);
+			  progress_payload, NULL);
+}
+
+int cfs_context_export_opts(struct cfs_ref_info *info, struct cfs_store *st,
+			    struct cfs_keys *keys, const char *refstr,
+			    int destdirfd, const struct cfs_export_opts *o)
+{
+	return export_ref(info, st, keys, refstr, destdirfd, -1, o->progress,
+			  o->progress_payload, o->index_cache_dir);
 }
 
 int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
@@ -1629,7 +1688,7 @@ int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			      int destdirfd, int bundle_fd)
 {
 	return export_ref(info, st, keys, refstr, destdirfd, bundle_fd, NULL,
-			  NULL);
+			  NULL, NULL);
 }
 
 int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
@@ -3037,26 +3096,19 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 				record, "changedPaths");
 
 			res->changed_paths = cJSON_Duplicate(cp, true);
-			if (opts->want_index_json && recfd >= 0) {
-				char *ij = cfs_malloc(reclen + 1);
-				size_t got = 0;
-
-				if (ij && lseek(recfd, 0, SEEK_SET) == 0 &&
-				    cfs_read_all(recfd, ij, reclen, &got) ==
-					    0 &&
-				    got == reclen) {
-					ij[reclen] = '\0';
-					res->index_json = ij;
-				} else {
-					free(ij);
-				}
-				cfs_error_clear();
-			}
 		}
 	}
-	if (save && opts->index_cache_dir && recfd >= 0)
-		cache_save(opts->index_cache_dir, st, id, key, enc, recfd,
-			   reclen);
+	if (save && recfd >= 0 &&
+	    ((res && opts->want_index_json) || opts->index_cache_dir)) {
+		char *ij = read_fd_string(recfd, reclen);
+
+		if (opts->index_cache_dir)
+			cache_save(opts->index_cache_dir, st, id, key, enc, ij);
+		if (res && opts->want_index_json)
+			res->index_json = ij;
+		else
+			free(ij);
+	}
 out:
 	if (up.started) {
 		/* failed before step 5: the upload ends (or is aborted) first */

@@ -178,6 +178,22 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *ref, int destdirfd,
 		       cfs_progress_fn progress, void *progress_payload);
 
+struct cfs_export_opts {
+	cfs_progress_fn progress;
+	void *progress_payload;
+	/*
+	 * Optional: when the ref is the context's current tree, leave its
+	 * authenticated index where a later commit with the same
+	 * cfs_commit_opts.index_cache_dir finds it.
+	 */
+	const char *index_cache_dir;
+};
+
+/* cfs_context_export() with options. */
+int cfs_context_export_opts(struct cfs_ref_info *info, struct cfs_store *st,
+			    struct cfs_keys *keys, const char *refstr,
+			    int destdirfd, const struct cfs_export_opts *o);
+
 /*
  * cfs_context_export() that also writes the plaintext bundle (the tar.zst)
  * into bundle_fd in the same pass, for a caller that needs the tree and

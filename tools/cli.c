@@ -1516,16 +1516,23 @@ static int commit_dir(struct cfs_commit_result *cr, struct cfs_store *st,
 {
 	const struct dir_write *w = payload;
 	struct cfs_commit_opts o = *co;
-	char *cache = cfs_mount_default_cache();
-	char *dir = cache ? cfs_asprintf("%s/contextfs/commits", cache) : NULL;
+	char *dir = cli_commit_cache_dir();
 	int rc;
 
 	/* the index of our last commit saves a download (context.h) */
 	o.index_cache_dir = dir;
 	rc = cfs_context_commit(cr, st, keys, w->id, w->dirfd, &o);
 	free(dir);
-	free(cache);
 	return rc;
+}
+
+char *cli_commit_cache_dir(void)
+{
+	char *cache = cfs_mount_default_cache();
+	char *dir = cache ? cfs_asprintf("%s/contextfs/commits", cache) : NULL;
+
+	free(cache);
+	return dir;
 }
 
 int cli_commit_dir_locked(struct cli *cli, struct cfs_commit_result *cr,

@@ -255,6 +255,12 @@ int cli_write_locked(struct cli *cli, struct cfs_commit_result *cr,
 		     const char *id, const char *label,
 		     struct cfs_commit_opts *co, cli_locked_write_fn write,
 		     void *payload);
+/*
+ * Where CLI commits keep the index of the tree they wrote or exported
+ * (cfs_commit_opts.index_cache_dir): <cache>/contextfs/commits (heap).
+ */
+char *cli_commit_cache_dir(void);
+
 /* cli_write_locked() with cfs_context_commit() of directory dirfd. */
 int cli_commit_dir_locked(struct cli *cli, struct cfs_commit_result *cr,
 			  const char *id, int dirfd, const char *label,

@@ -136,8 +136,14 @@ static int run(struct cli *cli)
 		goto out;
 
 	cli_progress_begin(cli, "export");
-	rc = cfs_context_export(&info, st, keys, refstr, fd, cli_progress_cb,
-				cli);
+	{
+		struct cfs_export_opts eo = {cli_progress_cb, cli,
+					     cli_commit_cache_dir()};
+
+		/* the commit that usually follows finds the index there */
+		rc = cfs_context_export_opts(&info, st, keys, refstr, fd, &eo);
+		free((char *)eo.index_cache_dir);
+	}
 	cli_progress_end(cli);
 	if (rc) {
 		/* Never leave a partial tree behind. */

@@ -4,6 +4,7 @@ codes, doctor, and key hygiene (no secret in output or in any argv)."""
 import hashlib
 import json
 import os
+import shutil
 import re
 import stat
 import subprocess
@@ -462,3 +463,36 @@ def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
     tree = refreader.read_tree_files(c.store, "ix", raw_key_hex=c.raw_key_hex)
     assert tree["workspace/a.txt"]["sha256"] == hashlib.sha256(b"three\n").hexdigest()
     assert "workspace/c.txt" not in tree and "workspace/b.txt" not in tree
+
+
+def test_export_seeds_the_commit_cache(cli_raw, tmp_path):
+    """Exporting the current tree leaves its authenticated index in the
+    commit cache, so the commit that follows an export only confirms the
+    key; exporting an older generation does not (its index is not the
+    current one's), and changedPaths are right either way."""
+    c = cli_raw
+    c.json("init", "ex")
+    src = str(tmp_path / "src")
+    c.ok("export", "ex", src)
+    write_file(src, "workspace/a.txt", b"1\n")
+    c.ok("commit", "ex", "--from", src, "-m", "1")
+    write_file(src, "workspace/b.txt", b"2\n")
+    c.ok("commit", "ex", "--from", src, "-m", "2")
+    cache = os.path.join(c.env["HOME"], ".cache", "contextfs", "commits")
+    timing = {"CONTEXTFS_TIMING": "1"}
+
+    def fresh_commit(ref, change, expect_cached):
+        shutil.rmtree(cache)
+        out = str(tmp_path / ("out-" + ref.replace("@", "-")))
+        c.ok("export", ref, out)
+        assert os.path.isdir(cache) == expect_cached
+        write_file(out, change, b"changed\n")
+        r = c.json("commit", "ex", "--from", out, "-m", "after " + ref, env=timing)
+        assert ("key check (cached index)" in r.err) == expect_cached, r.err
+        return [(p["path"], p["type"]) for p in r.json["changedPaths"]]
+
+    assert fresh_commit("ex", "workspace/a.txt", True) == [("workspace/a.txt", "modified")]
+    # generation 2 holds the first a.txt and no b.txt; the base of the
+    # diff is still the current tree (a.txt "changed", b.txt)
+    assert fresh_commit("ex@2", "workspace/c.txt", False) == [
+        ("workspace/a.txt", "modified"), ("workspace/c.txt", "added"), ("workspace/b.txt", "removed")]
