@@ -397,6 +397,21 @@ def test_commit_stages_its_bundle_in_the_store(cli_raw, tmp_path):
         assert files["workspace/big.bin"]["sha256"] == hashlib.sha256(f.read()).hexdigest()
 
 
+def _committed(c, tmp_path, ctx, content):
+    """A context ctx whose generation 2 holds workspace/a.txt = content;
+    returns the exported directory it was committed from."""
+    c.json("init", ctx)
+    src = str(tmp_path / "src")
+    c.ok("export", ctx, src)
+    write_file(src, "workspace/a.txt", content)
+    c.ok("commit", ctx, "--from", src, "-m", "1")
+    return src
+
+
+def _commit_cache(c):
+    return os.path.join(c.env["HOME"], ".cache", "contextfs", "commits")
+
+
 def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
     """A CLI commit leaves the index of the tree it wrote in a private
     cache (~/.cache/contextfs/commits, 0700/0600); the next commit whose
@@ -407,12 +422,8 @@ def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
     back to the full authenticated check with the same changedPaths.
     Entries unused for 30 days are removed."""
     c = cli_raw
-    c.json("init", "ix")
-    src = str(tmp_path / "src")
-    c.ok("export", "ix", src)
-    write_file(src, "workspace/a.txt", b"one\n")
-    c.ok("commit", "ix", "--from", src, "-m", "1")
-    cache = os.path.join(c.env["HOME"], ".cache", "contextfs", "commits")
+    src = _committed(c, tmp_path, "ix", b"one\n")
+    cache = _commit_cache(c)
     files = os.listdir(cache)
     assert len(files) == 1, files
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
@@ -471,14 +482,10 @@ def test_export_seeds_the_commit_cache(cli_raw, tmp_path):
     key; exporting an older generation does not (its index is not the
     current one's), and changedPaths are right either way."""
     c = cli_raw
-    c.json("init", "ex")
-    src = str(tmp_path / "src")
-    c.ok("export", "ex", src)
-    write_file(src, "workspace/a.txt", b"1\n")
-    c.ok("commit", "ex", "--from", src, "-m", "1")
+    src = _committed(c, tmp_path, "ex", b"1\n")
     write_file(src, "workspace/b.txt", b"2\n")
     c.ok("commit", "ex", "--from", src, "-m", "2")
-    cache = os.path.join(c.env["HOME"], ".cache", "contextfs", "commits")
+    cache = _commit_cache(c)
     timing = {"CONTEXTFS_TIMING": "1"}
 
     def fresh_commit(ref, change, expect_cached):
