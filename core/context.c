@@ -1227,22 +1227,34 @@ static const char *enc_tag(const cJSON *enc)
 static char *cache_load(const char *dir, struct cfs_store *st, const char *id,
 			const struct cfs_manifest *m)
 {
-	char *path = cache_path(dir, st, id), *buf = NULL, *out = NULL;
+	char *path = cache_path(dir, st, id), *buf = NULL, *out = NULL, *nl;
 	const char *tk = cfs_manifest_tree_key(m);
 	const char *tag = enc_tag(cfs_manifest_tree_encryption(m));
+	const cJSON *size;
 	cJSON *o = NULL;
-	size_t len;
+	size_t len, hlen;
 
 	if (!path || !tk || !tag ||
 	    cfs_read_file_at(&buf, &len, AT_FDCWD, path,
 			     CACHE_INDEX_MAX + 4096))
 		goto out;
-	o = cJSON_ParseWithLength(buf, len);
+	nl = memchr(buf, '\n', len);
+	if (!nl)
+		goto out;
+	hlen = (size_t)(nl - buf);
+	o = cJSON_ParseWithLength(buf, hlen);
+	size = cJSON_GetObjectItemCaseSensitive(o, "size");
 	if (o && cfs_json_str(o, "id") && !strcmp(cfs_json_str(o, "id"), id) &&
 	    cfs_json_str(o, "treeKey") &&
 	    !strcmp(cfs_json_str(o, "treeKey"), tk) && cfs_json_str(o, "tag") &&
-	    !strcmp(cfs_json_str(o, "tag"), tag) && cfs_json_str(o, "index"))
-		out = cfs_strdup(cfs_json_str(o, "index"));
+	    !strcmp(cfs_json_str(o, "tag"), tag) && cJSON_IsNumber(size) &&
+	    size->valuedouble == (double)(len - hlen - 1)) {
+		/* the index follows the header line: move it to the front */
+		memmove(buf, nl + 1, len - hlen - 1);
+		buf[len - hlen - 1] = '\0';
+		out = buf;
+		buf = NULL;
+	}
 out:
 	cfs_error_clear();
 	cJSON_Delete(o);
@@ -1282,38 +1294,69 @@ static void cache_prune(const char *dir)
 }
 
 /*
- * Best effort: remembers index (the version record stored as the tree's
- * .contextsdk/index.json, authenticated or written by us) for the tree
- * object tree_key with encryption metadata enc.
+ * Best effort: remembers the index in fd (len bytes from its start: the
+ * version record the tree holds as .contextsdk/index.json, authenticated
+ * or written by us) for the tree object tree_key with encryption metadata
+ * enc. The file is a header line, {"version", "id", "treeKey", "tag",
+ * "size"}, then the index as it is; copied through a small buffer, so
+ * memory does not grow with the number of files.
  */
 static void cache_save(const char *dir, struct cfs_store *st, const char *id,
-		       const char *tree_key, const cJSON *enc,
-		       const char *index)
+		       const char *tree_key, const cJSON *enc, int fd,
+		       size_t len)
 {
-	char *path = NULL, *text = NULL;
+	char *path = NULL, *head = NULL, *tmp = NULL;
+	char buf[65536], hex[9];
 	cJSON *o = NULL;
+	int out = -1;
+	size_t left = len;
+	bool ok = false;
 
-	if (!index || strlen(index) > CACHE_INDEX_MAX || !enc_tag(enc))
+	if (fd < 0 || len > CACHE_INDEX_MAX || !enc_tag(enc))
 		return;
 	o = cJSON_CreateObject();
 	if (!o || !cJSON_AddNumberToObject(o, "version", 1) ||
 	    !cJSON_AddStringToObject(o, "id", id) ||
 	    !cJSON_AddStringToObject(o, "treeKey", tree_key) ||
 	    !cJSON_AddStringToObject(o, "tag", enc_tag(enc)) ||
-	    !cJSON_AddStringToObject(o, "index", index))
+	    !cJSON_AddNumberToObject(o, "size", (double)len))
 		goto out;
-	text = cJSON_PrintUnformatted(o);
+	head = cJSON_PrintUnformatted(o);
 	path = cache_path(dir, st, id);
-	if (text && path && cfs_mkdir_p_at(AT_FDCWD, dir, 0700) == 0 &&
-	    cfs_write_file_at(AT_FDCWD, path, text, strlen(text), 0600,
-			      false) == 0)
+	cfs_random_hex(hex, 4);
+	tmp = path ? cfs_asprintf("%s.tmp-%s", path, hex) : NULL;
+	if (!head || !tmp || cfs_mkdir_p_at(AT_FDCWD, dir, 0700) != 0)
+		goto out;
+	out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		   0600);
+	if (out < 0 || cfs_write_all(out, head, strlen(head)) ||
+	    cfs_write_all(out, "\n", 1) || lseek(fd, 0, SEEK_SET) != 0)
+		goto out;
+	while (left > 0) {
+		size_t got = 0;
+
+		if (cfs_read_all(fd, buf,
+				 left < sizeof(buf) ? left : sizeof(buf),
+				 &got) ||
+		    got == 0 || cfs_write_all(out, buf, got))
+			goto out;
+		left -= got;
+	}
+	ok = close(out) == 0 && rename(tmp, path) == 0;
+	out = -1;
+	if (ok)
 		cache_prune(dir);
 out:
+	if (out >= 0)
+		close(out);
+	if (!ok && tmp)
+		(void)unlink(tmp);
 	if (cfs_error_last()[0])
 		cfs_debug("commit cache %s: %s", dir, cfs_error_last());
 	cfs_error_clear();
 	cJSON_Delete(o);
-	free(text);
+	free(head);
+	free(tmp);
 	free(path);
 }
 
@@ -1574,28 +1617,27 @@ static int open_ref(struct cfs_manifest **m, const char **key,
 /* Export; bundle_fd >= 0 also receives the plaintext bundle. */
 /*
  * The index of an exported tree (its .contextsdk/index.json, a regular
- * file reached without following links) as a heap string, or NULL.
+ * file reached without following links, at most CACHE_INDEX_MAX bytes)
+ * open for reading, or -1.
  */
-static char *exported_index(int treefd)
+static int exported_index(int treefd)
 {
 	int dfd = openat(treefd, CFS_META_DIR,
 			 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	char *buf = NULL;
 	struct stat sb;
 	int fd;
 
 	if (dfd < 0)
-		return NULL;
+		return -1;
 	fd = openat(dfd, "index.json",
 		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	close(dfd);
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
-	    (uint64_t)sb.st_size <= CACHE_INDEX_MAX)
-		buf = read_fd_string(fd, (size_t)sb.st_size);
-	close(fd);
-	return buf;
+	if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+			(uint64_t)sb.st_size > CACHE_INDEX_MAX)) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
 }
 
 static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
@@ -1643,10 +1685,14 @@ static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 	 */
 	if (cache_dir && cfs_manifest_tree_key(m) &&
 	    strcmp(key, cfs_manifest_tree_key(m)) == 0) {
-		char *ij = exported_index(sfd);
+		struct stat sb;
+		int ifd = exported_index(sfd);
 
-		cache_save(cache_dir, st, cfs_manifest_id(m), key, enc, ij);
-		free(ij);
+		if (ifd >= 0 && fstat(ifd, &sb) == 0)
+			cache_save(cache_dir, st, cfs_manifest_id(m), key, enc,
+				   ifd, (size_t)sb.st_size);
+		if (ifd >= 0)
+			close(ifd);
 	}
 	rc = publish_stage(destdirfd, sfd, stage);
 	if (rc)
@@ -3098,17 +3144,11 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			res->changed_paths = cJSON_Duplicate(cp, true);
 		}
 	}
-	if (save && recfd >= 0 &&
-	    ((res && opts->want_index_json) || opts->index_cache_dir)) {
-		char *ij = read_fd_string(recfd, reclen);
-
-		if (opts->index_cache_dir)
-			cache_save(opts->index_cache_dir, st, id, key, enc, ij);
-		if (res && opts->want_index_json)
-			res->index_json = ij;
-		else
-			free(ij);
-	}
+	if (save && recfd >= 0 && res && opts->want_index_json)
+		res->index_json = read_fd_string(recfd, reclen);
+	if (save && recfd >= 0 && opts->index_cache_dir)
+		cache_save(opts->index_cache_dir, st, id, key, enc, recfd,
+			   reclen);
 out:
 	if (up.started) {
 		/* failed before step 5: the upload ends (or is aborted) first */

@@ -9,6 +9,7 @@
 # large ones, about half of the bytes compressible text and half random. Then,
 # with a warm page cache for both sides:
 #   commit   contextfs commit bench --from src      vs  tar -c | zstd -T0 -3 > f
+#            and again with one file changed (the second generation)
 #   export   contextfs export bench out             vs  zstd -d < f | tar -x
 # and prints seconds, MB/s (of tree bytes), the contextfs/baseline throughput
 # ratio (target >= 0.8; commit also against the baseline plus an fsync of its
@@ -93,6 +94,10 @@ run tar_commit bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2"' _ 
 # durability for the baseline (coreutils sync FILE = fsync)
 rm -f "$WORK/baseline.tar.zst"
 run tar_commit_sync bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2" && sync "$2"' _ "$SRC" "$WORK/baseline.tar.zst"
+# the usual next step: one file changed, committed again (the commit cache
+# spares it the download and authentication of the first generation)
+echo "again" >>"$SRC/workspace/again.txt" # outside bench/: the exports are diffed there
+run cfs_commit2 "$BIN" commit bench --from "$SRC" -m again -q
 echo "== export"
 # Both sides extract into a freshly made ext4 (freshfs.sh): on the
 # journal-less root ext4 a 1 GiB export took 3.5 s or 7.5 s depending on
@@ -118,12 +123,13 @@ echo
 echo "tree: $TREE_BYTES bytes in $FILES files; bundle: contextfs $CFS_OBJ bytes, tar|zstd $BASE_OBJ bytes"
 python3 - "$TREE_BYTES" "$SEC_cfs_commit" "$SEC_tar_commit" "$SEC_cfs_export" "$SEC_tar_export" \
 	"$RSS_cfs_commit" "$RSS_tar_commit" "$RSS_cfs_export" "$RSS_tar_export" \
-	"$SEC_tar_commit_sync" "$RSS_tar_commit_sync" <<'PY'
+	"$SEC_tar_commit_sync" "$RSS_tar_commit_sync" "$SEC_cfs_commit2" "$RSS_cfs_commit2" <<'PY'
 import sys
 b = int(sys.argv[1])
 cc, tc, ce, te = map(float, sys.argv[2:6])
 rcc, rtc, rce, rte = map(int, sys.argv[6:10])
 tcs, rtcs = float(sys.argv[10]), int(sys.argv[11])
+cc2, rcc2 = float(sys.argv[12]), int(sys.argv[13])
 mbs = lambda s: b / 1e6 / s if s > 0 else float("inf")
 # ratio = contextfs throughput / baseline throughput (target >= 0.8)
 print("%-8s %-22s %8s %9s %12s %8s" % ("op", "tool", "seconds", "MB/s", "peak RSS MiB", "cfs/x"))
@@ -133,4 +139,7 @@ for op, c, rc, bases in rows:
     print("%-8s %-22s %8.2f %9.1f %12.1f %8s" % (op, "contextfs", c, mbs(c), rc / 1024, ""))
     for name, t, rt in bases:
         print("%-8s %-22s %8.2f %9.1f %12.1f %8.2f" % (op, name, t, mbs(t), rt / 1024, t / c if c else 0))
+    if op == "commit":
+        print("%-8s %-22s %8.2f %9.1f %12.1f %8.2f" % (op, "contextfs, 1 changed", cc2, mbs(cc2),
+                                                      rcc2 / 1024, tc / cc2 if cc2 else 0))
 PY
