@@ -1127,8 +1127,9 @@ out:
 /* The commit cache: the authenticated index between commits           */
 /* ------------------------------------------------------------------ */
 
-/* Plaintext bytes key_confirm reads: a zstd frame header is at most 18. */
-#define KEY_CONFIRM_BYTES 32
+/* Most ciphertext key_confirm reads, and the zstd window it accepts. */
+#define KEY_CONFIRM_MAX (512u << 10)
+#define KEY_CONFIRM_WINDOW_LOG 24
 /* Cap on a cached index (as PREV_INDEX_MAX). */
 #define CACHE_INDEX_MAX PREV_INDEX_MAX
 
@@ -1145,14 +1146,38 @@ static bool zstd_frame_start(const uint8_t *buf, size_t len)
 	       ZSTD_getFrameContentSize(buf, len) != ZSTD_CONTENTSIZE_ERROR;
 }
 
+/* Whether the 512 bytes at h are a tar header: ustar magic, checksum. */
+static bool tar_header_valid(const uint8_t *h)
+{
+	unsigned long sum = 0, want = 0;
+	int digits = 0;
+
+	if (memcmp(h + 257, "ustar", 5) != 0)
+		return false;
+	for (int i = 0; i < 512; i++)
+		sum += (i >= 148 && i < 156) ? ' ' : h[i];
+	for (int i = 148; i < 156; i++) {
+		if (h[i] >= '0' && h[i] <= '7') {
+			want = want * 8 + (unsigned long)(h[i] - '0');
+			digits++;
+		} else if (digits > 0 || (h[i] != ' ' && h[i] != 0)) {
+			break;
+		}
+	}
+	return digits > 0 && sum == want;
+}
+
 /*
  * Confirms that keys decrypt the current tree object of m after reading
- * only its first bytes: every bundle starts with a zstd frame header,
- * which a wrong key turns into noise (a false match needs the 32-bit
- * magic and a valid header by chance). This is not authentication, so it
- * is only used with an index whose object we authenticated or wrote (the
- * commit cache); on success the keys adopt the object's salt, as
- * check_key's do.
+ * only its beginning: every bundle starts with a zstd frame whose first
+ * block holds a tar header. A wrong key turns the frame header into noise
+ * (CFS_EAUTH); a valid frame must then decompress to a tar header with
+ * the ustar magic and a correct checksum, so a wrong key passes only by a
+ * chance far below 2^-60. Anything else this cheap look cannot decide (a
+ * window it will not allocate, an odd first member) returns another error
+ * and the caller falls back to the full check. Not authentication: only
+ * used with an index whose object we authenticated or wrote (the commit
+ * cache). On success the keys adopt the object's salt, as check_key's do.
  */
 static int key_confirm(struct cfs_store *st, struct cfs_keys *keys,
 		       const struct cfs_manifest *m)
@@ -1161,9 +1186,11 @@ static int key_confirm(struct cfs_store *st, struct cfs_keys *keys,
 	struct cfs_cipher *cipher = NULL;
 	struct cfs_encmeta meta;
 	struct fetch_stream f;
-	uint8_t buf[KEY_CONFIRM_BYTES];
-	size_t got = 0;
-	int rfd = -1, rc;
+	ZSTD_DCtx *zd = NULL;
+	uint8_t in[16384], tar[512];
+	ZSTD_outBuffer out = {tar, sizeof(tar), 0};
+	size_t total = 0;
+	int rfd = -1, rc, rc2;
 
 	rc = cfs_encmeta_from_json(&meta, cfs_manifest_tree_encryption(m));
 	if (rc)
@@ -1171,29 +1198,71 @@ static int key_confirm(struct cfs_store *st, struct cfs_keys *keys,
 	rc = cfs_cipher_decrypt_new(&cipher, keys, &meta);
 	if (rc)
 		return rc;
-	rc = fetch_stream_start(&f, &rfd, st, key);
-	if (!rc)
-		rc = cfs_read_all(rfd, buf, sizeof(buf), &got);
-	{
-		/* we stop reading early: the download's EPIPE is expected */
-		int rc2 = fetch_stream_finish(&f, &rfd);
-
-		if (!rc && got < sizeof(buf))
-			rc = rc2 ? rc2
-				 : cfs_error_set(CFS_ECORRUPT,
-						 "%s is too short to be a "
-						 "bundle",
-						 key);
+	zd = ZSTD_createDCtx();
+	if (!zd || ZSTD_isError(ZSTD_DCtx_setParameter(
+			   zd, ZSTD_d_windowLogMax, KEY_CONFIRM_WINDOW_LOG))) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		goto out;
 	}
-	if (!rc)
-		rc = cfs_cipher_update(cipher, buf, got, buf);
-	if (!rc && !zstd_frame_start(buf, got))
-		rc = cfs_error_set(CFS_EAUTH,
-				   "the key does not decrypt the current data "
-				   "of %s (the passphrase or key is not this "
-				   "context's); nothing was committed",
-				   cfs_manifest_id(m));
-	sodium_memzero(buf, sizeof(buf));
+	rc = fetch_stream_start(&f, &rfd, st, key);
+	while (!rc && out.pos < out.size && total < KEY_CONFIRM_MAX) {
+		size_t got = 0;
+		ZSTD_inBuffer zin = {in, 0, 0};
+
+		rc = cfs_read_all(rfd, in, sizeof(in), &got);
+		if (rc || got == 0)
+			break;
+		rc = cfs_cipher_update(cipher, in, got, in);
+		if (rc)
+			break;
+		if (total == 0 && !zstd_frame_start(in, got)) {
+			rc = cfs_error_set(
+				CFS_EAUTH,
+				"the key does not decrypt the current data of "
+				"%s (the passphrase or key is not this "
+				"context's, or %s was modified); nothing was "
+				"committed",
+				cfs_manifest_id(m), key);
+			break;
+		}
+		total += got;
+		zin.size = got;
+		while (zin.pos < zin.size && out.pos < out.size) {
+			size_t r = ZSTD_decompressStream(zd, &out, &zin);
+
+			if (ZSTD_isError(r)) {
+				rc = cfs_error_set(CFS_ECORRUPT, "%s: %s", key,
+						   ZSTD_getErrorName(r));
+				break;
+			}
+			if (r == 0)
+				break; /* the frame ended */
+		}
+	}
+	/* we stop reading early: the download's EPIPE is expected */
+	{
+		struct saved_error se;
+
+		error_save(&se, rc);
+		rc2 = fetch_stream_finish(&f, &rfd);
+		if (rc)
+			error_restore(&se);
+		else
+			cfs_error_clear();
+	}
+	if (!rc && out.pos < out.size)
+		rc = rc2 ? rc2
+			 : cfs_error_set(CFS_ECORRUPT,
+					 "%s: no tar header in its first %zu "
+					 "bytes",
+					 key, total);
+	if (!rc && !tar_header_valid(tar))
+		rc = cfs_error_set(CFS_ECORRUPT,
+				   "%s does not start with a tar header", key);
+out:
+	sodium_memzero(in, sizeof(in));
+	sodium_memzero(tar, sizeof(tar));
+	ZSTD_freeDCtx(zd);
 	cfs_cipher_free(cipher);
 	return rc ? rc : cfs_keys_adopt_salt(keys, &meta);
 }

@@ -503,3 +503,33 @@ def test_export_seeds_the_commit_cache(cli_raw, tmp_path):
     # diff is still the current tree (a.txt "changed", b.txt)
     assert fresh_commit("ex@2", "workspace/c.txt", False) == [
         ("workspace/a.txt", "modified"), ("workspace/c.txt", "added"), ("workspace/b.txt", "removed")]
+
+
+def test_commit_cache_and_a_damaged_current_tree(cli_raw, tmp_path):
+    """The tail of the current bundle modified: without a cache entry the
+    commit downloads it, GCM fails, and it refuses (wrong key and damage
+    look alike there); with one, the key is confirmed on the bundle's
+    beginning (a zstd frame holding a tar header), so the commit lands
+    over the damaged generation, as it already did over an authentic
+    bundle that does not unpack."""
+    c = cli_raw
+    src = _committed(c, tmp_path, "dm", b"x" * 200000)
+    key = c.manifest("dm")["treeKey"]
+    path = os.path.join(c.store, key)
+    with open(path, "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([b[0] ^ 1]))
+    write_file(src, "workspace/b.txt", b"b\n")
+    other_home = str(tmp_path / "no-cache-home")
+    os.makedirs(other_home)
+    r = c.run("commit", "dm", "--from", src, "-m", "x", env={"HOME": other_home})
+    assert r.rc == 5 and "nothing was committed" in r.err, r.err
+    assert c.manifest("dm")["treeKey"] == key
+    r = c.json("commit", "dm", "--from", src, "-m", "over", env={"CONTEXTFS_TIMING": "1"})
+    assert "key check (cached index)" in r.err, r.err
+    assert [(p["path"], p["type"]) for p in r.json["changedPaths"]] == [("workspace/b.txt", "added")]
+    tree = refreader.read_tree_files(c.store, "dm", raw_key_hex=c.raw_key_hex)
+    assert tree["workspace/b.txt"]["sha256"] == hashlib.sha256(b"b\n").hexdigest()
+    assert tree["workspace/a.txt"]["sha256"] == hashlib.sha256(b"x" * 200000).hexdigest()
