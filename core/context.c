@@ -2834,7 +2834,8 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 			const struct cfs_policy *policy, uint64_t gen,
 			uint64_t parent, const char *author,
 			const char *message, int64_t now_ms,
-			const char *prev_index)
+			const char *prev_index,
+			const struct cfs_hash_hints *hints)
 {
 	struct cfs_file_entry *cur = NULL, *prev = NULL;
 	struct cfs_version_change *changes = NULL;
@@ -2844,7 +2845,7 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 	int rc;
 
 	*out = NULL;
-	rc = cfs_index_build(&cur, &ncur, srcdirfd, policy);
+	rc = cfs_index_build_hinted(&cur, &ncur, srcdirfd, policy, hints);
 	if (rc) {
 		cfs_error_prefix("index the files to save");
 		goto out;
@@ -3033,7 +3034,8 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			: opts->owner ? opts->owner
 				      : DEFAULT_AUTHOR,
 			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
-			now, prev_index ? prev_index : opts->prev_index);
+			now, prev_index ? prev_index : opts->prev_index,
+			opts->hash_hints);
 		if (rc)
 			goto out;
 		/*

@@ -82,6 +82,8 @@ enum cfs_commit_kind {
 	CFS_COMMIT_CHECKPOINT = 1, /* next checkpoint, pointer flip (§8.4) */
 };
 
+struct cfs_hash_hints; /* core/version.h */
+
 struct cfs_commit_opts {
 	enum cfs_commit_kind kind;
 	/*
@@ -124,6 +126,8 @@ struct cfs_commit_opts {
 	 * instead of downloading and authenticating the whole tree.
 	 */
 	const char *index_cache_dir;
+	/* optional: hashes the caller knows (core/version.h; a mount) */
+	const struct cfs_hash_hints *hash_hints;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

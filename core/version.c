@@ -152,12 +152,31 @@ static int hash_pool_add(struct hash_pool *p, size_t idx, int fd)
 	return 0;
 }
 
+/* An entry's size, permission bits and mtime from st. */
+static void entry_stat(struct cfs_file_entry *e, const struct stat *st)
+{
+	e->size = (uint64_t)st->st_size;
+	e->mode = st->st_mode & 07777;
+	e->mtime = st->st_mtim.tv_sec;
+}
+
+/* entry_stat() and a copy of rel as the path. */
+static int entry_set(struct cfs_file_entry *e, const char *rel,
+		     const struct stat *st)
+{
+	e->path = cfs_strdup(rel);
+	if (!e->path)
+		return CFS_ENOMEM;
+	entry_stat(e, st);
+	return 0;
+}
+
 /*
  * Waits for every queued file, stops the threads and copies the results
  * into v; returns the first failure (its message set), else rc.
  */
 static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
-			    int rc)
+			    int rc, const struct cfs_hash_hints *hints)
 {
 	struct hash_job *j, *next;
 	int first = 0;
@@ -178,9 +197,9 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 			struct cfs_file_entry *e = &v[j->idx];
 
 			memcpy(e->sha256, j->sha256, sizeof(e->sha256));
-			e->size = (uint64_t)j->st.st_size;
-			e->mode = j->st.st_mode & 07777;
-			e->mtime = j->st.st_mtim.tv_sec;
+			entry_stat(e, &j->st);
+			if (hints && hints->learn)
+				hints->learn(hints->payload, &j->st, j->sha256);
 		}
 		free(j->err);
 		free(j);
@@ -196,6 +215,7 @@ struct index_builder {
 	struct cfs_file_entry *v;
 	size_t n, cap;
 	struct hash_pool *pool; /* NULL: hash in the walking thread */
+	const struct cfs_hash_hints *hints; /* NULL: none */
 };
 
 static int ib_add(struct index_builder *b, const char *rel, int fd)
@@ -217,6 +237,15 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 	}
 	e = &b->v[b->n];
 	memset(e, 0, sizeof(*e));
+	if (b->hints && b->hints->lookup && fstat(fd, &st) == 0 &&
+	    S_ISREG(st.st_mode) &&
+	    b->hints->lookup(b->hints->payload, &st, e->sha256)) {
+		rc = entry_set(e, rel, &st);
+		if (!rc)
+			b->n++;
+		return rc;
+	}
+	e->sha256[0] = '\0';
 	if (b->pool) {
 		int dfd = dup(fd); /* the walk closes fd; the job owns dfd */
 
@@ -236,13 +265,12 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 	/* stat after reading, as the reference does */
 	if (fstat(fd, &st) < 0)
 		return cfs_error_errno(errno, "cannot stat %s", rel);
-	e->path = cfs_strdup(rel);
-	if (!e->path)
-		return CFS_ENOMEM;
-	e->size = (uint64_t)st.st_size;
-	e->mode = st.st_mode & 07777;
-	e->mtime = st.st_mtim.tv_sec;
+	rc = entry_set(e, rel, &st);
+	if (rc)
+		return rc;
 	b->n++;
+	if (b->hints && b->hints->learn)
+		b->hints->learn(b->hints->payload, &st, e->sha256);
 	return 0;
 }
 
@@ -348,8 +376,15 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 		    const struct cfs_policy *policy)
 {
+	return cfs_index_build_hinted(out, nout, rootfd, policy, NULL);
+}
+
+int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *nout,
+			   int rootfd, const struct cfs_policy *policy,
+			   const struct cfs_hash_hints *hints)
+{
 	struct hash_pool pool;
-	struct index_builder b = {rootfd, policy, NULL, 0, 0, NULL};
+	struct index_builder b = {rootfd, policy, NULL, 0, 0, NULL, hints};
 	struct cfs_buf rel = CFS_BUF_INIT;
 	char **seen = cfs_calloc(policy->nroots + 1, sizeof(*seen));
 	size_t nseen = 0;
@@ -417,7 +452,9 @@ int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 	}
 	names_free(seen, nseen);
 	cfs_buf_free(&rel);
-	rc = hash_pool_finish(&pool, b.v, rc);
+	rc = hash_pool_finish(&pool, b.v, rc, hints);
+	if (hints && hints->done)
+		hints->done(hints->payload, rc == 0);
 	if (rc) {
 		cfs_index_free(b.v, b.n);
 		return rc;

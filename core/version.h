@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <stdint.h>
 
 #include "core/policy.h"
@@ -52,6 +53,26 @@ const char *cfs_change_type_name(enum cfs_change_type type);
  */
 int cfs_index_build(struct cfs_file_entry **out, size_t *n, int rootfd,
 		    const struct cfs_policy *policy);
+
+/*
+ * Hashes a caller already knows (a mount's daemon, which sees every
+ * write): lookup gets the fstat of a regular file about to be hashed and
+ * returns true with its SHA-256 (hex) when the file is known unchanged;
+ * learn gets each hash computed (with the fstat taken after reading);
+ * done ends the build (ok: every file was listed). Called from one thread
+ * at a time.
+ */
+struct cfs_hash_hints {
+	bool (*lookup)(void *payload, const struct stat *st, char sha256[65]);
+	void (*learn)(void *payload, const struct stat *st, const char *sha256);
+	void (*done)(void *payload, bool ok);
+	void *payload;
+};
+
+/* cfs_index_build() with hints (NULL: none). */
+int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *n, int rootfd,
+			   const struct cfs_policy *policy,
+			   const struct cfs_hash_hints *hints);
 
 void cfs_index_free(struct cfs_file_entry *files, size_t n);
 

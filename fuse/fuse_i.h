@@ -30,12 +30,33 @@
 #include <sys/types.h>
 
 #include "core/ids.h"
+#include "core/version.h"
 #include "fuse/initshim.h"
 #include "fuse/mount.h"
 
 struct cfs_handle;
 
+/* fuse/hints.c: sets and maps keyed by backing inode number */
+struct cfs_ino_set {
+	ino_t *v; /* open addressing; 0 = empty */
+	size_t n, cap;
+};
+
+struct cfs_hint_ent {
+	ino_t ino; /* 0 = empty */
+	off_t size;
+	struct timespec mtime;
+	uint8_t sha[32];
+};
+
+struct cfs_hint_map {
+	struct cfs_hint_ent *v;
+	size_t n, cap;
+};
+
 struct cfs_node {
+	/* fuse/hints.c: the commit cycle in which this node was recorded */
+	atomic_uint_fast64_t hint_gen;
 	/* protected by fs->ns */
 	struct cfs_node *parent; /* NULL: detached (unlinked) or root */
 	char *name;
@@ -123,6 +144,16 @@ struct cfs_fs {
 	atomic_uint_fast64_t last_freeze_us;
 	atomic_uint_fast64_t cow_copies;
 
+	/* known hashes for the next commit's index (fuse/hints.c) */
+	pthread_mutex_t hint_mu;
+	struct cfs_ino_set hint_changed; /* under hint_mu */
+	bool hint_lost; /* under hint_mu: a change could not be recorded */
+	atomic_uint_fast64_t hint_gen;
+	atomic_uint_fast64_t hint_reused; /* hashes reused, all builds */
+	struct cfs_ino_set hint_taken; /* commit thread (and the snapshot) */
+	struct cfs_hint_map hint_map, hint_next; /* commit thread */
+	struct cfs_hash_hints hints;
+
 	/* commit machinery, protected by commit_mu */
 	pthread_mutex_t commit_mu;
 	pthread_cond_t commit_cv; /* wakes the commit thread */
@@ -178,6 +209,10 @@ void cfs_fs_nodes_destroy(struct cfs_fs *fs);
 
 /* snapshot.c */
 bool cfs_snap_shared(struct cfs_fs *fs, ino_t ino);
+void cfs_hints_init(struct cfs_fs *fs);
+void cfs_hints_free(struct cfs_fs *fs);
+void cfs_hints_touch(struct cfs_fs *fs, struct cfs_node *n, bool force);
+void cfs_hints_snapshot(struct cfs_fs *fs);
 int cfs_commit_start(struct cfs_fs *fs);
 void cfs_commit_stop(struct cfs_fs *fs);
 /* Queues a FUSE request (req != NULL, replied later) or blocks until the

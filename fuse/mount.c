@@ -612,6 +612,7 @@ static void fs_free(struct cfs_fs *fs)
 	if (fs->root_fd >= 0)
 		close(fs->root_fd);
 	cfs_fs_nodes_destroy(fs);
+	cfs_hints_free(fs);
 	free(fs->refstr);
 	free(fs->mountpoint);
 	free(fs->base_dir);

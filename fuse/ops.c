@@ -965,6 +965,10 @@ out:
 /* Ensures n is not shared with a snapshot before it is modified. */
 static int cow_prepare(struct cfs_fs *fs, struct cfs_node *n)
 {
+	int rc;
+
+	/* the next commit must hash this file again (fuse/hints.c) */
+	cfs_hints_touch(fs, n, false);
 	if (n->is_dir || !atomic_load(&fs->snap_active))
 		return 0;
 	pthread_mutex_lock(&fs->table_mu);
@@ -972,7 +976,10 @@ static int cow_prepare(struct cfs_fs *fs, struct cfs_node *n)
 	pthread_mutex_unlock(&fs->table_mu);
 	if (!cfs_snap_shared(fs, b))
 		return 0;
-	return cow_node(fs, n);
+	rc = cow_node(fs, n);
+	if (!rc) /* its private copy is a new inode */
+		cfs_hints_touch(fs, n, true);
+	return rc;
 }
 
 /* ---- attributes --------------------------------------------------------- */

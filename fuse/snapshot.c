@@ -361,6 +361,7 @@ static int snap_take(struct cfs_fs *fs, uint64_t *changes_out, int *snapfd_out)
 	if (rc == 0)
 		atomic_fetch_add(&fs->snap_seq, 1); /* even: set published */
 	pthread_mutex_unlock(&fs->snap_mu);
+	cfs_hints_snapshot(fs); /* no writer runs: the cycle ends here */
 	t1 = cfs_monotonic_ms();
 	pthread_rwlock_unlock(&fs->freeze);
 
@@ -453,6 +454,7 @@ int cfs_commit_now(struct cfs_fs *fs, const char *msg)
 	co.key_verified = fs->prev_index != NULL;
 	co.prev_index = fs->prev_index;
 	co.want_index_json = true;
+	co.hash_hints = &fs->hints; /* unchanged files keep their hash */
 	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
 	close(sfd);
 	snap_drop(fs);
@@ -712,6 +714,7 @@ int cfs_commit_start(struct cfs_fs *fs)
 {
 	pthread_mutex_init(&fs->commit_mu, NULL);
 	pthread_mutex_init(&fs->snap_mu, NULL);
+	cfs_hints_init(fs);
 	pthread_cond_init(&fs->commit_cv, NULL);
 	pthread_cond_init(&fs->done_cv, NULL);
 	if (fs->ro)
@@ -909,6 +912,8 @@ cJSON *cfs_fs_status_json(struct cfs_fs *fs)
 					1000.0);
 	cJSON_AddNumberToObject(o, "copyOnWrites",
 				(double)atomic_load(&fs->cow_copies));
+	cJSON_AddNumberToObject(o, "hashesReused",
+				(double)atomic_load(&fs->hint_reused));
 	pthread_mutex_unlock(&fs->commit_mu);
 	return o;
 }

@@ -75,6 +75,8 @@ class Env:
         self.env["CONTEXTSDK_PASSPHRASE"] = "mount-test-passphrase"
         self.env["CONTEXTFS_SCRYPT_COST"] = "1024"
         self.env.pop("CONTEXTSDK_KEY_HEX", None)
+        # CLI commit caches (~/.cache/contextfs/commits) stay in the test
+        self.env["XDG_CACHE_HOME"] = os.path.join(tmp, "xdg")
         self.mounts = []
         self.logs = []
 
@@ -334,6 +336,45 @@ def test_fsync_commits_and_unmount_commits(env):
     mp2 = env.mount("ctx", name="again")
     assert tree_hashes(mp2) == before
     env.umount(mp2)
+
+
+def test_commit_reuses_hashes_of_unchanged_files(env):
+    """A mount's commit hashes only the files changed since its last
+    snapshot (the daemon records every change; mount-status counts the
+    hashes reused), and the index still holds every file's true hash: also
+    for a file rewritten in place with its size and mtime put back to the
+    nanosecond, which no stat-based check could tell from unchanged."""
+    mp = env.mount("ctx")
+    w = os.path.join(mp, "workspace")
+    for i in range(30):
+        with open(os.path.join(w, f"f{i}"), "wb") as fh:
+            fh.write(os.urandom(4000))
+    env.run("commit", mp)
+    before = env.status(mp)["hashesReused"]
+    p = os.path.join(w, "f0")
+    st = os.stat(p)
+    with open(p, "r+b") as fh:
+        fh.write(b"rewritten in place")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st2 = os.stat(p)
+    assert (st2.st_size, st2.st_mtime_ns, st2.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    with open(os.path.join(w, "new.txt"), "w") as fh:
+        fh.write("new\n")
+    env.run("commit", mp)
+    reused = env.status(mp)["hashesReused"] - before
+    # f1..f29 and the files the context started with
+    assert reused >= 29, reused
+    out = os.path.join(env.tmp, "ex-hints")
+    env.run("export", "ctx", out)
+    with open(os.path.join(out, ".contextsdk", "index.json")) as fh:
+        record = json.load(fh)
+    live = tree_hashes(mp)
+    files = {f["path"]: f["sha256"] for f in record["files"]}
+    assert files == {k: v for k, v in live.items() if k.split("/")[0] in (
+        "workspace", "memory", "artifacts", "logs", "config")}, (files, live)
+    assert {(c["path"], c["type"]) for c in record["changedPaths"]} == {
+        ("workspace/f0", "modified"), ("workspace/new.txt", "added")}
+    env.umount(mp)
 
 
 def test_sync_command_and_fsyncdir(env):

@@ -1,0 +1,270 @@
+/*
+ * Hashes the daemon already knows, for the next commit's index.
+ *
+ * Every commit lists each file of the snapshot with its SHA-256
+ * (.contextsdk/index.json), which read and hashed the whole tree every time
+ * (1 GiB: ~1 s of a 4-5 s commit). The daemon sees every change: each
+ * modification of a file (write, truncate, fallocate, open with O_TRUNC,
+ * chmod/utimens, xattrs, link) passes cow_prepare, which records the
+ * backing inode here (once per node per commit cycle). The snapshot, taken
+ * with writers frozen, moves that set into "taken". The commit's index
+ * build then reuses the hash of an inode it hashed in the previous build
+ * when the inode is not in "taken" and its size and mtime (ns) are those
+ * it had; everything else is hashed and learned. A build that fails
+ * forgets everything (the next one hashes the whole tree).
+ *
+ * ctime cannot stand in for the change set: the snapshot's hard links
+ * change every file's ctime. Files with several links are copied into the
+ * snapshot (new inodes) and are always hashed: only inodes the snapshot
+ * shares with the staging tree are looked up or learned.
+ *
+ * Locking: hint_changed under hint_mu (writers, under the freeze's read
+ * side); hint_taken, hint_map and hint_next belong to the commit thread,
+ * except that the snapshot (freeze's write side, no writer running) merges
+ * hint_changed into hint_taken.
+ */
+#include "fuse/fuse_i.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+/* Beyond this many files the map stops learning (memory; ~64 B each). */
+#define HINT_MAP_MAX (1u << 21)
+
+static size_t ino_slot(ino_t ino, size_t cap)
+{
+	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull;
+
+	return (size_t)(h >> 20) & (cap - 1);
+}
+
+/* ---- a set of inode numbers (0 = empty slot: no inode is 0) ------------ */
+
+static bool set_add(struct cfs_ino_set *s, ino_t ino)
+{
+	size_t i;
+
+	if (ino == 0)
+		return true;
+	if ((s->n + 1) * 2 > s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 256;
+		ino_t *nv = calloc(ncap, sizeof(*nv));
+
+		if (!nv)
+			return false;
+		for (size_t k = 0; k < s->cap; k++) {
+			if (!s->v[k])
+				continue;
+			for (i = ino_slot(s->v[k], ncap); nv[i];
+			     i = (i + 1) & (ncap - 1))
+				;
+			nv[i] = s->v[k];
+		}
+		free(s->v);
+		s->v = nv;
+		s->cap = ncap;
+	}
+	for (i = ino_slot(ino, s->cap); s->v[i]; i = (i + 1) & (s->cap - 1))
+		if (s->v[i] == ino)
+			return true;
+	s->v[i] = ino;
+	s->n++;
+	return true;
+}
+
+static bool set_has(const struct cfs_ino_set *s, ino_t ino)
+{
+	if (!s->cap)
+		return false;
+	for (size_t i = ino_slot(ino, s->cap); s->v[i];
+	     i = (i + 1) & (s->cap - 1))
+		if (s->v[i] == ino)
+			return true;
+	return false;
+}
+
+static void set_clear(struct cfs_ino_set *s)
+{
+	free(s->v);
+	memset(s, 0, sizeof(*s));
+}
+
+/* ---- inode -> (size, mtime, sha256) ------------------------------------- */
+
+static bool map_put(struct cfs_hint_map *m, const struct stat *st,
+		    const uint8_t sha[32])
+{
+	size_t i;
+
+	if (st->st_ino == 0 || m->n >= HINT_MAP_MAX)
+		return false;
+	if ((m->n + 1) * 2 > m->cap) {
+		size_t ncap = m->cap ? m->cap * 2 : 1024;
+		struct cfs_hint_ent *nv = calloc(ncap, sizeof(*nv));
+
+		if (!nv)
+			return false;
+		for (size_t k = 0; k < m->cap; k++) {
+			if (!m->v[k].ino)
+				continue;
+			for (i = ino_slot(m->v[k].ino, ncap); nv[i].ino;
+			     i = (i + 1) & (ncap - 1))
+				;
+			nv[i] = m->v[k];
+		}
+		free(m->v);
+		m->v = nv;
+		m->cap = ncap;
+	}
+	for (i = ino_slot(st->st_ino, m->cap); m->v[i].ino;
+	     i = (i + 1) & (m->cap - 1))
+		if (m->v[i].ino == st->st_ino)
+			break;
+	if (!m->v[i].ino)
+		m->n++;
+	m->v[i].ino = st->st_ino;
+	m->v[i].size = st->st_size;
+	m->v[i].mtime = st->st_mtim;
+	memcpy(m->v[i].sha, sha, 32);
+	return true;
+}
+
+static const struct cfs_hint_ent *map_get(const struct cfs_hint_map *m,
+					  ino_t ino)
+{
+	if (!m->cap)
+		return NULL;
+	for (size_t i = ino_slot(ino, m->cap); m->v[i].ino;
+	     i = (i + 1) & (m->cap - 1))
+		if (m->v[i].ino == ino)
+			return &m->v[i];
+	return NULL;
+}
+
+static void map_clear(struct cfs_hint_map *m)
+{
+	free(m->v);
+	memset(m, 0, sizeof(*m));
+}
+
+/* ---- the callbacks of the index build (commit thread) ------------------- */
+
+static bool hint_lookup(void *payload, const struct stat *st, char out[65])
+{
+	struct cfs_fs *fs = payload;
+	const struct cfs_hint_ent *e;
+
+	/*
+	 * Only inodes the snapshot shares with the staging tree, whose every
+	 * change cow_prepare records: a file with several links is a fresh
+	 * copy in the snapshot, whose inode number ext4 may hand out again
+	 * to the next snapshot's copy of a changed file.
+	 */
+	if (!cfs_snap_shared(fs, st->st_ino) ||
+	    set_has(&fs->hint_taken, st->st_ino))
+		return false;
+	e = map_get(&fs->hint_map, st->st_ino);
+	if (!e || e->size != st->st_size ||
+	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
+	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+		return false;
+	cfs_hex_encode(out, e->sha, 32);
+	/* a reused hash is as good as a new one for the next build */
+	(void)map_put(&fs->hint_next, st, e->sha);
+	atomic_fetch_add(&fs->hint_reused, 1);
+	return true;
+}
+
+static void hint_learn(void *payload, const struct stat *st, const char *sha256)
+{
+	struct cfs_fs *fs = payload;
+	uint8_t bin[32];
+	size_t n = 0;
+
+	if (cfs_snap_shared(fs, st->st_ino) &&
+	    cfs_hex_decode(bin, sizeof(bin), sha256, &n) == 0 && n == 32)
+		(void)map_put(&fs->hint_next, st, bin);
+}
+
+static void hint_done(void *payload, bool ok)
+{
+	struct cfs_fs *fs = payload;
+
+	map_clear(&fs->hint_map);
+	if (ok) {
+		fs->hint_map = fs->hint_next;
+		memset(&fs->hint_next, 0, sizeof(fs->hint_next));
+	} else {
+		map_clear(&fs->hint_next);
+	}
+	set_clear(&fs->hint_taken);
+}
+
+/* ---- the daemon's side --------------------------------------------------- */
+
+void cfs_hints_init(struct cfs_fs *fs)
+{
+	pthread_mutex_init(&fs->hint_mu, NULL);
+	atomic_store(&fs->hint_gen, 1);
+	fs->hints =
+		(struct cfs_hash_hints){hint_lookup, hint_learn, hint_done, fs};
+}
+
+/* Frees the sets and maps (safe on a zeroed fs: no init needed). */
+void cfs_hints_free(struct cfs_fs *fs)
+{
+	set_clear(&fs->hint_changed);
+	set_clear(&fs->hint_taken);
+	map_clear(&fs->hint_map);
+	map_clear(&fs->hint_next);
+}
+
+/*
+ * Records that n's file is about to change (caller holds the freeze's read
+ * side). force: even if n was recorded in this cycle (its backing inode
+ * was just replaced by a private copy).
+ */
+void cfs_hints_touch(struct cfs_fs *fs, struct cfs_node *n, bool force)
+{
+	uint64_t gen = atomic_load(&fs->hint_gen);
+	ino_t ino;
+	bool ok;
+
+	if (n->is_dir || (!force && atomic_load(&n->hint_gen) == gen))
+		return;
+	pthread_mutex_lock(&fs->table_mu);
+	ino = n->bino;
+	pthread_mutex_unlock(&fs->table_mu);
+	pthread_mutex_lock(&fs->hint_mu);
+	ok = set_add(&fs->hint_changed, ino);
+	if (!ok) /* out of memory: the next build must not trust the map */
+		fs->hint_lost = true;
+	pthread_mutex_unlock(&fs->hint_mu);
+	atomic_store(&n->hint_gen, gen);
+}
+
+/*
+ * At the snapshot (freeze's write side held: no writer runs): what changed
+ * since the last snapshot joins what the next build must hash; a new
+ * cycle starts.
+ */
+void cfs_hints_snapshot(struct cfs_fs *fs)
+{
+	bool lost;
+
+	pthread_mutex_lock(&fs->hint_mu);
+	lost = fs->hint_lost;
+	fs->hint_lost = false;
+	for (size_t i = 0; !lost && i < fs->hint_changed.cap; i++)
+		if (fs->hint_changed.v[i] &&
+		    !set_add(&fs->hint_taken, fs->hint_changed.v[i]))
+			lost = true;
+	set_clear(&fs->hint_changed);
+	pthread_mutex_unlock(&fs->hint_mu);
+	if (lost)
+		map_clear(&fs->hint_map);
+	map_clear(&fs->hint_next);
+	atomic_fetch_add(&fs->hint_gen, 1);
+}
