@@ -34,6 +34,29 @@ FIXTURES = os.environ.get("CONTEXTFS_FIXTURES") or os.path.normpath(
 if not os.path.isdir(FIXTURES) and os.path.isdir("/work/shared/fixtures/contextsdk-0.4"):
     FIXTURES = "/work/shared/fixtures/contextsdk-0.4"
 
+# A contextfs a test starts without a cache directory of its own (commit
+# caches, default mount staging) caches in this session's private
+# directory, not in the running user's ~/.cache. Tests that need a
+# particular one set XDG_CACHE_HOME or HOME themselves.
+_SESSION_CACHE = None
+
+
+def pytest_configure(config):
+    global _SESSION_CACHE
+    import tempfile
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="contextfs-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
+
+
+def pytest_unconfigure(config):
+    if not _SESSION_CACHE:
+        return
+    with open("/proc/self/mountinfo") as f:  # never descend into a mount left behind
+        if any(ln.split()[4].startswith(_SESSION_CACHE + "/") for ln in f):
+            return
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
 PASSPHRASE = "integration-pass-Ω-1"
 FIXTURE_PASSPHRASE = "interop-passphrase-1"
 TEST_SCRYPT_COST = "1024"
