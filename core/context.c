@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <sodium.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "core/bundle.h"
 #include "core/crypto.h"
@@ -1034,6 +1035,16 @@ out:
 	return rc;
 }
 
+/* What a commit says when keys do not decrypt m's tree object key. */
+static int wrong_key(const struct cfs_manifest *m, const char *key)
+{
+	return cfs_error_set(CFS_EAUTH,
+			     "the key does not decrypt the current data of %s "
+			     "(the passphrase or key is not this context's, "
+			     "or %s was modified); nothing was committed",
+			     cfs_manifest_id(m), key);
+}
+
 /*
  * Authenticates the current tree object of m with keys without keeping any
  * plaintext on disk: a commit with a wrong passphrase or key must fail
@@ -1092,12 +1103,7 @@ static int check_key(char **prev_index, struct cfs_store *st,
 	if (rc)
 		goto out;
 	if (d.final_rc == CFS_EAUTH) {
-		rc = cfs_error_set(CFS_EAUTH,
-				   "the key does not decrypt the current data "
-				   "of %s (the passphrase or key is not this "
-				   "context's, or %s was modified); nothing "
-				   "was committed",
-				   cfs_manifest_id(m), key);
+		rc = wrong_key(m, key);
 		goto out;
 	}
 	if (d.final_rc) {
@@ -1123,6 +1129,33 @@ out:
 	return rc;
 }
 
+/*
+ * <tree>/.contextsdk/index.json open for reading, reached without following
+ * links, when it is a regular file of at most PREV_INDEX_MAX bytes (its
+ * size in *size); else -1.
+ */
+static int open_index_json(int treefd, size_t *size)
+{
+	int dfd = openat(treefd, CFS_META_DIR,
+			 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat sb;
+	int fd;
+
+	if (dfd < 0)
+		return -1;
+	fd = openat(dfd, "index.json",
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	close(dfd);
+	if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+			(uint64_t)sb.st_size > PREV_INDEX_MAX)) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd >= 0)
+		*size = (size_t)sb.st_size;
+	return fd;
+}
+
 /* ------------------------------------------------------------------ */
 /* The commit cache: the authenticated index between commits           */
 /* ------------------------------------------------------------------ */
@@ -1130,21 +1163,6 @@ out:
 /* Most ciphertext key_confirm reads, and the zstd window it accepts. */
 #define KEY_CONFIRM_MAX (512u << 10)
 #define KEY_CONFIRM_WINDOW_LOG 24
-/* Cap on a cached index (as PREV_INDEX_MAX). */
-#define CACHE_INDEX_MAX PREV_INDEX_MAX
-
-/* Whether buf starts with a zstd frame (magic and a valid header). */
-static bool zstd_frame_start(const uint8_t *buf, size_t len)
-{
-	uint32_t magic;
-
-	if (len < 4)
-		return false;
-	magic = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 |
-		(uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
-	return magic == ZSTD_MAGICNUMBER &&
-	       ZSTD_getFrameContentSize(buf, len) != ZSTD_CONTENTSIZE_ERROR;
-}
 
 /* Whether the 512 bytes at h are a tar header: ustar magic, checksum. */
 static bool tar_header_valid(const uint8_t *h)
@@ -1170,7 +1188,7 @@ static bool tar_header_valid(const uint8_t *h)
 /*
  * Confirms that keys decrypt the current tree object of m after reading
  * only its beginning: every bundle starts with a zstd frame whose first
- * block holds a tar header. A wrong key turns the frame header into noise
+ * block holds a tar header. A wrong key turns the frame's magic into noise
  * (CFS_EAUTH); a valid frame must then decompress to a tar header with
  * the ustar magic and a correct checksum, so a wrong key passes only by a
  * chance far below 2^-60. Anything else this cheap look cannot decide (a
@@ -1215,21 +1233,17 @@ static int key_confirm(struct cfs_store *st, struct cfs_keys *keys,
 		rc = cfs_cipher_update(cipher, in, got, in);
 		if (rc)
 			break;
-		if (total == 0 && !zstd_frame_start(in, got)) {
-			rc = cfs_error_set(
-				CFS_EAUTH,
-				"the key does not decrypt the current data of "
-				"%s (the passphrase or key is not this "
-				"context's, or %s was modified); nothing was "
-				"committed",
-				cfs_manifest_id(m), key);
-			break;
-		}
 		total += got;
 		zin.size = got;
 		while (zin.pos < zin.size && out.pos < out.size) {
 			size_t r = ZSTD_decompressStream(zd, &out, &zin);
 
+			if (ZSTD_isError(r) &&
+			    ZSTD_getErrorCode(r) == ZSTD_error_prefix_unknown) {
+				/* no zstd magic: noise, a wrong key */
+				rc = wrong_key(m, key);
+				break;
+			}
 			if (ZSTD_isError(r)) {
 				rc = cfs_error_set(CFS_ECORRUPT, "%s: %s", key,
 						   ZSTD_getErrorName(r));
@@ -1304,8 +1318,7 @@ static char *cache_load(const char *dir, struct cfs_store *st, const char *id,
 	size_t len, hlen;
 
 	if (!path || !tk || !tag ||
-	    cfs_read_file_at(&buf, &len, AT_FDCWD, path,
-			     CACHE_INDEX_MAX + 4096))
+	    cfs_read_file_at(&buf, &len, AT_FDCWD, path, PREV_INDEX_MAX + 4096))
 		goto out;
 	nl = memchr(buf, '\n', len);
 	if (!nl)
@@ -1381,7 +1394,7 @@ static void cache_save(const char *dir, struct cfs_store *st, const char *id,
 	size_t left = len;
 	bool ok = false;
 
-	if (fd < 0 || len > CACHE_INDEX_MAX || !enc_tag(enc))
+	if (fd < 0 || len > PREV_INDEX_MAX || !enc_tag(enc))
 		return;
 	o = cJSON_CreateObject();
 	if (!o || !cJSON_AddNumberToObject(o, "version", 1) ||
@@ -1683,32 +1696,6 @@ static int open_ref(struct cfs_manifest **m, const char **key,
 	return rc;
 }
 
-/* Export; bundle_fd >= 0 also receives the plaintext bundle. */
-/*
- * The index of an exported tree (its .contextsdk/index.json, a regular
- * file reached without following links, at most CACHE_INDEX_MAX bytes)
- * open for reading, or -1.
- */
-static int exported_index(int treefd)
-{
-	int dfd = openat(treefd, CFS_META_DIR,
-			 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	struct stat sb;
-	int fd;
-
-	if (dfd < 0)
-		return -1;
-	fd = openat(dfd, "index.json",
-		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	close(dfd);
-	if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
-			(uint64_t)sb.st_size > CACHE_INDEX_MAX)) {
-		close(fd);
-		fd = -1;
-	}
-	return fd;
-}
-
 static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *refstr, int destdirfd,
 		      int bundle_fd, cfs_progress_fn progress,
@@ -1754,14 +1741,14 @@ static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 	 */
 	if (cache_dir && cfs_manifest_tree_key(m) &&
 	    strcmp(key, cfs_manifest_tree_key(m)) == 0) {
-		struct stat sb;
-		int ifd = exported_index(sfd);
+		size_t len = 0;
+		int ifd = open_index_json(sfd, &len);
 
-		if (ifd >= 0 && fstat(ifd, &sb) == 0)
+		if (ifd >= 0) {
 			cache_save(cache_dir, st, cfs_manifest_id(m), key, enc,
-				   ifd, (size_t)sb.st_size);
-		if (ifd >= 0)
+				   ifd, len);
 			close(ifd);
+		}
 	}
 	rc = publish_stage(destdirfd, sfd, stage);
 	if (rc)
@@ -2787,37 +2774,13 @@ static int collect_dropped(struct keylist *doomed, const cJSON *dropped)
  */
 static void read_prev_index(char **buf, size_t *len, int srcdirfd)
 {
-	struct stat sb;
-	int dfd, fd = -1;
+	int fd = open_index_json(srcdirfd, len);
 
-	*buf = NULL;
-	*len = 0;
-	dfd = openat(srcdirfd, CFS_META_DIR,
-		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (dfd < 0)
-		return;
-	fd = openat(dfd, "index.json",
-		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	close(dfd);
-	if (fd < 0)
-		return;
-	if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
-	    (uint64_t)sb.st_size <= PREV_INDEX_MAX) {
-		struct cfs_buf b = CFS_BUF_INIT;
-		char tmp[8192];
-		ssize_t n;
-
-		while ((n = read(fd, tmp, sizeof(tmp))) > 0 &&
-		       b.len + (size_t)n <= PREV_INDEX_MAX)
-			if (cfs_buf_put(&b, tmp, (size_t)n))
-				break;
-		if (n == 0 && b.ptr) {
-			*len = b.len;
-			*buf = cfs_buf_detach(&b);
-		}
-		cfs_buf_free(&b);
-	}
-	close(fd);
+	*buf = fd >= 0 ? read_fd_string(fd, *len) : NULL;
+	if (!*buf)
+		*len = 0;
+	if (fd >= 0)
+		close(fd);
 	cfs_error_clear();
 }
 

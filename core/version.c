@@ -245,7 +245,6 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 			b->n++;
 		return rc;
 	}
-	e->sha256[0] = '\0';
 	if (b->pool) {
 		int dfd = dup(fd); /* the walk closes fd; the job owns dfd */
 

@@ -36,12 +36,7 @@
 
 struct cfs_handle;
 
-/* fuse/hints.c: sets and maps keyed by backing inode number */
-struct cfs_ino_set {
-	ino_t *v; /* open addressing; 0 = empty */
-	size_t n, cap;
-};
-
+/* fuse/hints.c: maps (and sets) keyed by backing inode number */
 struct cfs_hint_ent {
 	ino_t ino; /* 0 = empty */
 	off_t size;
@@ -146,11 +141,11 @@ struct cfs_fs {
 
 	/* known hashes for the next commit's index (fuse/hints.c) */
 	pthread_mutex_t hint_mu;
-	struct cfs_ino_set hint_changed; /* under hint_mu */
+	struct cfs_hint_map hint_changed; /* under hint_mu: a set */
 	bool hint_lost; /* under hint_mu: a change could not be recorded */
 	atomic_uint_fast64_t hint_gen;
 	atomic_uint_fast64_t hint_reused; /* hashes reused, all builds */
-	struct cfs_ino_set hint_taken; /* commit thread (and the snapshot) */
+	struct cfs_hint_map hint_taken; /* a set: commit thread, snapshot */
 	struct cfs_hint_map hint_map, hint_next; /* commit thread */
 	struct cfs_hash_hints hints;
 

@@ -40,72 +40,26 @@ static size_t ino_slot(ino_t ino, size_t cap)
 	return (size_t)(h >> 20) & (cap - 1);
 }
 
-/* ---- a set of inode numbers (0 = empty slot: no inode is 0) ------------ */
+/*
+ * ---- inode -> (size, mtime, sha256), open addressing (ino 0 = empty: no
+ * inode is 0); the change sets are maps whose entries only hold the inode.
+ */
 
-static bool set_add(struct cfs_ino_set *s, ino_t ino)
+/* The entry of ino; with add, made (empty) if missing. NULL: none, or no
+ * room (out of memory, or HINT_MAP_MAX entries). */
+static struct cfs_hint_ent *map_slot(struct cfs_hint_map *m, ino_t ino,
+				     bool add)
 {
 	size_t i;
 
-	if (ino == 0)
-		return true;
-	if ((s->n + 1) * 2 > s->cap) {
-		size_t ncap = s->cap ? s->cap * 2 : 256;
-		ino_t *nv = calloc(ncap, sizeof(*nv));
-
-		if (!nv)
-			return false;
-		for (size_t k = 0; k < s->cap; k++) {
-			if (!s->v[k])
-				continue;
-			for (i = ino_slot(s->v[k], ncap); nv[i];
-			     i = (i + 1) & (ncap - 1))
-				;
-			nv[i] = s->v[k];
-		}
-		free(s->v);
-		s->v = nv;
-		s->cap = ncap;
-	}
-	for (i = ino_slot(ino, s->cap); s->v[i]; i = (i + 1) & (s->cap - 1))
-		if (s->v[i] == ino)
-			return true;
-	s->v[i] = ino;
-	s->n++;
-	return true;
-}
-
-static bool set_has(const struct cfs_ino_set *s, ino_t ino)
-{
-	if (!s->cap)
-		return false;
-	for (size_t i = ino_slot(ino, s->cap); s->v[i];
-	     i = (i + 1) & (s->cap - 1))
-		if (s->v[i] == ino)
-			return true;
-	return false;
-}
-
-static void set_clear(struct cfs_ino_set *s)
-{
-	free(s->v);
-	memset(s, 0, sizeof(*s));
-}
-
-/* ---- inode -> (size, mtime, sha256) ------------------------------------- */
-
-static bool map_put(struct cfs_hint_map *m, const struct stat *st,
-		    const uint8_t sha[32])
-{
-	size_t i;
-
-	if (st->st_ino == 0 || m->n >= HINT_MAP_MAX)
-		return false;
-	if ((m->n + 1) * 2 > m->cap) {
+	if (ino == 0 || (!add && !m->cap))
+		return NULL;
+	if (add && (m->n + 1) * 2 > m->cap) {
 		size_t ncap = m->cap ? m->cap * 2 : 1024;
-		struct cfs_hint_ent *nv = calloc(ncap, sizeof(*nv));
+		struct cfs_hint_ent *nv;
 
-		if (!nv)
-			return false;
+		if (m->n >= HINT_MAP_MAX || !(nv = calloc(ncap, sizeof(*nv))))
+			return NULL;
 		for (size_t k = 0; k < m->cap; k++) {
 			if (!m->v[k].ino)
 				continue;
@@ -118,29 +72,27 @@ static bool map_put(struct cfs_hint_map *m, const struct stat *st,
 		m->v = nv;
 		m->cap = ncap;
 	}
-	for (i = ino_slot(st->st_ino, m->cap); m->v[i].ino;
-	     i = (i + 1) & (m->cap - 1))
-		if (m->v[i].ino == st->st_ino)
-			break;
-	if (!m->v[i].ino)
-		m->n++;
-	m->v[i].ino = st->st_ino;
-	m->v[i].size = st->st_size;
-	m->v[i].mtime = st->st_mtim;
-	memcpy(m->v[i].sha, sha, 32);
-	return true;
-}
-
-static const struct cfs_hint_ent *map_get(const struct cfs_hint_map *m,
-					  ino_t ino)
-{
-	if (!m->cap)
-		return NULL;
-	for (size_t i = ino_slot(ino, m->cap); m->v[i].ino;
-	     i = (i + 1) & (m->cap - 1))
+	for (i = ino_slot(ino, m->cap); m->v[i].ino; i = (i + 1) & (m->cap - 1))
 		if (m->v[i].ino == ino)
 			return &m->v[i];
-	return NULL;
+	if (!add)
+		return NULL;
+	m->v[i].ino = ino;
+	m->n++;
+	return &m->v[i];
+}
+
+/* Remembers sha as the hash of st's file. */
+static void map_put(struct cfs_hint_map *m, const struct stat *st,
+		    const uint8_t sha[32])
+{
+	struct cfs_hint_ent *e = map_slot(m, st->st_ino, true);
+
+	if (e) {
+		e->size = st->st_size;
+		e->mtime = st->st_mtim;
+		memcpy(e->sha, sha, 32);
+	}
 }
 
 static void map_clear(struct cfs_hint_map *m)
@@ -163,16 +115,16 @@ static bool hint_lookup(void *payload, const struct stat *st, char out[65])
 	 * to the next snapshot's copy of a changed file.
 	 */
 	if (!cfs_snap_shared(fs, st->st_ino) ||
-	    set_has(&fs->hint_taken, st->st_ino))
+	    map_slot(&fs->hint_taken, st->st_ino, false))
 		return false;
-	e = map_get(&fs->hint_map, st->st_ino);
+	e = map_slot(&fs->hint_map, st->st_ino, false);
 	if (!e || e->size != st->st_size ||
 	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
 	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
 		return false;
 	cfs_hex_encode(out, e->sha, 32);
 	/* a reused hash is as good as a new one for the next build */
-	(void)map_put(&fs->hint_next, st, e->sha);
+	map_put(&fs->hint_next, st, e->sha);
 	atomic_fetch_add(&fs->hint_reused, 1);
 	return true;
 }
@@ -185,7 +137,7 @@ static void hint_learn(void *payload, const struct stat *st, const char *sha256)
 
 	if (cfs_snap_shared(fs, st->st_ino) &&
 	    cfs_hex_decode(bin, sizeof(bin), sha256, &n) == 0 && n == 32)
-		(void)map_put(&fs->hint_next, st, bin);
+		map_put(&fs->hint_next, st, bin);
 }
 
 static void hint_done(void *payload, bool ok)
@@ -199,7 +151,7 @@ static void hint_done(void *payload, bool ok)
 	} else {
 		map_clear(&fs->hint_next);
 	}
-	set_clear(&fs->hint_taken);
+	map_clear(&fs->hint_taken);
 }
 
 /* ---- the daemon's side --------------------------------------------------- */
@@ -215,8 +167,8 @@ void cfs_hints_init(struct cfs_fs *fs)
 /* Frees the sets and maps (safe on a zeroed fs: no init needed). */
 void cfs_hints_free(struct cfs_fs *fs)
 {
-	set_clear(&fs->hint_changed);
-	set_clear(&fs->hint_taken);
+	map_clear(&fs->hint_changed);
+	map_clear(&fs->hint_taken);
 	map_clear(&fs->hint_map);
 	map_clear(&fs->hint_next);
 }
@@ -238,7 +190,7 @@ void cfs_hints_touch(struct cfs_fs *fs, struct cfs_node *n, bool force)
 	ino = n->bino;
 	pthread_mutex_unlock(&fs->table_mu);
 	pthread_mutex_lock(&fs->hint_mu);
-	ok = set_add(&fs->hint_changed, ino);
+	ok = ino == 0 || map_slot(&fs->hint_changed, ino, true);
 	if (!ok) /* out of memory: the next build must not trust the map */
 		fs->hint_lost = true;
 	pthread_mutex_unlock(&fs->hint_mu);
@@ -258,10 +210,10 @@ void cfs_hints_snapshot(struct cfs_fs *fs)
 	lost = fs->hint_lost;
 	fs->hint_lost = false;
 	for (size_t i = 0; !lost && i < fs->hint_changed.cap; i++)
-		if (fs->hint_changed.v[i] &&
-		    !set_add(&fs->hint_taken, fs->hint_changed.v[i]))
+		if (fs->hint_changed.v[i].ino &&
+		    !map_slot(&fs->hint_taken, fs->hint_changed.v[i].ino, true))
 			lost = true;
-	set_clear(&fs->hint_changed);
+	map_clear(&fs->hint_changed);
 	pthread_mutex_unlock(&fs->hint_mu);
 	if (lost)
 		map_clear(&fs->hint_map);
