@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <zstd.h>
 #include <zstd_errors.h>
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "core/error.h"
@@ -750,10 +751,17 @@ static unsigned pk_workers(void)
 	return n > ZSTD_MAX_WORKERS ? ZSTD_MAX_WORKERS : (unsigned)n;
 }
 
-int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
-		    const struct cfs_bundle_member *extra, size_t nextra,
-		    cfs_write_fn sink, void *payload,
-		    struct cfs_bundle_stats *stats)
+static bool is_head_item(const char *arc)
+{
+	return strcmp(arc, CFS_META_DIR) == 0 ||
+	       strcmp(arc, CFS_CONTEXT_JSON) == 0;
+}
+
+/* head_only: cfs_bundle_pack_head() */
+static int pack_impl(int rootfd, const struct cfs_policy *policy,
+		     const struct cfs_bundle_member *extra, size_t nextra,
+		     cfs_write_fn sink, void *payload,
+		     struct cfs_bundle_stats *stats, bool head_only)
 {
 	struct packer p = {0};
 	struct candidate *cands = NULL;
@@ -780,6 +788,21 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 	rc = pk_candidates(&cands, &ncands, policy);
 	if (rc)
 		goto out;
+	if (head_only) {
+		size_t k = 0;
+
+		for (size_t i = 0; i < ncands; i++) {
+			if (is_head_item(cands[i].arc)) {
+				cands[k++] = cands[i];
+				continue;
+			}
+			free(cands[i].arc);
+			free(cands[i].copy);
+			free(cands[i].comps);
+		}
+		ncands = k;
+		any = true; /* an empty head is still a frame */
+	}
 	rc = pk_check_extras(extra, nextra, cands, ncands);
 	if (rc)
 		goto out;
@@ -859,6 +882,23 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 		if (rc)
 			goto out;
 	}
+	if (head_only) {
+		/*
+		 * Whole members and nothing after them: the last member's
+		 * padding goes out now, the end-of-archive blocks never
+		 * (libarchive's close on free writes into a refusing sink).
+		 */
+		if (archive_write_finish_entry(p.a) != ARCHIVE_OK) {
+			rc = pk_archive_error(&p, "finishing tar member");
+			goto out;
+		}
+		rc = pk_compress(&p, NULL, 0, ZSTD_e_end);
+		if (rc)
+			goto out;
+		if (stats)
+			*stats = p.st;
+		goto out;
+	}
 	opened = false;
 	r = archive_write_close(p.a);
 	if (r != ARCHIVE_OK) {
@@ -895,6 +935,23 @@ out:
 	cfs_policy_free(&defpol);
 	utf8_leave(&loc);
 	return rc;
+}
+
+int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
+		    const struct cfs_bundle_member *extra, size_t nextra,
+		    cfs_write_fn sink, void *payload,
+		    struct cfs_bundle_stats *stats)
+{
+	return pack_impl(rootfd, policy, extra, nextra, sink, payload, stats,
+			 false);
+}
+
+int cfs_bundle_pack_head(int rootfd, const struct cfs_bundle_member *extra,
+			 size_t nextra, cfs_write_fn sink, void *payload,
+			 struct cfs_bundle_stats *stats)
+{
+	return pack_impl(rootfd, NULL, extra, nextra, sink, payload, stats,
+			 true);
 }
 
 /* ======================================================================
@@ -940,6 +997,20 @@ struct unpacker {
 	struct vslot *vt;
 	size_t vt_cap, vt_used;
 	unsigned char vt_key[crypto_shorthash_KEYBYTES];
+	/* the tail check (struct cfs_unpack_tail) */
+	struct cfs_unpack_tail *tail;
+	enum { TAIL_HEAD, TAIL_IN, TAIL_NO } tail_state;
+	bool f1_seen; /* the first frame ended ... */
+	uint64_t f1_comp, f1_tar; /* ... at these compressed / tar offsets */
+	uint64_t nz_end; /* tar offset just past the last non-zero byte */
+	uint64_t eof_at; /* tar offset of the end-of-archive blocks */
+	struct candidate *roots; /* the policy roots, normalised */
+	size_t nroots;
+	char *ok_dir; /* last directory known to be kept, ancestors too */
+	/* hashing what is extracted */
+	cfs_file_hashed_fn file_hashed;
+	void *hash_payload;
+	EVP_MD_CTX *md;
 };
 
 enum vkind { VK_NONE = 0, VK_FILE, VK_DIR, VK_LINK };
@@ -1012,8 +1083,16 @@ static ssize_t up_produce(struct unpacker *u)
 		 * buffer) returns the next frame's header hint: it must not
 		 * overwrite the 0 that said the frame was complete.
 		 */
-		if (out.pos > 0 || u->zin.pos != in_before)
+		if (out.pos > 0 || u->zin.pos != in_before) {
 			u->last_ret = r;
+			if (r == 0 && !u->f1_seen) {
+				/* where the first frame ends, both sides */
+				u->f1_seen = true;
+				u->f1_comp = u->st.compressed_bytes -
+					     (u->zin.size - u->zin.pos);
+				u->f1_tar = u->st.tar_bytes + out.pos;
+			}
+		}
 		u->maybe_more = out.pos == out.size;
 		if (out.pos) {
 			/*
@@ -1023,6 +1102,16 @@ static ssize_t up_produce(struct unpacker *u)
 			uint64_t allowed = u->declared +
 					   (u->st.entries + 2) * HEADER_SLACK +
 					   TRAILER_MAX;
+			if (u->tail) {
+				/* for the tail: is anything hidden after
+				 * the end-of-archive blocks? */
+				size_t i = out.pos;
+
+				while (i > 0 && u->out[i - 1] == 0)
+					i--;
+				if (i > 0)
+					u->nz_end = u->st.tar_bytes + i;
+			}
 			u->st.tar_bytes += out.pos;
 			if (u->st.tar_bytes > allowed)
 				return cfs_error_set(
@@ -1212,12 +1301,28 @@ static struct timespec entry_mtime(struct archive_entry *e)
 	return ts;
 }
 
+/* Hashes n zero bytes (the holes of a sparse member). */
+static void md_zeros(EVP_MD_CTX *md, uint64_t n)
+{
+	static const unsigned char zeros[65536];
+
+	while (n > 0) {
+		size_t k = n > sizeof(zeros) ? sizeof(zeros) : (size_t)n;
+
+		EVP_DigestUpdate(md, zeros, k);
+		n -= k;
+	}
+}
+
 static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 		   const char *base, const char *entry)
 {
 	struct timespec ts[2];
 	int fd = -1, rc;
 	int64_t size = archive_entry_size(e);
+	/* hashed up to hoff; blocks out of order (never seen) stop it */
+	bool hashing = u->md && EVP_DigestInit_ex(u->md, EVP_sha256(), NULL);
+	uint64_t hoff = 0;
 
 	rc = up_clear(parent, base, entry);
 	if (rc)
@@ -1246,6 +1351,13 @@ static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 					   entry);
 			goto out;
 		}
+		if (hashing && (uint64_t)off >= hoff) {
+			md_zeros(u->md, (uint64_t)off - hoff);
+			EVP_DigestUpdate(u->md, buf, len);
+			hoff = (uint64_t)off + len;
+		} else {
+			hashing = false;
+		}
 		while (done < len) {
 			ssize_t w = pwrite(fd, (const char *)buf + done,
 					   len - done, off + (off_t)done);
@@ -1270,6 +1382,16 @@ static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 		goto out;
 	}
 	u->st.files++;
+	if (hashing) {
+		unsigned char md[32];
+		char hex[65];
+
+		md_zeros(u->md, (uint64_t)size - hoff);
+		if (EVP_DigestFinal_ex(u->md, md, NULL)) {
+			cfs_hex_encode(hex, md, sizeof(md));
+			u->file_hashed(u->hash_payload, fd, hex);
+		}
+	}
 out:
 	if (fd >= 0 && close(fd) < 0 && rc == 0)
 		rc = cfs_error_errno(errno, "writing %s", entry);
@@ -1618,6 +1740,101 @@ static int up_capture(struct unpacker *u, char **out, size_t size,
 	return 0;
 }
 
+static bool is_head_member(const char *name)
+{
+	size_t n = strlen(CFS_META_DIR);
+
+	return is_head_item(name) ||
+	       (strncmp(name, CFS_META_DIR, n) == 0 && name[n] == '/');
+}
+
+/* name is a normalised policy root or lies below one */
+static bool under_root(const struct unpacker *u, const char *name)
+{
+	for (size_t i = 0; i < u->nroots; i++) {
+		size_t n = strlen(u->roots[i].arc);
+
+		if (is_head_item(u->roots[i].arc))
+			continue;
+		if (strncmp(name, u->roots[i].arc, n) == 0 &&
+		    (name[n] == '\0' || name[n] == '/'))
+			return true;
+	}
+	return false;
+}
+
+/* name or one of its ancestors below the root is excluded */
+static bool excluded_path(struct unpacker *u, const char *name)
+{
+	const char *slash = strrchr(name, '/');
+	size_t dlen = slash ? (size_t)(slash - name) : 0;
+	char *dir;
+
+	if (cfs_policy_excluded(u->tail->policy, name))
+		return true;
+	if (!slash || (u->ok_dir && strlen(u->ok_dir) == dlen &&
+		       memcmp(u->ok_dir, name, dlen) == 0))
+		return false;
+	dir = cfs_strndup(name, dlen);
+	if (!dir)
+		return true; /* no memory: no tail either */
+	for (char *p = strchr(dir, '/');; p = strchr(p + 1, '/')) {
+		if (p)
+			*p = '\0';
+		if (cfs_policy_excluded(u->tail->policy, dir)) {
+			free(dir);
+			return true;
+		}
+		if (!p)
+			break;
+		*p = '/';
+	}
+	free(u->ok_dir);
+	u->ok_dir = dir;
+	return false;
+}
+
+static void tail_refuse(struct unpacker *u, const char *why)
+{
+	u->tail_state = TAIL_NO;
+	u->tail->why = why;
+}
+
+/*
+ * One member against the tail's rules (struct cfs_unpack_tail): head
+ * members first, all in the first zstd frame; the first other member
+ * starts the second frame; every one after it is what a pack of the
+ * extracted tree would write again.
+ */
+static void tail_check(struct unpacker *u, struct archive_entry *e,
+		       const char *entry, mode_t type, const char *link)
+{
+	bool head = is_head_member(entry);
+
+	if (u->tail_state == TAIL_NO)
+		return;
+	if (u->tail_state == TAIL_HEAD) {
+		if (head)
+			return;
+		if (!u->f1_seen ||
+		    (uint64_t)archive_read_header_position(u->a) != u->f1_tar)
+			return tail_refuse(u, "the roots do not start a zstd "
+					      "frame of their own");
+		u->tail_state = TAIL_IN;
+	}
+	if (head)
+		return tail_refuse(u, "a .contextsdk member follows the roots");
+	if (!under_root(u, entry))
+		return tail_refuse(u, "a member lies outside the policy roots");
+	if (excluded_path(u, entry))
+		return tail_refuse(u, "a member is excluded by the policy");
+	if (type != AE_IFLNK && (archive_entry_perm(e) & 07000))
+		return tail_refuse(u, "a member has set-id or sticky bits");
+	if (link && archive_entry_hardlink(e) &&
+	    (is_head_member(link) || !under_root(u, link)))
+		return tail_refuse(u, "a hard link leaves the policy roots");
+}
+
 int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 		      const struct cfs_unpack_opts *opts,
 		      struct cfs_bundle_stats *stats)
@@ -1641,6 +1858,24 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 	u->validate_only = opts && opts->validate_only;
 	crypto_shorthash_keygen(u->vt_key);
 	u->stack[0].fd = destfd;
+	if (opts && !u->validate_only && opts->tail) {
+		u->tail = opts->tail;
+		u->tail->ok = false;
+		u->tail->offset = 0;
+		u->tail->why = "the stream ended before any policy root";
+		rc = pk_candidates(&u->roots, &u->nroots, u->tail->policy);
+		if (rc)
+			goto out;
+	}
+	if (opts && !u->validate_only && opts->file_hashed) {
+		u->file_hashed = opts->file_hashed;
+		u->hash_payload = opts->hash_payload;
+		u->md = EVP_MD_CTX_new();
+		if (!u->md) {
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
 	u->in_cap = ZSTD_DStreamInSize();
 	u->out_cap = ZSTD_DStreamOutSize();
 	u->in = malloc(u->in_cap);
@@ -1669,8 +1904,11 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 		size_t len;
 		int r = archive_read_next_header(u->a, &e);
 
-		if (r == ARCHIVE_EOF)
+		if (r == ARCHIVE_EOF) {
+			u->eof_at =
+				(uint64_t)archive_read_header_position(u->a);
 			break;
+		}
 		if (r < ARCHIVE_WARN) {
 			rc = up_archive_error(u, "reading header");
 			goto out;
@@ -1768,6 +2006,8 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			}
 			continue;
 		}
+		if (u->tail)
+			tail_check(u, e, entry, type, link);
 		rc = up_extract(u, e, name, entry, type, link);
 		if (rc)
 			goto out;
@@ -1775,6 +2015,13 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 	rc = up_drain(u);
 	if (rc)
 		goto out;
+	if (u->tail && u->tail_state == TAIL_IN && u->nz_end > u->eof_at)
+		tail_refuse(u, "data follows the end-of-archive blocks");
+	if (u->tail && u->tail_state == TAIL_IN) {
+		u->tail->ok = true;
+		u->tail->offset = u->f1_comp;
+		u->tail->why = NULL;
+	}
 	while (u->depth > 0) {
 		rc = up_pop(u, true);
 		if (rc)
@@ -1794,6 +2041,9 @@ out:
 	free(u->in);
 	free(u->out);
 	free(u->vt);
+	candidates_free(u->roots, u->nroots);
+	free(u->ok_dir);
+	EVP_MD_CTX_free(u->md);
 	free(u);
 	free(entry);
 	utf8_leave(&loc);

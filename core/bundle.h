@@ -79,6 +79,49 @@ int cfs_bundle_pack(int rootfd, const struct cfs_policy *policy,
 		    cfs_write_fn sink, void *payload,
 		    struct cfs_bundle_stats *stats);
 
+/*
+ * cfs_bundle_pack() of the head items only (".contextsdk" and
+ * "contextsdk.json", with extra members below them) as one complete zstd
+ * frame holding whole tar members and no end-of-archive blocks: the start
+ * of a bundle whose policy roots follow as an already compressed tail
+ * (struct cfs_unpack_tail). Writes a frame even when nothing exists.
+ */
+int cfs_bundle_pack_head(int rootfd, const struct cfs_bundle_member *extra,
+			 size_t nextra, cfs_write_fn sink, void *payload,
+			 struct cfs_bundle_stats *stats);
+
+/*
+ * A stream that may carry its policy roots as a separately compressed
+ * tail (cfs_unpack_opts.tail): the head members (".contextsdk",
+ * "contextsdk.json" and what lies below them) in the first zstd frame,
+ * every other member in the frames after it. A sandbox packs a save that
+ * way, so a commit can store the tail's compressed bytes as they came
+ * (cfs_bundle_pack_head) instead of packing and compressing the roots
+ * again.
+ */
+struct cfs_unpack_tail {
+	const struct cfs_policy *policy; /* in: roots and excludes */
+	/*
+	 * out, after a successful unpack: ok when the first zstd frame ends
+	 * exactly where the first member outside the head begins, at least
+	 * one such member follows, and every one of them is what packing the
+	 * extracted tree would write again: under a policy root, neither
+	 * excluded nor below an excluded directory, no set-id or sticky
+	 * bits, hard links only to files under the roots. offset is where
+	 * the tail begins in the compressed stream; why says what failed.
+	 */
+	bool ok;
+	uint64_t offset;
+	const char *why;
+};
+
+/*
+ * Called for each regular file extracted, with its descriptor still open
+ * (mode and mtime set) and the sha256 of the data written.
+ */
+typedef void (*cfs_file_hashed_fn)(void *payload, int fd,
+				   const char sha256[65]);
+
 struct cfs_unpack_opts {
 	uint64_t max_entries; /* 0 = CFS_BUNDLE_MAX_ENTRIES */
 	uint64_t max_bytes; /* 0 = CFS_BUNDLE_MAX_BYTES */
@@ -92,6 +135,9 @@ struct cfs_unpack_opts {
 	const char *capture_path;
 	char **capture_out;
 	size_t capture_max;
+	struct cfs_unpack_tail *tail; /* optional (not with validate_only) */
+	cfs_file_hashed_fn file_hashed; /* optional (not with validate_only) */
+	void *hash_payload;
 };
 
 /*

@@ -702,6 +702,37 @@ static int uploader_finish(struct uploader *u)
 	return u->rc ? error_restore(&u->why) : 0;
 }
 
+/* The tail's bytes, as they are, after the head (struct cfs_commit_tail). */
+static int copy_tail(const struct cfs_commit_tail *tail, struct enc_sink *s)
+{
+	uint8_t *buf = malloc(ENC_BUF_SIZE);
+	off_t off = (off_t)tail->offset;
+	int rc = 0;
+
+	if (!buf)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	for (;;) {
+		ssize_t n = pread(tail->fd, buf, ENC_BUF_SIZE, off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = cfs_error_errno(errno, "reading the packed roots");
+			break;
+		}
+		if (n == 0)
+			break;
+		rc = enc_sink_write(buf, (size_t)n, s);
+		if (rc)
+			break;
+		off += n;
+	}
+	/* compressed plaintext */
+	sodium_memzero(buf, ENC_BUF_SIZE);
+	free(buf);
+	return rc;
+}
+
 /*
  * Packs rootfd (policy, extra members) and encrypts the stream into the
  * new private file "bundle.enc" of t. *fd_out is that file (rewound),
@@ -712,7 +743,7 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 			struct tmpdir *t, struct cfs_keys *keys, int rootfd,
 			const struct cfs_policy *policy,
 			const struct cfs_bundle_member *extra, size_t nextra,
-			struct uploader *up)
+			const struct cfs_commit_tail *tail, struct uploader *up)
 {
 	struct enc_sink s;
 	struct cfs_encmeta meta;
@@ -740,8 +771,15 @@ static int pack_encrypt(int *fd_out, cJSON **enc_out, uint64_t *size_out,
 	rc = enc_sink_start(&s);
 	if (rc)
 		goto out;
-	rc = cfs_bundle_pack(rootfd, policy, extra, nextra, enc_sink_write, &s,
-			     NULL);
+	if (tail) {
+		rc = cfs_bundle_pack_head(rootfd, extra, nextra, enc_sink_write,
+					  &s, NULL);
+		if (!rc)
+			rc = copy_tail(tail, &s);
+	} else {
+		rc = cfs_bundle_pack(rootfd, policy, extra, nextra,
+				     enc_sink_write, &s, NULL);
+	}
 	{
 		int rc2 = enc_sink_finish(&s, rc == 0);
 
@@ -2599,7 +2637,7 @@ int cfs_context_create(struct cfs_manifest **out, struct cfs_store *st,
 	if (rc)
 		goto out;
 	rc = pack_encrypt(&bfd, &enc, &size, &t, keys, rootfd, &policy, NULL, 0,
-			  NULL);
+			  NULL, NULL);
 	if (rc)
 		goto out;
 	/* The plaintext seed is no longer needed. */
@@ -3046,13 +3084,18 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		ps_on = true;
 	}
 	rc = pack_encrypt(&bfd, &enc, &size, bundle_tmpdir(&bt, &t, st), keys,
-			  srcdirfd, &policy, extra, nextra, up.st ? &up : NULL);
+			  srcdirfd, &policy, extra, nextra, opts->tail,
+			  up.st ? &up : NULL);
 	if (rc) {
 		if (rc == CFS_ENOTFOUND)
 			cfs_error_prefix("nothing to %s", what);
 		goto out;
 	}
-	cfs_log_timing(id, "commit: pack, encrypt and write", &t0);
+	cfs_log_timing(id,
+		       opts->tail ? "commit: pack the head, encrypt and write "
+				    "(roots as received)"
+				  : "commit: pack, encrypt and write",
+		       &t0);
 
 	/* the new manifest (pure computation, before anything is written) */
 	rc = cfs_manifest_dup(&nm, old);

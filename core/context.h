@@ -84,6 +84,18 @@ enum cfs_commit_kind {
 
 struct cfs_hash_hints; /* core/version.h */
 
+/*
+ * The policy roots of a save already packed and compressed: the bytes
+ * from offset to the end of fd are zstd frames holding the roots' tar
+ * members and the end-of-archive blocks, checked by cfs_bundle_unpack's
+ * tail rules (struct cfs_unpack_tail) while srcdir was extracted from
+ * them.
+ */
+struct cfs_commit_tail {
+	int fd;
+	uint64_t offset;
+};
+
 struct cfs_commit_opts {
 	enum cfs_commit_kind kind;
 	/*
@@ -128,6 +140,13 @@ struct cfs_commit_opts {
 	const char *index_cache_dir;
 	/* optional: hashes the caller knows (core/version.h; a mount) */
 	const struct cfs_hash_hints *hash_hints;
+	/*
+	 * Optional: srcdir's roots as they were received (a session's save).
+	 * The bundle is then a head packed from srcdir (.contextsdk,
+	 * contextsdk.json, the version record) followed by these bytes as
+	 * they are, instead of srcdir's roots packed and compressed again.
+	 */
+	const struct cfs_commit_tail *tail;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

@@ -32,15 +32,21 @@
 #include "core/manifest.h"
 #include "core/policy.h"
 #include "core/session.h"
+#include "core/version.h"
 #include "core/util.h"
 
 #define HEARTBEAT_MIN_MS 1000
 #define HEARTBEAT_MAX_MS 300000
 /*
- * zstd level of the bundles the sandbox packs: they only travel (the
- * engine recompresses what it stores), so speed beats ratio.
+ * zstd level of the bundles the sandbox packs only to travel (a push's
+ * tree, which is merged, and the head of a save): speed beats ratio. A
+ * save's roots are stored as the sandbox compressed them, at the level
+ * of every bundle (TAIL_ZSTD_LEVEL).
  */
 #define TRANSFER_ZSTD_LEVEL "1"
+#define LEVEL_STR_(n) #n
+#define LEVEL_STR(n) LEVEL_STR_(n)
+#define TAIL_ZSTD_LEVEL LEVEL_STR(CFS_BUNDLE_ZSTD_LEVEL)
 
 struct cfs_session {
 	struct cfs_store *st;
@@ -450,10 +456,37 @@ static const char pack_py[] = PY_COMMON
 	"        for c in sorted(os.listdir(p)):\n"
 	"            walk(rel + '/' + c, out)\n"
 	"dest = os.environ['CONTEXTSDK_BUNDLE']  # '-': stdout\n"
-	"z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' +\n"
-	"                      os.environ['CONTEXTSDK_ZSTD_LEVEL']] +\n"
-	"                     (['-c'] if dest == '-' else ['-o', dest]),\n"
-	"                     stdin=subprocess.PIPE, bufsize=BUF)\n"
+	"roots = items\n"
+	"if os.environ.get('CONTEXTSDK_SPLIT') == '1':\n"
+	"    # The head (.contextsdk, contextsdk.json) in a zstd frame of its\n"
+	"    # own and without the end-of-archive blocks, the roots continuing\n"
+	"    # the same archive in the next frame, compressed for keeps: the\n"
+	"    # commit stores them as they are.\n"
+	"    outf = None if dest == '-' else open(dest, 'wb')\n"
+	"    def zstd_run(level):\n"
+	"        return subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' + level,\n"
+	"                                 '-c'], stdin=subprocess.PIPE, stdout=outf,\n"
+	"                                bufsize=BUF)\n"
+	"    z = zstd_run(os.environ['CONTEXTSDK_ZSTD_LEVEL'])\n"
+	"    try:\n"
+	"        tf = tarfile.open(fileobj=Out(z.stdin), mode='w', **TFKW)\n"
+	"        for n in items[:2]:\n"
+	"            p = os.path.join(mount, n)\n"
+	"            if os.path.lexists(p) and not excluded(n):\n"
+	"                tf.add(p, arcname=n, recursive=True, filter=filt)\n"
+	"        tf = None  # not closed: no end-of-archive blocks here\n"
+	"    finally:\n"
+	"        z.stdin.close()\n"
+	"        rc = z.wait()\n"
+	"    if rc != 0:\n"
+	"        fail('zstd compression failed')\n"
+	"    roots = items[2:]\n"
+	"    z = zstd_run(os.environ['CONTEXTSDK_TAIL_LEVEL'])\n"
+	"else:\n"
+	"    z = subprocess.Popen(['zstd', '-T0', '-q', '-f', '-' +\n"
+	"                          os.environ['CONTEXTSDK_ZSTD_LEVEL']] +\n"
+	"                         (['-c'] if dest == '-' else ['-o', dest]),\n"
+	"                         stdin=subprocess.PIPE, bufsize=BUF)\n"
 	"try:\n"
 	"    if gnu_tar():\n"
 	"        # GNU tar writes the members the walk names (pax, with the\n"
@@ -465,7 +498,7 @@ static const char pack_py[] = PY_COMMON
 	"                              '--verbatim-files-from', '-T', '-'],\n"
 	"                             stdin=subprocess.PIPE, stdout=z.stdin)\n"
 	"        try:\n"
-	"            for n in items:\n"
+	"            for n in roots:\n"
 	"                if os.path.lexists(os.path.join(mount, n)):\n"
 	"                    walk(n, t.stdin)\n"
 	"        finally:\n"
@@ -476,7 +509,7 @@ static const char pack_py[] = PY_COMMON
 	"            fail('tar failed (exit %d)' % rc)\n"
 	"    else:\n"
 	"        with tarfile.open(fileobj=Out(z.stdin), mode='w', **TFKW) as tf:\n"
-	"            for n in items:\n"
+	"            for n in roots:\n"
 	"                p = os.path.join(mount, n)\n"
 	"                if not os.path.lexists(p) or excluded(n):\n"
 	"                    continue\n"
@@ -555,7 +588,7 @@ static char *unpack_script(const struct cfs_session *s)
 
 /* bundle "-": the bundle goes to stdout (nothing written in the sandbox). */
 static char *pack_script_for(const char *bundle, const char *mount,
-			     const char *policy_json)
+			     const char *policy_json, bool split)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	bool to_stdout = strcmp(bundle, "-") == 0;
@@ -568,14 +601,18 @@ static char *pack_script_for(const char *bundle, const char *mount,
 	if (!rc && !to_stdout)
 		rc = cfs_buf_puts(&b, "rm -f -- \"$bundle\"\n");
 	rc = rc ? rc
-		: cfs_buf_puts(&b,
-			       "sync \"$mount\" 2>/dev/null || sync\n"
-			       "umask 077\n"
-			       "CONTEXTSDK_POLICY=\"$policy\" "
-			       "CONTEXTSDK_MOUNT=\"$mount\" "
-			       "CONTEXTSDK_BUNDLE=\"$bundle\" "
-			       "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL " "
-			       "python3 - <<'CONTEXTSDK_PY'\n");
+		: cfs_buf_puts(&b, "sync \"$mount\" 2>/dev/null || sync\n"
+				   "umask 077\n"
+				   "CONTEXTSDK_POLICY=\"$policy\" "
+				   "CONTEXTSDK_MOUNT=\"$mount\" "
+				   "CONTEXTSDK_BUNDLE=\"$bundle\" "
+				   "CONTEXTSDK_ZSTD_LEVEL=" TRANSFER_ZSTD_LEVEL
+				   " ");
+	if (!rc && split)
+		rc = cfs_buf_puts(&b,
+				  "CONTEXTSDK_SPLIT=1 "
+				  "CONTEXTSDK_TAIL_LEVEL=" TAIL_ZSTD_LEVEL " ");
+	rc = rc ? rc : cfs_buf_puts(&b, "python3 - <<'CONTEXTSDK_PY'\n");
 	rc = rc ? rc : cfs_buf_puts(&b, pack_py);
 	rc = rc ? rc : cfs_buf_puts(&b, "CONTEXTSDK_PY\n");
 	if (!rc && !to_stdout)
@@ -587,9 +624,10 @@ static char *pack_script_for(const char *bundle, const char *mount,
 	return cfs_buf_detach(&b);
 }
 
-static char *pack_script(const struct cfs_session *s)
+static char *pack_script(const struct cfs_session *s, bool split)
 {
-	return pack_script_for(s->bundle_path, s->mount_path, s->policy_json);
+	return pack_script_for(s->bundle_path, s->mount_path, s->policy_json,
+			       split);
 }
 
 char *cfs_session_script(const char *which, const char *bundle,
@@ -600,8 +638,9 @@ char *cfs_session_script(const char *which, const char *bundle,
 		return unpack_script_for(bundle, mount, policy_json,
 					 keep_excluded, false,
 					 strcmp(which, "unpack-stdin") == 0);
-	if (strcmp(which, "pack") == 0)
-		return pack_script_for(bundle, mount, policy_json);
+	if (strcmp(which, "pack") == 0 || strcmp(which, "pack-split") == 0)
+		return pack_script_for(bundle, mount, policy_json,
+				       strcmp(which, "pack-split") == 0);
 	return NULL;
 }
 
@@ -1236,17 +1275,131 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 	return rc;
 }
 
+/*
+ * The sha256 of each file a save's fetch extracted, by inode (size and
+ * mtime must still match), so the commit's index reads no file again.
+ * Bounded: past IH_MAX slots the rest is hashed by the index as before.
+ */
+struct ih_slot {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	uint8_t sha[32];
+	bool used;
+};
+
+#define IH_MAX (1u << 18) /* slots: 18 MiB at most */
+
+struct inode_hashes {
+	struct ih_slot *v;
+	size_t cap, used;
+	bool full;
+};
+
+static size_t ih_slot_of(const struct inode_hashes *h, dev_t dev, ino_t ino)
+{
+	uint64_t k = ((uint64_t)ino * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)dev;
+	size_t i = (size_t)(k ^ (k >> 29)) & (h->cap - 1);
+
+	while (h->v[i].used && (h->v[i].ino != ino || h->v[i].dev != dev))
+		i = (i + 1) & (h->cap - 1);
+	return i;
+}
+
+static bool ih_grow(struct inode_hashes *h)
+{
+	struct inode_hashes n = {0};
+
+	n.cap = h->cap ? h->cap * 2 : 4096;
+	if (n.cap > IH_MAX)
+		return false;
+	n.v = calloc(n.cap, sizeof(*n.v));
+	if (!n.v)
+		return false;
+	for (size_t i = 0; i < h->cap; i++)
+		if (h->v[i].used)
+			n.v[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
+	n.used = h->used;
+	free(h->v);
+	*h = n;
+	return true;
+}
+
+/* cfs_file_hashed_fn */
+static void ih_add(void *payload, int fd, const char sha256[65])
+{
+	struct inode_hashes *h = payload;
+	struct ih_slot *e;
+	struct stat st;
+
+	if (h->full || fstat(fd, &st) != 0)
+		return;
+	if ((h->used + 1) * 2 > h->cap && !ih_grow(h)) {
+		h->full = true;
+		return;
+	}
+	e = &h->v[ih_slot_of(h, st.st_dev, st.st_ino)];
+	if (cfs_hex_decode(e->sha, sizeof(e->sha), sha256, NULL) != 0)
+		return;
+	if (!e->used)
+		h->used++;
+	e->used = true;
+	e->dev = st.st_dev;
+	e->ino = st.st_ino;
+	e->size = st.st_size;
+	e->mtime = st.st_mtim;
+}
+
+/* cfs_hash_hints.lookup */
+static bool ih_lookup(void *payload, const struct stat *st, char sha256[65])
+{
+	struct inode_hashes *h = payload;
+	const struct ih_slot *e;
+
+	if (!h->cap)
+		return false;
+	e = &h->v[ih_slot_of(h, st->st_dev, st->st_ino)];
+	if (!e->used || e->size != st->st_size ||
+	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
+	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+		return false;
+	cfs_hex_encode(sha256, e->sha, sizeof(e->sha));
+	return true;
+}
+
+/*
+ * What a save's fetch leaves for its commit: the stream as it arrived
+ * (private), whether its roots can be stored as they are, and the
+ * hashes of what was extracted.
+ */
+struct fetched {
+	int spool; /* -1: none */
+	struct cfs_unpack_tail tail;
+	struct inode_hashes hashes;
+};
+
+static void fetched_clear(struct fetched *f)
+{
+	if (f->spool >= 0)
+		close(f->spool);
+	f->spool = -1;
+	free(f->hashes.v);
+	memset(&f->hashes, 0, sizeof(f->hashes));
+}
+
 static int session_save_locked(struct cfs_commit_result *res,
 			       struct cfs_session *s,
 			       const struct cfs_session_save_opts *opts);
-static int session_fetch(struct cfs_session *s, int treefd, const char *label);
+static int session_fetch(struct cfs_session *s, int treefd, const char *label,
+			 struct fetched *f);
 
 int cfs_session_fetch(struct cfs_session *s, int destdirfd)
 {
 	int rc;
 
 	pthread_mutex_lock(&s->save_mu);
-	rc = session_fetch(s, destdirfd, "pack context tree");
+	rc = session_fetch(s, destdirfd, "pack context tree", NULL);
 	pthread_mutex_unlock(&s->save_mu);
 	return rc;
 }
@@ -1268,6 +1421,9 @@ static int session_save_locked(struct cfs_commit_result *res,
 {
 	struct cfs_session_save_opts def = {0};
 	struct cfs_commit_opts co;
+	struct fetched f = {.spool = -1};
+	struct cfs_hash_hints hints = {ih_lookup, NULL, NULL, &f.hashes};
+	struct cfs_commit_tail tail;
 	bool ckpt;
 	char name[32];
 	int treefd = -1, rc;
@@ -1294,9 +1450,9 @@ static int session_save_locked(struct cfs_commit_result *res,
 	rc = open_subdir(&treefd, s->tmpdir, name);
 	if (rc)
 		return rc;
-	rc = session_fetch(s, treefd,
-			   ckpt ? "checkpoint context tree"
-				: "pack context tree");
+	rc = session_fetch(
+		s, treefd,
+		ckpt ? "checkpoint context tree" : "pack context tree", &f);
 	if (rc)
 		goto out;
 	cfs_commit_opts_init(&co);
@@ -1306,11 +1462,21 @@ static int session_save_locked(struct cfs_commit_result *res,
 	co.message = opts->message;
 	co.reason = opts->reason;
 	co.key_verified = true; /* attach authenticated the tree */
+	co.hash_hints = &hints;
+	if (f.spool >= 0 && f.tail.ok) {
+		/* the roots as the sandbox compressed them (no repack) */
+		tail = (struct cfs_commit_tail){f.spool, f.tail.offset};
+		co.tail = &tail;
+	} else if (f.spool >= 0) {
+		cfs_debug("%s: packing the roots again: %s", s->id,
+			  f.tail.why ? f.tail.why : "no tail");
+	}
 	t0 = cfs_monotonic_ms();
 	rc = cfs_context_commit(res, s->st, s->keys, s->id, treefd, &co);
 	if (!rc)
 		timing(s, "commit", &t0);
 out:
+	fetched_clear(&f);
 	close(treefd);
 	{
 		char *p = cfs_asprintf("%s/%s", s->tmpdir, name);
@@ -1359,16 +1525,74 @@ static void *pull_main(void *arg)
  * overlap and no bundle is written in the sandbox or here. The packer's
  * own failure explains a cut stream better than the unpacker's.
  */
-static int fetch_streamed(struct cfs_session *s, int treefd, const char *label)
+/* The stream from the sandbox, also written to the save's spool file. */
+struct spooled {
+	int rfd;
+	int spool;
+};
+
+static ssize_t spool_source(void *buf, size_t len, void *payload)
+{
+	struct spooled *sp = payload;
+	ssize_t n = cfs_bundle_fd_source(buf, len, &sp->rfd);
+
+	if (n > 0) {
+		int rc = cfs_write_all(sp->spool, buf, (size_t)n);
+
+		if (rc) {
+			cfs_error_prefix("keeping the packed tree");
+			return rc;
+		}
+	}
+	return n;
+}
+
+/* Unpack options for a save's fetch (f) or any other (NULL). */
+static void fetch_opts(struct cfs_unpack_opts *o, struct cfs_session *s,
+		       struct fetched *f)
+{
+	memset(o, 0, sizeof(*o));
+	if (!f)
+		return;
+	f->tail.policy = &s->policy;
+	o->tail = &f->tail;
+	o->file_hashed = ih_add;
+	o->hash_payload = &f->hashes;
+}
+
+static int fetch_streamed(struct cfs_session *s, int treefd, const char *label,
+			  struct fetched *f)
 {
 	struct cfs_bundle_stats stats;
+	struct cfs_unpack_opts uo;
 	struct pull p = {.s = s, .wfd = -1};
+	struct spooled sp = {-1, -1};
 	pthread_t th;
 	int fds[2], rfd, rc, e;
 	bool early = false;
 	int64_t t0 = cfs_monotonic_ms();
 
-	p.script = pack_script_for("-", s->mount_path, s->policy_json);
+	if (f) {
+		/* the packed roots, kept in case the commit can store them */
+		char *path = cfs_asprintf("%s/tail-%u.zst", s->tmpdir,
+					  ++s->fetch_seq);
+
+		if (!path)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		f->spool =
+			open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (f->spool < 0) {
+			rc = cfs_error_errno(errno, "creating %s", path);
+			free(path);
+			return rc;
+		}
+		unlink(path);
+		free(path);
+		sp.spool = f->spool;
+	}
+	fetch_opts(&uo, s, f);
+	p.script =
+		pack_script_for("-", s->mount_path, s->policy_json, f != NULL);
 	if (!p.script)
 		return cfs_error_set(CFS_ENOMEM, "out of memory");
 	if (pipe2(fds, O_CLOEXEC) < 0) {
@@ -1385,8 +1609,10 @@ static int fetch_streamed(struct cfs_session *s, int treefd, const char *label)
 		free(p.script);
 		return cfs_error_errno(e, "cannot start the transfer");
 	}
-	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &rfd, NULL,
-			       &stats);
+	sp.rfd = rfd;
+	rc = f ? cfs_bundle_unpack(treefd, spool_source, &sp, &uo, &stats)
+	       : cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &rfd, &uo,
+				   &stats);
 	if (rc) {
 		/* stopped before the stream's end: the unpacker's reason */
 		struct pollfd pf = {rfd, POLLIN, 0};
@@ -1419,16 +1645,18 @@ static int fetch_streamed(struct cfs_session *s, int treefd, const char *label)
  * validates by unpacking into treefd (streamed where the runtime can).
  * Callers hold save_mu.
  */
-static int session_fetch(struct cfs_session *s, int treefd, const char *label)
+static int session_fetch(struct cfs_session *s, int treefd, const char *label,
+			 struct fetched *f)
 {
 	struct cfs_bundle_stats stats;
+	struct cfs_unpack_opts uo;
 	char *local = NULL;
 	int bfd = -1, rc;
 	int64_t t0 = cfs_monotonic_ms();
 
 	if (cfs_runtime_streams(s->rt))
-		return fetch_streamed(s, treefd, label);
-	rc = run_script(s, pack_script(s), label);
+		return fetch_streamed(s, treefd, label, f);
+	rc = run_script(s, pack_script(s, f != NULL), label);
 	if (rc)
 		return rc;
 	timing(s, "remote pack", &t0);
@@ -1461,12 +1689,17 @@ static int session_fetch(struct cfs_session *s, int treefd, const char *label)
 		rc = cfs_error_errno(errno, "opening %s", local);
 		goto out;
 	}
-	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &bfd, NULL,
-			       &stats);
+	fetch_opts(&uo, s, f);
+	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &bfd, &uo, &stats);
 	if (rc)
 		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
 	else
 		timing(s, "validate", &t0);
+	if (!rc && f) {
+		/* the download is the spool (unlinked below, still open) */
+		f->spool = bfd;
+		bfd = -1;
+	}
 out:
 	if (bfd >= 0)
 		close(bfd);

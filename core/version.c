@@ -218,12 +218,8 @@ struct index_builder {
 	const struct cfs_hash_hints *hints; /* NULL: none */
 };
 
-static int ib_add(struct index_builder *b, const char *rel, int fd)
+static int ib_reserve(struct index_builder *b)
 {
-	struct cfs_file_entry *e;
-	struct stat st;
-	int rc;
-
 	if (b->n == b->cap) {
 		size_t ncap = b->cap ? b->cap * 2 : 64, bytes;
 		struct cfs_file_entry *nv;
@@ -235,8 +231,43 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 		b->v = nv;
 		b->cap = ncap;
 	}
+	memset(&b->v[b->n], 0, sizeof(b->v[b->n]));
+	return 0;
+}
+
+/*
+ * A regular file the hints know by the walk's own stat: listed without
+ * opening it (true), or false (nothing changed; open and ib_add).
+ */
+static bool ib_hinted(struct index_builder *b, const char *rel,
+		      const struct stat *st, int *rc)
+{
+	struct cfs_file_entry *e;
+
+	*rc = 0;
+	if (!b->hints || !b->hints->lookup || !S_ISREG(st->st_mode))
+		return false;
+	*rc = ib_reserve(b);
+	if (*rc)
+		return true;
 	e = &b->v[b->n];
-	memset(e, 0, sizeof(*e));
+	if (!b->hints->lookup(b->hints->payload, st, e->sha256))
+		return false;
+	*rc = entry_set(e, rel, st);
+	if (!*rc)
+		b->n++;
+	return true;
+}
+
+static int ib_add(struct index_builder *b, const char *rel, int fd)
+{
+	struct cfs_file_entry *e;
+	struct stat st;
+	int rc = ib_reserve(b);
+
+	if (rc)
+		return rc;
+	e = &b->v[b->n];
 	if (b->hints && b->hints->lookup && fstat(fd, &st) == 0 &&
 	    S_ISREG(st.st_mode) &&
 	    b->hints->lookup(b->hints->payload, &st, e->sha256)) {
@@ -340,7 +371,8 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 					rc = ib_walk(b, fd, rel, depth + 1);
 			}
 		} else if (S_ISREG(st.st_mode)) {
-			if (!cfs_policy_excluded(b->policy, rel->ptr)) {
+			if (!cfs_policy_excluded(b->policy, rel->ptr) &&
+			    !ib_hinted(b, rel->ptr, &st, &rc)) {
 				fd = openat(dfd, names.v[i],
 					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
 						    O_NOCTTY | O_CLOEXEC);

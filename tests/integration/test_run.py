@@ -107,8 +107,11 @@ mkdir -p workspace/node_modules/pkg artifacts/out
 echo 'module.exports = 1' > workspace/node_modules/pkg/index.js
 echo report > artifacts/out/report.txt
 """ + LISTING
-    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--", "bash", "-c", script)
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", mode, "--", "bash", "-c", script,
+                env={"CONTEXTFS_TIMING": "1"})
     assert r.rc == 0, r.err
+    # the roots were stored as the sandbox compressed them (no repack)
+    assert "(roots as received)" in r.err, r.err
     attached, after = r.out.split("--- after\n")
     # attach: the sandbox holds exactly the committed tree, modes included
     assert parse_listing(attached) == before
@@ -131,6 +134,34 @@ echo report > artifacts/out/report.txt
         sha256_file(os.path.join(src, "workspace/secret.bin"))
     log = cli.manifest(name)["latestVersion"]
     assert log["message"] == "contextfs run"
+    # the index's hashes (taken while the fetch extracted) match the data
+    with open(os.path.join(out, ".contextsdk/index.json")) as f:
+        files = json.load(f)["files"]
+    assert {e["path"] for e in files} == \
+        {p for p, v in got.items() if v[0] == "file" and p != "contextsdk.json"} | {"workspace/link2"}
+    for e in files:
+        assert e["sha256"] == sha256_file(os.path.join(out, e["path"])), e["path"]
+    cli.ok("verify", name)
+
+
+def test_run_packs_the_roots_again_when_they_cannot_be_stored_as_received(cli, ctx, workdir):
+    """A set-id bit in the sandbox's tree: extraction drops it, so the
+    sandbox's compressed roots are not what the tree holds; the commit packs
+    the extracted tree instead, and the stored tree is the extracted one."""
+    name, src = ctx
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", "plain", "--", "sh", "-c",
+                "echo new > workspace/new.txt && chmod 4755 workspace/tool.sh",
+                env={"CONTEXTFS_TIMING": "1"})
+    assert r.rc == 0, r.err
+    assert "(roots as received)" not in r.err
+    assert "commit: pack, encrypt and write" in r.err
+    out = export(cli, name, os.path.join(workdir, "out"))
+    assert os.stat(os.path.join(out, "workspace/tool.sh")).st_mode & 0o7777 == 0o755
+    with open(os.path.join(out, "workspace/new.txt")) as f:
+        assert f.read() == "new\n"
+    assert sha256_file(os.path.join(out, "workspace/secret.bin")) == \
+        sha256_file(os.path.join(src, "workspace/secret.bin"))
+    cli.ok("verify", name)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -250,6 +250,70 @@ def members_of(zst_path):
     return out
 
 
+def zstd_frames(data):
+    """(start, end) of each zstd frame of data (RFC 8878 framing)."""
+    frames, pos = [], 0
+    while pos < len(data):
+        magic = int.from_bytes(data[pos:pos + 4], "little")
+        if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable
+            end = pos + 8 + int.from_bytes(data[pos + 4:pos + 8], "little")
+        else:
+            assert magic == 0xFD2FB528, "not a zstd frame at %d" % pos
+            fhd = data[pos + 4]
+            single = (fhd >> 5) & 1
+            hsize = 1 + (0 if single else 1) + [0, 1, 2, 4][fhd & 3] + \
+                [1 if single else 0, 2, 4, 8][fhd >> 6]
+            end = pos + 4 + hsize
+            while True:
+                bh = int.from_bytes(data[end:end + 3], "little")
+                end += 3 + (1 if (bh >> 1) & 3 == 1 else bh >> 3)
+                if bh & 1:
+                    break
+            end += 4 if (fhd >> 2) & 1 else 0
+        frames.append((pos, end))
+        pos = end
+    return frames
+
+
+def test_pack_split_puts_the_head_in_a_frame_of_its_own(tmp_path):
+    """A save's packer (pack-split): the same members as the plain packer,
+    .contextsdk and contextsdk.json alone in the first zstd frame, which
+    ends on a member boundary without end-of-archive blocks."""
+    mount = str(tmp_path / "mnt")
+    for rel, data in {".contextsdk/index.json": b"{}\n", ".contextsdk/versions/2.json": b"{}\n",
+                      "contextsdk.json": b"{\"contextId\": \"x\"}\n", "workspace/a.txt": b"a\n" * 5000,
+                      "workspace/sub/b.bin": os.urandom(300000), "memory/m.md": b"m\n",
+                      "workspace/node_modules/x.js": b"x\n"}.items():
+        p = os.path.join(mount, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+    os.symlink("a.txt", os.path.join(mount, "workspace/alias"))
+    for fast in (True, False):
+        plain, split = str(tmp_path / "plain.tar.zst"), str(tmp_path / "split.tar.zst")
+        for which, out in (("pack", plain), ("pack-split", split)):
+            r = run_script(script(which, out, mount), fast)
+            assert r.returncode == 0, r.stderr
+        assert members_of(split) == members_of(plain)
+        with open(split, "rb") as f:
+            data = f.read()
+        frames = zstd_frames(data)
+        assert len(frames) == 2 and frames[-1][1] == len(data)
+        head = subprocess.run(["zstd", "-dc"], input=data[:frames[0][1]], check=True,
+                              capture_output=True).stdout
+        assert len(head) % 512 == 0 and head[-512:] != bytes(512)  # no end-of-archive
+        import io
+        with tarfile.open(fileobj=io.BytesIO(head + bytes(1024))) as tf:
+            assert [m.name for m in tf] == [".contextsdk", ".contextsdk/index.json", ".contextsdk/versions",
+                                            ".contextsdk/versions/2.json", "contextsdk.json"]
+        tail = subprocess.run(["zstd", "-dc"], input=data[frames[0][1]:], check=True,
+                              capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tail)) as tf:
+            names = [m.name for m in tf]
+        assert names[0] == "workspace" and "memory/m.md" in names and "workspace/alias" in names
+        assert not any(n.startswith((".contextsdk", "contextsdk.json")) or "node_modules" in n for n in names)
+
+
 def test_pack_fast_path_matches_tarfile(tmp_path):
     mount = str(tmp_path / "mnt")
     ws = os.path.join(mount, "workspace")

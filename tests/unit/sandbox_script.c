@@ -3,7 +3,7 @@
  * (cfs_session_script), so that tests/integration/test_sandbox_scripts.py
  * can run it against hand-made bundles without a runtime.
  *
- *   sandbox_script unpack|unpack-stdin|pack BUNDLE MOUNT POLICY_JSON [--keep-excluded]
+ *   sandbox_script unpack|unpack-stdin|pack|pack-split BUNDLE MOUNT POLICY_JSON [--keep-excluded]
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@ int main(int argc, char **argv)
 	if (argc < 5 || argc > 6 ||
 	    (argc == 6 && strcmp(argv[5], "--keep-excluded") != 0)) {
 		fprintf(stderr,
-			"usage: sandbox_script unpack|unpack-stdin|pack BUNDLE MOUNT "
+			"usage: sandbox_script unpack|unpack-stdin|pack|pack-split BUNDLE MOUNT "
 			"POLICY_JSON [--keep-excluded]\n");
 		return 2;
 	}

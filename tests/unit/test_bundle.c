@@ -1050,6 +1050,289 @@ static void test_frame_end_at_full_buffer(void)
 	free(data);
 }
 
+/* ---- a save's roots stored as the sandbox compressed them -------------- */
+
+/*
+ * The members of s as one tar whose bytes before member `cut` form the
+ * first zstd frame and the rest (members, end-of-archive) the frames
+ * after it; mode_of[i] overrides member i's permission bits when set.
+ */
+static void build_split_after(struct cfs_buf *out, size_t *frame1,
+			      const struct spec *s, size_t n, size_t cut,
+			      const mode_t *mode_of, const char *after)
+{
+	struct cfs_buf tar = CFS_BUF_INIT;
+	struct archive *a = archive_write_new();
+	size_t at = 0;
+
+	archive_write_set_format_pax(a);
+	archive_write_set_bytes_per_block(a, 0);
+	archive_write_open(a, &tar, NULL, tar_write_cb, NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct archive_entry *e = archive_entry_new();
+		size_t len = s[i].data ? strlen(s[i].data) : 0;
+
+		archive_write_finish_entry(a);
+		if (i == cut)
+			at = tar.len;
+		archive_entry_set_pathname(e, s[i].name);
+		archive_entry_set_filetype(e, s[i].type ? s[i].type : AE_IFREG);
+		archive_entry_set_perm(e, mode_of && mode_of[i]	  ? mode_of[i]
+					  : s[i].type == AE_IFDIR ? 0755
+								  : 0644);
+		archive_entry_set_mtime(e, 1700000000, 5);
+		if (s[i].link)
+			archive_entry_set_symlink(e, s[i].link);
+		if (s[i].hardlink)
+			archive_entry_set_hardlink(e, s[i].hardlink);
+		archive_entry_set_size(e, (s[i].type ? s[i].type : AE_IFREG) ==
+								  AE_IFREG &&
+							  !s[i].hardlink
+						  ? (la_int64_t)len
+						  : 0);
+		archive_write_header(a, e);
+		if (len && !s[i].hardlink)
+			archive_write_data(a, s[i].data, len);
+		archive_entry_free(e);
+	}
+	archive_write_finish_entry(a);
+	if (cut >= n)
+		at = tar.len;
+	archive_write_close(a);
+	archive_write_free(a);
+	if (after)
+		cfs_buf_puts(&tar, after);
+	{
+		struct cfs_buf f = CFS_BUF_INIT;
+
+		out->len = 0;
+		zstd_compress_into(&f, tar.ptr, at);
+		cfs_buf_put(out, f.ptr, f.len);
+		*frame1 = f.len;
+		if (at < tar.len) {
+			f.len = 0;
+			zstd_compress_into(&f, tar.ptr + at, tar.len - at);
+			cfs_buf_put(out, f.ptr, f.len);
+		}
+		cfs_buf_free(&f);
+	}
+	cfs_buf_free(&tar);
+}
+
+static void build_split(struct cfs_buf *out, size_t *frame1,
+			const struct spec *s, size_t n, size_t cut,
+			const mode_t *mode_of)
+{
+	build_split_after(out, frame1, s, n, cut, mode_of, NULL);
+}
+
+struct hashed {
+	int n;
+	char a_sha[65]; /* workspace/a's, by size */
+};
+
+static void note_hash(void *payload, int fd, const char sha256[65])
+{
+	struct hashed *h = payload;
+	struct stat st;
+
+	h->n++;
+	if (fstat(fd, &st) == 0 && st.st_size == 6)
+		memcpy(h->a_sha, sha256, 65);
+}
+
+/* Unpacks b with the tail check; returns tail.ok (why in *why). */
+static bool tail_ok(const struct cfs_buf *b, const struct cfs_policy *pol,
+		    uint64_t *offset, const char **why, struct hashed *h)
+{
+	struct cfs_unpack_tail t = {.policy = pol};
+	struct cfs_unpack_opts o = {.tail = &t};
+	char *dir = tap_tmpdir("tail");
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	int rc;
+
+	if (h) {
+		o.file_hashed = note_hash;
+		o.hash_payload = h;
+	}
+	rc = unpack_mem(dfd, b, &o, NULL);
+	if (rc)
+		tap_diag("  unpack: %s", cfs_error_last());
+	close(dfd);
+	cfs_rmtree_at(AT_FDCWD, dir);
+	free(dir);
+	if (offset)
+		*offset = t.offset;
+	*why = t.why ? t.why : "";
+	return rc == 0 && t.ok;
+}
+
+/* b must unpack, with no tail, for the reason that contains reason. */
+static void no_tail(const struct cfs_buf *b, const struct cfs_policy *pol,
+		    const char *reason, const char *what)
+{
+	const char *why = "";
+	bool ok = tail_ok(b, pol, NULL, &why, NULL);
+
+	TAP_OK(!ok && strstr(why, reason) != NULL, "%s: no tail (%s)", what,
+	       why);
+}
+
+static void test_tail(void)
+{
+	struct cfs_policy pol;
+	struct cfs_buf b = CFS_BUF_INIT;
+	struct spec sp[] = {
+		{".contextsdk", AE_IFDIR, NULL, NULL, NULL},
+		{".contextsdk/index.json", AE_IFREG, NULL, NULL, "{}\n"},
+		{"contextsdk.json", AE_IFREG, NULL, NULL,
+		 "{\"contextId\": \"x\"}\n"},
+		{"workspace", AE_IFDIR, NULL, NULL, NULL},
+		{"workspace/a", AE_IFREG, NULL, NULL, "hello\n"},
+		{"workspace/l", AE_IFLNK, "a", NULL, NULL},
+		{"memory", AE_IFDIR, NULL, NULL, NULL},
+		{"memory/h", AE_IFREG, NULL, "workspace/a", NULL},
+	};
+	size_t n = sizeof(sp) / sizeof(sp[0]), f1 = 0;
+	uint64_t off = 0;
+	const char *why;
+	struct hashed h = {0};
+	char want[65];
+
+	cfs_policy_default(&pol);
+
+	build_split(&b, &f1, sp, n, 3, NULL);
+	TAP_OK(tail_ok(&b, &pol, &off, &why, &h),
+	       "head frame + roots frame: the roots can be stored as they are");
+	TAP_EQ_INT((long)off, (long)f1, "  the tail starts where frame 1 ends");
+	cfs_sha256_hex(want, "hello\n", 6);
+	TAP_EQ_INT(h.n, 3, "  every extracted regular file was hashed once");
+	TAP_EQ_STR(h.a_sha, want, "  with the sha256 of its data");
+
+	/* the stored form: a head packed from the tree + the tail's bytes */
+	{
+		char *dir = tap_tmpdir("tailstore");
+		int basefd = open(dir, O_RDONLY | O_DIRECTORY), t1, t2;
+		struct cfs_buf head = CFS_BUF_INIT;
+		struct cfs_bundle_member m = {".contextsdk/index.json",
+					      "[1]\n",
+					      4,
+					      0644,
+					      1700000001,
+					      -1};
+		struct cfs_bundle_stats st;
+		struct stat sa, sh;
+		char link[8] = {0};
+		int rc;
+
+		mkdirat(basefd, "t1", 0700);
+		mkdirat(basefd, "t2", 0700);
+		t1 = openat(basefd, "t1", O_RDONLY | O_DIRECTORY);
+		t2 = openat(basefd, "t2", O_RDONLY | O_DIRECTORY);
+		rc = unpack_mem(t1, &b, NULL, NULL);
+		rc = rc ? rc
+			: cfs_bundle_pack_head(t1, &m, 1, buf_sink, &head,
+					       NULL);
+		TAP_EQ_INT(rc, 0, "  a head packs from the extracted tree");
+		cfs_buf_put(&head, b.ptr + off, b.len - off);
+		rc = unpack_mem(t2, &head, NULL, &st);
+		TAP_EQ_INT(rc, 0, "  head + tail unpack as one bundle");
+		if (rc)
+			tap_diag("  %s", cfs_error_last());
+		TAP_EQ_INT((long)st.entries, 8, "  with every member once");
+		TAP_OK(fstatat(t2, "workspace/a", &sa, 0) == 0 &&
+			       fstatat(t2, "memory/h", &sh, 0) == 0 &&
+			       sa.st_ino == sh.st_ino && sa.st_size == 6,
+		       "  the hard link and its file");
+		TAP_OK(readlinkat(t2, "workspace/l", link, sizeof(link) - 1) ==
+				       1 &&
+			       link[0] == 'a',
+		       "  the symlink");
+		TAP_OK(fstatat(t2, ".contextsdk/index.json", &sa, 0) == 0 &&
+			       sa.st_size == 4,
+		       "  the head's own index.json");
+		close(t1);
+		close(t2);
+		close(basefd);
+		cfs_rmtree_at(AT_FDCWD, dir);
+		free(dir);
+		cfs_buf_free(&head);
+	}
+
+	build_split(&b, &f1, sp, n, n, NULL);
+	no_tail(&b, &pol, "do not start a zstd frame", "one frame");
+	build_split(&b, &f1, sp, n, 4, NULL);
+	no_tail(&b, &pol, "do not start a zstd frame",
+		"frame 1 ends inside the roots");
+	build_split(&b, &f1, sp, n, 2, NULL);
+	no_tail(&b, &pol, "do not start a zstd frame",
+		"frame 1 ends inside the head");
+	{
+		struct spec late[] = {
+			sp[0],
+			sp[3],
+			sp[4],
+			{".contextsdk/versions", AE_IFDIR, NULL, NULL, NULL},
+		};
+		build_split(&b, &f1, late, 4, 1, NULL);
+		no_tail(&b, &pol, "a .contextsdk member follows",
+			"a head member after the roots");
+	}
+	{
+		struct spec out[] = {sp[0],
+				     sp[3],
+				     sp[4],
+				     {"other", AE_IFREG, NULL, NULL, "x"}};
+		build_split(&b, &f1, out, 4, 1, NULL);
+		no_tail(&b, &pol, "outside the policy roots",
+			"a member outside the roots");
+	}
+	{
+		struct spec ex[] = {
+			sp[0],
+			sp[3],
+			{"workspace/node_modules", AE_IFDIR, NULL, NULL, NULL},
+			{"workspace/node_modules/m.js", AE_IFREG, NULL, NULL,
+			 "x"}};
+		build_split(&b, &f1, ex, 4, 1, NULL);
+		no_tail(&b, &pol, "excluded by the policy",
+			"an excluded member");
+	}
+	{
+		mode_t modes[] = {0, 0, 04755, 0, 0};
+
+		build_split(&b, &f1, sp, 5, 3, modes);
+		TAP_OK(tail_ok(&b, &pol, NULL, &why, NULL),
+		       "set-id bits on a head member do not matter");
+		TAP_EQ_STR(why, "", "  no reason given");
+		mode_t modes2[] = {0, 0, 0, 0, 04755};
+
+		build_split(&b, &f1, sp, 5, 3, modes2);
+		no_tail(&b, &pol, "set-id or sticky", "a set-id root member");
+	}
+	{
+		struct spec hl[] = {sp[0],
+				    sp[1],
+				    sp[3],
+				    {"workspace/i", AE_IFREG, NULL,
+				     ".contextsdk/index.json", NULL}};
+		build_split(&b, &f1, hl, 4, 2, NULL);
+		no_tail(&b, &pol, "hard link leaves",
+			"a hard link into the head");
+	}
+	build_split_after(&b, &f1, sp, n, 3, NULL, "hidden member");
+	no_tail(&b, &pol, "data follows the end-of-archive",
+		"bytes after the end-of-archive blocks");
+	{
+		struct spec none[] = {sp[0], sp[1]};
+		build_split(&b, &f1, none, 2, 2, NULL);
+		no_tail(&b, &pol, "ended before any policy root",
+			"no roots at all");
+	}
+	cfs_buf_free(&b);
+	cfs_policy_free(&pol);
+}
+
 int main(void)
 {
 	cfs_init();
@@ -1060,5 +1343,6 @@ int main(void)
 	test_round_trip();
 	test_pack_memory();
 	test_frame_end_at_full_buffer();
+	test_tail(); /* after test_pack_memory: it measures peak RSS */
 	return tap_done();
 }
