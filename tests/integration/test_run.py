@@ -142,6 +142,14 @@ echo report > artifacts/out/report.txt
     for e in files:
         assert e["sha256"] == sha256_file(os.path.join(out, e["path"])), e["path"]
     cli.ok("verify", name)
+    # the reference's reader (zstd CLI + tarfile) sees the same tree in the
+    # two-frame bundle: head members first, then the roots as the sandbox wrote them
+    entries = cli.read_tree(name)
+    paths = [e["path"] for e in entries]
+    assert paths[0] == ".contextsdk" and paths.index("contextsdk.json") < paths.index("workspace")
+    ref = {e["path"]: ("file", int(e["mode"], 8) & 0o777, e["sha256"]) for e in entries if e["type"] == "file"}
+    ref.update({e["path"]: ("symlink", None, e["linkname"]) for e in entries if e["type"] == "symlink"})
+    assert {p: v for p, v in ref.items() if not p.startswith(".contextsdk")} == got
 
 
 def test_run_packs_the_roots_again_when_they_cannot_be_stored_as_received(cli, ctx, workdir):
