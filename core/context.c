@@ -1015,10 +1015,11 @@ static int fetch_stream_finish(struct fetch_stream *f, int *rfd)
  * returns 0; an authentication failure wins over any unpack error (a wrong
  * key yields garbage that fails to decompress first).
  */
+/* o: progress and, when extracting, file hashing (NULL: neither) */
 static int fetch_unpack(uint64_t *bytes, struct cfs_store *st,
 			struct cfs_keys *keys, const char *key,
 			const cJSON *enc, int destdirfd, int tee_fd,
-			cfs_progress_fn progress, void *payload)
+			const struct cfs_export_opts *o)
 {
 	struct decrypt_source d = {NULL, -1, false, 0, tee_fd};
 	struct fetch_stream f;
@@ -1042,11 +1043,16 @@ static int fetch_unpack(uint64_t *bytes, struct cfs_store *st,
 	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
 	if (rc)
 		goto out;
-	progress_push(&ps, st, progress, payload);
+	progress_push(&ps, st, o ? o->progress : NULL,
+		      o ? o->progress_payload : NULL);
 	rc = fetch_stream_start(&f, &d.fd, st, key);
 	if (!rc) {
 		memset(&uo, 0, sizeof(uo));
 		uo.validate_only = destdirfd < 0;
+		if (o && destdirfd >= 0) {
+			uo.file_hashed = o->file_hashed;
+			uo.hash_payload = o->hash_payload;
+		}
 		rc = decrypt_unpack(&urc, &d, destdirfd, &uo);
 	}
 	rc2 = fetch_stream_finish(&f, &d.fd);
@@ -1736,9 +1742,9 @@ static int open_ref(struct cfs_manifest **m, const char **key,
 
 static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *refstr, int destdirfd,
-		      int bundle_fd, cfs_progress_fn progress,
-		      void *progress_payload, const char *cache_dir)
+		      int bundle_fd, const struct cfs_export_opts *o)
 {
+	const char *cache_dir = o ? o->index_cache_dir : NULL;
 	struct cfs_manifest *m = NULL;
 	const char *key;
 	const cJSON *enc;
@@ -1766,8 +1772,7 @@ static int export_ref(struct cfs_ref_info *info, struct cfs_store *st,
 		rc = cfs_error_errno(errno, "open %s", stage);
 		goto out;
 	}
-	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, bundle_fd, progress,
-			  progress_payload);
+	rc = fetch_unpack(&bytes, st, keys, key, enc, sfd, bundle_fd, o);
 	if (rc) {
 		cfs_error_prefix("export %s", refstr);
 		goto out;
@@ -1811,24 +1816,25 @@ int cfs_context_export(struct cfs_ref_info *info, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *refstr, int destdirfd,
 		       cfs_progress_fn progress, void *progress_payload)
 {
-	return export_ref(info, st, keys, refstr, destdirfd, -1, progress,
-			  progress_payload, NULL);
+	struct cfs_export_opts o = {.progress = progress,
+				    .progress_payload = progress_payload};
+
+	return export_ref(info, st, keys, refstr, destdirfd, -1, &o);
 }
 
 int cfs_context_export_opts(struct cfs_ref_info *info, struct cfs_store *st,
 			    struct cfs_keys *keys, const char *refstr,
 			    int destdirfd, const struct cfs_export_opts *o)
 {
-	return export_ref(info, st, keys, refstr, destdirfd, -1, o->progress,
-			  o->progress_payload, o->index_cache_dir);
+	return export_ref(info, st, keys, refstr, destdirfd, -1, o);
 }
 
 int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			      struct cfs_keys *keys, const char *refstr,
-			      int destdirfd, int bundle_fd)
+			      int destdirfd, int bundle_fd,
+			      const struct cfs_export_opts *o)
 {
-	return export_ref(info, st, keys, refstr, destdirfd, bundle_fd, NULL,
-			  NULL, NULL);
+	return export_ref(info, st, keys, refstr, destdirfd, bundle_fd, o);
 }
 
 int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
@@ -1844,8 +1850,13 @@ int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 	rc = open_ref(&m, &key, &enc, info, st, refstr);
 	if (rc)
 		goto out;
-	rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, progress,
-			  progress_payload);
+	{
+		struct cfs_export_opts o = {.progress = progress,
+					    .progress_payload =
+						    progress_payload};
+
+		rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, &o);
+	}
 	if (rc) {
 		cfs_error_prefix("fetch %s", refstr);
 		goto out;
@@ -1887,8 +1898,7 @@ static int verify_one(struct verify_state *vs, const char *key,
 	if (rc)
 		return rc;
 	vs->n++;
-	rc = fetch_unpack(&bytes, vs->st, vs->keys, key, enc, -1, -1, NULL,
-			  NULL);
+	rc = fetch_unpack(&bytes, vs->st, vs->keys, key, enc, -1, -1, NULL);
 	memset(&item, 0, sizeof(item));
 	item.key = key;
 	item.role = role;

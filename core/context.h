@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/bundle.h"
 #include "core/store.h"
 
 struct cfs_keys; /* core/crypto.h: key material, caches derivations */
@@ -210,6 +211,9 @@ struct cfs_export_opts {
 	 * cfs_commit_opts.index_cache_dir finds it.
 	 */
 	const char *index_cache_dir;
+	/* optional: called for each regular file extracted (core/bundle.h) */
+	cfs_file_hashed_fn file_hashed;
+	void *hash_payload;
 };
 
 /* cfs_context_export() with options. */
@@ -225,7 +229,8 @@ int cfs_context_export_opts(struct cfs_ref_info *info, struct cfs_store *st,
  */
 int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			      struct cfs_keys *keys, const char *ref,
-			      int destdirfd, int bundle_fd);
+			      int destdirfd, int bundle_fd,
+			      const struct cfs_export_opts *o);
 
 /*
  * Writes the plaintext bundle (the tar.zst) of ref into fd while it

@@ -50,6 +50,8 @@
 
 struct cfs_session {
 	struct cfs_store *st;
+	/* cfs_session_fetch's hashes while it runs (save_mu held) */
+	struct cfs_inode_hashes *fetch_hashes;
 	struct cfs_keys *keys;
 	struct cfs_runtime *rt;
 	char *id;
@@ -1276,99 +1278,6 @@ int cfs_session_run(struct cfs_run_result *res, struct cfs_session *s,
 }
 
 /*
- * The sha256 of each file a save's fetch extracted, by inode (size and
- * mtime must still match), so the commit's index reads no file again.
- * Bounded: past IH_MAX slots the rest is hashed by the index as before.
- */
-struct ih_slot {
-	dev_t dev;
-	ino_t ino;
-	off_t size;
-	struct timespec mtime;
-	uint8_t sha[32];
-	bool used;
-};
-
-#define IH_MAX (1u << 18) /* slots: 18 MiB at most */
-
-struct inode_hashes {
-	struct ih_slot *v;
-	size_t cap, used;
-	bool full;
-};
-
-static size_t ih_slot_of(const struct inode_hashes *h, dev_t dev, ino_t ino)
-{
-	uint64_t k = ((uint64_t)ino * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)dev;
-	size_t i = (size_t)(k ^ (k >> 29)) & (h->cap - 1);
-
-	while (h->v[i].used && (h->v[i].ino != ino || h->v[i].dev != dev))
-		i = (i + 1) & (h->cap - 1);
-	return i;
-}
-
-static bool ih_grow(struct inode_hashes *h)
-{
-	struct inode_hashes n = {0};
-
-	n.cap = h->cap ? h->cap * 2 : 4096;
-	if (n.cap > IH_MAX)
-		return false;
-	n.v = calloc(n.cap, sizeof(*n.v));
-	if (!n.v)
-		return false;
-	for (size_t i = 0; i < h->cap; i++)
-		if (h->v[i].used)
-			n.v[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
-	n.used = h->used;
-	free(h->v);
-	*h = n;
-	return true;
-}
-
-/* cfs_file_hashed_fn */
-static void ih_add(void *payload, int fd, const char sha256[65])
-{
-	struct inode_hashes *h = payload;
-	struct ih_slot *e;
-	struct stat st;
-
-	if (h->full || fstat(fd, &st) != 0)
-		return;
-	if ((h->used + 1) * 2 > h->cap && !ih_grow(h)) {
-		h->full = true;
-		return;
-	}
-	e = &h->v[ih_slot_of(h, st.st_dev, st.st_ino)];
-	if (cfs_hex_decode(e->sha, sizeof(e->sha), sha256, NULL) != 0)
-		return;
-	if (!e->used)
-		h->used++;
-	e->used = true;
-	e->dev = st.st_dev;
-	e->ino = st.st_ino;
-	e->size = st.st_size;
-	e->mtime = st.st_mtim;
-}
-
-/* cfs_hash_hints.lookup */
-static bool ih_lookup(void *payload, const struct stat *st, char sha256[65])
-{
-	struct inode_hashes *h = payload;
-	const struct ih_slot *e;
-
-	if (!h->cap)
-		return false;
-	e = &h->v[ih_slot_of(h, st->st_dev, st->st_ino)];
-	if (!e->used || e->size != st->st_size ||
-	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
-	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
-		return false;
-	cfs_hex_encode(sha256, e->sha, sizeof(e->sha));
-	return true;
-}
-
-/*
  * What a save's fetch leaves for its commit: the stream as it arrived
  * (private), whether its roots can be stored as they are, and the
  * hashes of what was extracted.
@@ -1376,7 +1285,7 @@ static bool ih_lookup(void *payload, const struct stat *st, char sha256[65])
 struct fetched {
 	int spool; /* -1: none */
 	struct cfs_unpack_tail tail;
-	struct inode_hashes hashes;
+	struct cfs_inode_hashes hashes;
 };
 
 static void fetched_clear(struct fetched *f)
@@ -1384,8 +1293,7 @@ static void fetched_clear(struct fetched *f)
 	if (f->spool >= 0)
 		close(f->spool);
 	f->spool = -1;
-	free(f->hashes.v);
-	memset(&f->hashes, 0, sizeof(f->hashes));
+	cfs_inode_hashes_free(&f->hashes);
 }
 
 static int session_save_locked(struct cfs_commit_result *res,
@@ -1394,12 +1302,15 @@ static int session_save_locked(struct cfs_commit_result *res,
 static int session_fetch(struct cfs_session *s, int treefd, const char *label,
 			 struct fetched *f);
 
-int cfs_session_fetch(struct cfs_session *s, int destdirfd)
+int cfs_session_fetch(struct cfs_session *s, int destdirfd,
+		      struct cfs_inode_hashes *hashes)
 {
 	int rc;
 
 	pthread_mutex_lock(&s->save_mu);
+	s->fetch_hashes = hashes;
 	rc = session_fetch(s, destdirfd, "pack context tree", NULL);
+	s->fetch_hashes = NULL;
 	pthread_mutex_unlock(&s->save_mu);
 	return rc;
 }
@@ -1422,7 +1333,8 @@ static int session_save_locked(struct cfs_commit_result *res,
 	struct cfs_session_save_opts def = {0};
 	struct cfs_commit_opts co;
 	struct fetched f = {.spool = -1};
-	struct cfs_hash_hints hints = {ih_lookup, NULL, NULL, &f.hashes};
+	struct cfs_hash_hints hints = {cfs_inode_hashes_lookup, NULL, NULL,
+				       &f.hashes};
 	struct cfs_commit_tail tail;
 	bool ckpt;
 	char name[32];
@@ -1552,11 +1464,16 @@ static void fetch_opts(struct cfs_unpack_opts *o, struct cfs_session *s,
 		       struct fetched *f)
 {
 	memset(o, 0, sizeof(*o));
-	if (!f)
+	if (!f) {
+		if (s->fetch_hashes) {
+			o->file_hashed = cfs_inode_hashes_note;
+			o->hash_payload = s->fetch_hashes;
+		}
 		return;
+	}
 	f->tail.policy = &s->policy;
 	o->tail = &f->tail;
-	o->file_hashed = ih_add;
+	o->file_hashed = cfs_inode_hashes_note;
 	o->hash_payload = &f->hashes;
 }
 

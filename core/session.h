@@ -31,6 +31,7 @@
 #include "core/context.h"
 #include "core/runtime.h"
 #include "core/store.h"
+#include "core/version.h"
 
 struct cfs_keys;
 struct cfs_policy;
@@ -142,8 +143,10 @@ int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
  * Packs what the sandbox holds (the same packer as save), downloads it and
  * unpacks it into destdirfd (empty, the caller's) with the archive safety
  * rules. Nothing is committed. Works for detached and locked sessions.
+ * hashes (optional) gets the sha256 of every file extracted.
  */
-int cfs_session_fetch(struct cfs_session *s, int destdirfd);
+int cfs_session_fetch(struct cfs_session *s, int destdirfd,
+		      struct cfs_inode_hashes *hashes);
 
 /*
  * Detaches (best effort in the sandbox), stops the heartbeat, releases the

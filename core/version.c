@@ -1021,3 +1021,91 @@ out:
 		*len_out = w.total;
 	return rc;
 }
+
+/* ------------------------------------------------------------------ */
+/* Hashes by inode */
+
+struct cfs_inode_hash {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	uint8_t sha[32];
+	bool used;
+};
+
+static size_t ih_slot_of(const struct cfs_inode_hashes *h, dev_t dev, ino_t ino)
+{
+	uint64_t k = ((uint64_t)ino * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)dev;
+	size_t i = (size_t)(k ^ (k >> 29)) & (h->cap - 1);
+
+	while (h->v[i].used && (h->v[i].ino != ino || h->v[i].dev != dev))
+		i = (i + 1) & (h->cap - 1);
+	return i;
+}
+
+static bool ih_grow(struct cfs_inode_hashes *h)
+{
+	struct cfs_inode_hashes n = {0};
+
+	n.cap = h->cap ? h->cap * 2 : 4096;
+	if (n.cap > 2 * CFS_INODE_HASHES_MAX)
+		return false;
+	n.v = calloc(n.cap, sizeof(*n.v));
+	if (!n.v)
+		return false;
+	for (size_t i = 0; i < h->cap; i++)
+		if (h->v[i].used)
+			n.v[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
+	n.used = h->used;
+	free(h->v);
+	*h = n;
+	return true;
+}
+
+void cfs_inode_hashes_note(void *payload, int fd, const char sha256[65])
+{
+	struct cfs_inode_hashes *h = payload;
+	struct cfs_inode_hash *e;
+	struct stat st;
+
+	if (h->full || fstat(fd, &st) != 0)
+		return;
+	if ((h->used + 1) * 2 > h->cap && !ih_grow(h)) {
+		h->full = true;
+		return;
+	}
+	e = &h->v[ih_slot_of(h, st.st_dev, st.st_ino)];
+	if (cfs_hex_decode(e->sha, sizeof(e->sha), sha256, NULL) != 0)
+		return;
+	if (!e->used)
+		h->used++;
+	e->used = true;
+	e->dev = st.st_dev;
+	e->ino = st.st_ino;
+	e->size = st.st_size;
+	e->mtime = st.st_mtim;
+}
+
+bool cfs_inode_hashes_lookup(void *payload, const struct stat *st,
+			     char sha256[65])
+{
+	struct cfs_inode_hashes *h = payload;
+	const struct cfs_inode_hash *e;
+
+	if (!h->cap)
+		return false;
+	e = &h->v[ih_slot_of(h, st->st_dev, st->st_ino)];
+	if (!e->used || e->size != st->st_size ||
+	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
+	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+		return false;
+	cfs_hex_encode(sha256, e->sha, sizeof(e->sha));
+	return true;
+}
+
+void cfs_inode_hashes_free(struct cfs_inode_hashes *h)
+{
+	free(h->v);
+	memset(h, 0, sizeof(*h));
+}

@@ -77,6 +77,33 @@ int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *n, int rootfd,
 void cfs_index_free(struct cfs_file_entry *files, size_t n);
 
 /*
+ * The sha256 of files as something wrote them (an unpacker hashing what it
+ * extracts), by inode: size and mtime must still match when looked up.
+ * Bounded: past CFS_INODE_HASHES_MAX entries further files are not noted
+ * (whoever needs their hash reads them). Zero-initialise; one thread at a
+ * time.
+ */
+#define CFS_INODE_HASHES_MAX (1u << 17)
+
+struct cfs_inode_hash; /* core/version.c */
+
+struct cfs_inode_hashes {
+	struct cfs_inode_hash *v;
+	size_t cap, used;
+	bool full;
+};
+
+/* Notes fd's file (fstat) with its hash; a cfs_file_hashed_fn payload. */
+void cfs_inode_hashes_note(void *hashes, int fd, const char sha256[65]);
+
+/* The hash of the file st describes, if noted with the same size and
+ * mtime; a cfs_hash_hints.lookup. */
+bool cfs_inode_hashes_lookup(void *hashes, const struct stat *st,
+			     char sha256[65]);
+
+void cfs_inode_hashes_free(struct cfs_inode_hashes *h);
+
+/*
  * The previous file list from an index.json (or versions/<g>.json) buffer:
  * the "files" array of the object. Like the reference, an unreadable or
  * malformed document yields an empty list (returns 0); entries without a

@@ -88,12 +88,15 @@ struct ent {
 	mode_t mode; /* st_mode: type and permission bits */
 	off_t size;
 	struct timespec mtime;
+	char sha256[65]; /* regular file: its hash when known, else "" */
 };
 
 struct tree {
 	int fd; /* the tree's root directory */
 	struct ent *v;
 	size_t n, cap;
+	/* hashes of the files as they were extracted (NULL: none) */
+	struct cfs_inode_hashes *hashes;
 };
 
 static void tree_clear(struct tree *t)
@@ -129,6 +132,9 @@ static int tree_add(struct tree *t, const char *path, const struct stat *sb)
 	t->v[t->n].mode = sb->st_mode;
 	t->v[t->n].size = sb->st_size;
 	t->v[t->n].mtime = sb->st_mtim;
+	t->v[t->n].sha256[0] = '\0';
+	if (t->hashes && S_ISREG(sb->st_mode))
+		(void)cfs_inode_hashes_lookup(t->hashes, sb, t->v[t->n].sha256);
 	t->n++;
 	return 0;
 }
@@ -375,6 +381,7 @@ struct side {
 	struct stat sb;
 	int rootfd;
 	const char *path;
+	const char *sha256; /* regular file: its hash when known, else NULL */
 };
 
 static bool same_link(const struct side *a, const struct side *b)
@@ -412,8 +419,12 @@ static bool same_side(const struct side *a, const struct side *b,
 	mb = b->sb.st_mode & 07777;
 	if (ma != mb && !(loose_mode && sandbox_mode(ma) == mb))
 		return false;
-	return a->sb.st_size == b->sb.st_size &&
-	       same_content(a->rootfd, a->path, b->rootfd, b->path);
+	if (a->sb.st_size != b->sb.st_size)
+		return false;
+	/* both hashed while they were extracted: no need to read them */
+	if (a->sha256 && b->sha256)
+		return strcmp(a->sha256, b->sha256) == 0;
+	return same_content(a->rootfd, a->path, b->rootfd, b->path);
 }
 
 /* ------------------------------------------------------------------ */
@@ -929,6 +940,8 @@ static int merge_trees(struct merge *m, const struct tree *base,
 			it->b.sb.st_mode = base->v[i].mode;
 			it->b.sb.st_size = base->v[i].size;
 			it->b.sb.st_mtim = base->v[i].mtime;
+			it->b.sha256 =
+				base->v[i].sha256[0] ? base->v[i].sha256 : NULL;
 			i++;
 		}
 		if (c >= 0) {
@@ -936,6 +949,9 @@ static int merge_trees(struct merge *m, const struct tree *base,
 			it->t.sb.st_mode = theirs->v[j].mode;
 			it->t.sb.st_size = theirs->v[j].size;
 			it->t.sb.st_mtim = theirs->v[j].mtime;
+			it->t.sha256 = theirs->v[j].sha256[0]
+					       ? theirs->v[j].sha256
+					       : NULL;
 			j++;
 		}
 		/* what the sandbox left alone needs no look at the mount
@@ -1170,8 +1186,10 @@ static int build_command(char **out, char **words, struct cli *cli)
  */
 static int fetch_base(char **bundle_out, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *ref, const char *tmp,
-		      int basefd)
+		      int basefd, struct cfs_inode_hashes *hashes)
 {
+	struct cfs_export_opts eo = {.file_hashed = cfs_inode_hashes_note,
+				     .hash_payload = hashes};
 	char *path = cfs_asprintf("%s/base.tar.zst", tmp);
 	int fd, rc;
 
@@ -1184,7 +1202,7 @@ static int fetch_base(char **bundle_out, struct cfs_store *st,
 		free(path);
 		return rc;
 	}
-	rc = cfs_context_export_bundle(NULL, st, keys, ref, basefd, fd);
+	rc = cfs_context_export_bundle(NULL, st, keys, ref, basefd, fd, &eo);
 	close(fd);
 	if (rc) {
 		unlink(path);
@@ -1252,7 +1270,9 @@ static int run(struct cli *cli)
 	struct cfs_provisioner *prov = NULL;
 	struct cfs_runtime *rt = NULL;
 	struct cfs_session *sess = NULL;
-	struct tree base = {.fd = -1}, theirs = {.fd = -1};
+	struct cfs_inode_hashes base_h = {0}, theirs_h = {0};
+	struct tree base = {.fd = -1, .hashes = &base_h},
+		    theirs = {.fd = -1, .hashes = &theirs_h};
 	struct merge m = {0};
 	cJSON *status = NULL, *reply = NULL, *state = NULL;
 	char *command = NULL, *words = NULL, *tmp = NULL, *sdir = NULL;
@@ -1415,7 +1435,8 @@ static int run(struct cli *cli)
 		cfs_log_timing(id, "push: snapshot commit", &t0);
 		base_gen = jnum(reply, "generation");
 		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
-		rc = fetch_base(&base_bundle, st, keys, ref, tmp, basefd);
+		rc = fetch_base(&base_bundle, st, keys, ref, tmp, basefd,
+				&base_h);
 		if (rc)
 			goto out;
 		cfs_log_timing(id, "push: fetch the base", &t0);
@@ -1524,7 +1545,7 @@ static int run(struct cli *cli)
 	}
 
 	/* ---- pull and merge */
-	rc = cfs_session_fetch(sess, theirsfd);
+	rc = cfs_session_fetch(sess, theirsfd, &theirs_h);
 	rc = rc ? rc : tree_load(&base, &pol, base_path);
 	rc = rc ? rc : tree_load(&theirs, &pol, theirs_path);
 	if (rc)
@@ -1654,6 +1675,8 @@ out:
 	cli_stop_signals_restore(old);
 	tree_clear(&base);
 	tree_clear(&theirs);
+	cfs_inode_hashes_free(&base_h);
+	cfs_inode_hashes_free(&theirs_h);
 	if (basefd >= 0)
 		close(basefd);
 	if (theirsfd >= 0)

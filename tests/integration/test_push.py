@@ -213,6 +213,31 @@ def test_disjoint_changes_both_land(env):
     assert sha(os.path.join(mp2, "workspace/b.txt")) == hashlib.sha256(b"b-sandbox\n").hexdigest()
 
 
+def test_same_size_changes_and_identical_rewrites(env):
+    """The merge compares the base and the sandbox by the hashes taken while
+    both were extracted: a same-size rewrite with other bytes is a change
+    (and conflicts with a mount change), a rewrite with the same bytes is
+    none (the mount's concurrent change stays, no conflict)."""
+    mp = env.mount("ctx")
+    write(mp, "workspace/same-size.txt", "abc\n")
+    write(mp, "workspace/rewritten.txt", "same\n")
+    write(mp, "workspace/both.bin", b"\0" * 4096)
+    rc, doc, err = concurrent_push(
+        env, mp,
+        "printf 'xyz\\n' > workspace/same-size.txt\n"
+        "sleep 0.01; printf 'same\\n' > workspace/rewritten.txt\n"
+        "head -c 4096 /dev/zero | tr '\\0' '\\1' > workspace/both.bin\n",
+        lambda: (write(mp, "workspace/rewritten.txt", "mount\n"),
+                 write(mp, "workspace/both.bin", b"\2" * 4096)))
+    assert rc == 0, err
+    assert [c["path"] for c in doc["conflicts"]] == ["workspace/both.bin"]
+    assert doc["modified"] == 1
+    assert open(os.path.join(mp, "workspace/same-size.txt")).read() == "xyz\n"
+    assert open(os.path.join(mp, "workspace/rewritten.txt")).read() == "mount\n"
+    assert open(os.path.join(mp, "workspace/both.bin"), "rb").read() == b"\2" * 4096
+    assert open(os.path.join(mp, "workspace/both.bin.contextfs-sandbox"), "rb").read() == b"\1" * 4096
+
+
 def test_conflict_keeps_mount_version(env):
     mp = env.mount("ctx")
     write(mp, "workspace/c.txt", "base\n")
