@@ -137,8 +137,10 @@ static int run(struct cli *cli)
 
 	cli_progress_begin(cli, "export");
 	{
-		struct cfs_export_opts eo = {cli_progress_cb, cli,
-					     cli_commit_cache_dir()};
+		struct cfs_export_opts eo = {
+			.progress = cli_progress_cb,
+			.progress_payload = cli,
+			.index_cache_dir = cli_commit_cache_dir()};
 
 		/* the commit that usually follows finds the index there */
 		rc = cfs_context_export_opts(&info, st, keys, refstr, fd, &eo);
