@@ -1740,6 +1740,72 @@ static int up_capture(struct unpacker *u, char **out, size_t size,
 	return 0;
 }
 
+/*
+ * validate_only with opts->member: hashes a regular file's data (with_data;
+ * else its data was consumed already) and reports the member.
+ */
+static int up_member(struct unpacker *u, const struct cfs_unpack_opts *opts,
+		     struct archive_entry *e, const char *entry, mode_t type,
+		     const char *link, int64_t size, bool with_data)
+{
+	struct cfs_member_info m = {0};
+	char hex[65];
+	bool hashed = false;
+
+	if (type == AE_IFREG && !link && with_data) {
+		uint64_t hoff = 0;
+
+		if (!u->md && !(u->md = EVP_MD_CTX_new()))
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		hashed = EVP_DigestInit_ex(u->md, EVP_sha256(), NULL) == 1;
+		for (;;) {
+			const void *buf;
+			size_t len;
+			la_int64_t off;
+			int r = archive_read_data_block(u->a, &buf, &len, &off);
+
+			if (r == ARCHIVE_EOF)
+				break;
+			if (r < ARCHIVE_WARN)
+				return up_archive_error(u, entry);
+			if (off < 0 || (uint64_t)off + len > (uint64_t)size)
+				return cfs_error_set(CFS_ECORRUPT,
+						     "corrupt archive: data of "
+						     "%s beyond its size",
+						     entry);
+			if (hashed && (uint64_t)off >= hoff) {
+				md_zeros(u->md, (uint64_t)off - hoff);
+				EVP_DigestUpdate(u->md, buf, len);
+				hoff = (uint64_t)off + len;
+			} else {
+				hashed = false;
+			}
+		}
+		if (hashed) {
+			unsigned char md[32];
+
+			md_zeros(u->md, (uint64_t)size - hoff);
+			hashed = EVP_DigestFinal_ex(u->md, md, NULL) == 1;
+			if (hashed)
+				cfs_hex_encode(hex, md, sizeof(md));
+		}
+	} else if (with_data && archive_read_data_skip(u->a) < ARCHIVE_WARN) {
+		return up_archive_error(u, entry);
+	}
+	m.path = entry;
+	m.type = link && archive_entry_hardlink(e) ? S_IFREG
+		 : type == AE_IFDIR		   ? S_IFDIR
+		 : type == AE_IFLNK		   ? S_IFLNK
+						   : S_IFREG;
+	m.perm = archive_entry_perm(e) & 0777;
+	m.hardlink = link && archive_entry_hardlink(e);
+	m.size = m.hardlink || m.type != S_IFREG ? 0 : size;
+	m.mtime = entry_mtime(e);
+	m.link = link;
+	m.sha256 = hashed ? hex : NULL;
+	return opts->member(opts->member_payload, &m);
+}
+
 static bool is_head_member(const char *name)
 {
 	size_t n = strlen(CFS_META_DIR);
@@ -1996,6 +2062,16 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			    (uint64_t)size <= opts->capture_max) {
 				rc = up_capture(u, opts->capture_out,
 						(size_t)size, entry);
+				if (!rc && opts->member)
+					rc = up_member(u, opts, e, entry, type,
+						       link, size, false);
+				if (rc)
+					goto out;
+				continue;
+			}
+			if (opts && opts->member) {
+				rc = up_member(u, opts, e, entry, type, link,
+					       size, true);
 				if (rc)
 					goto out;
 				continue;

@@ -122,6 +122,26 @@ struct cfs_unpack_tail {
 typedef void (*cfs_file_hashed_fn)(void *payload, int fd,
 				   const char sha256[65]);
 
+/*
+ * One member as a validate_only pass sees it (cfs_unpack_opts.member), in
+ * archive order, after it passed every check: what extraction would have
+ * made of it, without writing anything.
+ */
+struct cfs_member_info {
+	const char *path; /* normalised: no trailing '/' */
+	mode_t type; /* S_IFREG, S_IFDIR or S_IFLNK */
+	mode_t perm; /* permission bits extraction keeps (set-id dropped) */
+	int64_t size; /* a regular file's data bytes; 0 for a hard link */
+	struct timespec mtime;
+	const char *link; /* symlink target; hard link: the linked member */
+	bool hardlink;
+	const char
+		*sha256; /* regular file with its data: the hash; else NULL */
+};
+
+/* 0 or a negative CFS code, which stops the unpack with that error. */
+typedef int (*cfs_member_fn)(void *payload, const struct cfs_member_info *m);
+
 struct cfs_unpack_opts {
 	uint64_t max_entries; /* 0 = CFS_BUNDLE_MAX_ENTRIES */
 	uint64_t max_bytes; /* 0 = CFS_BUNDLE_MAX_BYTES */
@@ -135,6 +155,9 @@ struct cfs_unpack_opts {
 	const char *capture_path;
 	char **capture_out;
 	size_t capture_max;
+	/* validate_only: each member, its data hashed (optional) */
+	cfs_member_fn member;
+	void *member_payload;
 	struct cfs_unpack_tail *tail; /* optional (not with validate_only) */
 	cfs_file_hashed_fn file_hashed; /* optional (not with validate_only) */
 	void *hash_payload;

@@ -1052,6 +1052,9 @@ static int fetch_unpack(uint64_t *bytes, struct cfs_store *st,
 		if (o && destdirfd >= 0) {
 			uo.file_hashed = o->file_hashed;
 			uo.hash_payload = o->hash_payload;
+		} else if (o) {
+			uo.member = o->member;
+			uo.member_payload = o->member_payload;
 		}
 		rc = decrypt_unpack(&urc, &d, destdirfd, &uo);
 	}
@@ -1841,6 +1844,17 @@ int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			     struct cfs_keys *keys, const char *refstr, int fd,
 			     cfs_progress_fn progress, void *progress_payload)
 {
+	struct cfs_export_opts o = {.progress = progress,
+				    .progress_payload = progress_payload};
+
+	return cfs_context_fetch_bundle_opts(info, st, keys, refstr, fd, &o);
+}
+
+int cfs_context_fetch_bundle_opts(struct cfs_ref_info *info,
+				  struct cfs_store *st, struct cfs_keys *keys,
+				  const char *refstr, int fd,
+				  const struct cfs_export_opts *o)
+{
 	struct cfs_manifest *m = NULL;
 	const char *key;
 	const cJSON *enc;
@@ -1850,13 +1864,7 @@ int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 	rc = open_ref(&m, &key, &enc, info, st, refstr);
 	if (rc)
 		goto out;
-	{
-		struct cfs_export_opts o = {.progress = progress,
-					    .progress_payload =
-						    progress_payload};
-
-		rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, &o);
-	}
+	rc = fetch_unpack(&bytes, st, keys, key, enc, -1, fd, o);
 	if (rc) {
 		cfs_error_prefix("fetch %s", refstr);
 		goto out;

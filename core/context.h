@@ -214,6 +214,9 @@ struct cfs_export_opts {
 	/* optional: called for each regular file extracted (core/bundle.h) */
 	cfs_file_hashed_fn file_hashed;
 	void *hash_payload;
+	/* cfs_context_fetch_bundle_opts: each member, its data hashed */
+	cfs_member_fn member;
+	void *member_payload;
 };
 
 /* cfs_context_export() with options. */
@@ -240,6 +243,12 @@ int cfs_context_export_bundle(struct cfs_ref_info *info, struct cfs_store *st,
  * failure. A runtime gets a tree this way without exporting and
  * repacking it. info may be NULL.
  */
+/* cfs_context_fetch_bundle() with options (progress, member listing). */
+int cfs_context_fetch_bundle_opts(struct cfs_ref_info *info,
+				  struct cfs_store *st, struct cfs_keys *keys,
+				  const char *refstr, int fd,
+				  const struct cfs_export_opts *o);
+
 int cfs_context_fetch_bundle(struct cfs_ref_info *info, struct cfs_store *st,
 			     struct cfs_keys *keys, const char *ref, int fd,
 			     cfs_progress_fn progress, void *progress_payload);

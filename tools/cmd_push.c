@@ -89,6 +89,9 @@ struct ent {
 	off_t size;
 	struct timespec mtime;
 	char sha256[65]; /* regular file: its hash when known, else "" */
+	char *link; /* a listed tree's symlink target (else read from fd) */
+	char *hardlink; /* while a listing is built: the linked member */
+	size_t seq; /* while a listing is built: archive order */
 };
 
 struct tree {
@@ -101,8 +104,11 @@ struct tree {
 
 static void tree_clear(struct tree *t)
 {
-	for (size_t i = 0; i < t->n; i++)
+	for (size_t i = 0; i < t->n; i++) {
 		free(t->v[i].path);
+		free(t->v[i].link);
+		free(t->v[i].hardlink);
+	}
 	free(t->v);
 	if (t->fd >= 0)
 		close(t->fd);
@@ -133,6 +139,8 @@ static int tree_add(struct tree *t, const char *path, const struct stat *sb)
 	t->v[t->n].size = sb->st_size;
 	t->v[t->n].mtime = sb->st_mtim;
 	t->v[t->n].sha256[0] = '\0';
+	t->v[t->n].link = t->v[t->n].hardlink = NULL;
+	t->v[t->n].seq = t->n;
 	if (t->hashes && S_ISREG(sb->st_mode))
 		(void)cfs_inode_hashes_lookup(t->hashes, sb, t->v[t->n].sha256);
 	t->n++;
@@ -382,12 +390,15 @@ struct side {
 	int rootfd;
 	const char *path;
 	const char *sha256; /* regular file: its hash when known, else NULL */
+	const char *link; /* symlink target when known, else read */
 };
 
 static bool same_link(const struct side *a, const struct side *b)
 {
-	char *x = readlink_rel(a->rootfd, a->path);
-	char *y = readlink_rel(b->rootfd, b->path);
+	char *x = a->link ? cfs_strdup(a->link)
+			  : readlink_rel(a->rootfd, a->path);
+	char *y = b->link ? cfs_strdup(b->link)
+			  : readlink_rel(b->rootfd, b->path);
 	bool same = x && y && strcmp(x, y) == 0;
 
 	free(x);
@@ -424,6 +435,18 @@ static bool same_side(const struct side *a, const struct side *b,
 	/* both hashed while they were extracted: no need to read them */
 	if (a->sha256 && b->sha256)
 		return strcmp(a->sha256, b->sha256) == 0;
+	/* one side only listed (the base): hash the other one */
+	if (a->sha256 || b->sha256) {
+		const struct side *r = a->sha256 ? b : a;
+		char h[65];
+		int fd = open_rel(r->rootfd, r->path);
+		bool same = fd >= 0 && cfs_sha256_fd(h, fd) == 0 &&
+			    strcmp(h, a->sha256 ? a->sha256 : b->sha256) == 0;
+
+		if (fd >= 0)
+			close(fd);
+		return same;
+	}
 	return same_content(a->rootfd, a->path, b->rootfd, b->path);
 }
 
@@ -942,6 +965,7 @@ static int merge_trees(struct merge *m, const struct tree *base,
 			it->b.sb.st_mtim = base->v[i].mtime;
 			it->b.sha256 =
 				base->v[i].sha256[0] ? base->v[i].sha256 : NULL;
+			it->b.link = base->v[i].link;
 			i++;
 		}
 		if (c >= 0) {
@@ -1180,17 +1204,175 @@ static int build_command(char **out, char **words, struct cli *cli)
 }
 
 /*
- * The pushed generation, once: exported into basefd (the merge's base)
- * while its plaintext bundle goes to <tmp>/base.tar.zst in the same pass,
- * which the session uploads as it is.
+ * Whether tree_load would list path: below contextsdk.json or a top-level
+ * policy root, managed with each of its ancestors, no ancestor below the
+ * top pruned.
+ */
+static bool listed(const struct cfs_policy *pol, const char *path)
+{
+	size_t top = strcspn(path, "/"), len = strlen(path);
+	bool ok = top == strlen(CFS_CONTEXT_JSON) &&
+		  strncmp(path, CFS_CONTEXT_JSON, top) == 0;
+	char *p;
+
+	for (size_t i = 0; !ok && i < pol->nroots; i++)
+		ok = !strchr(pol->roots[i], '/') &&
+		     strlen(pol->roots[i]) == top &&
+		     strncmp(path, pol->roots[i], top) == 0;
+	if (!ok || !(p = cfs_strdup(path)))
+		return false;
+	/* each prefix ending at a '/' or at the end: p[0..k) */
+	for (size_t k = top;; k += 1 + strcspn(path + k + 1, "/")) {
+		p[k] = '\0';
+		ok = managed(pol, p) &&
+		     (k == top || k == len || !cfs_policy_prunes(pol, p));
+		p[k] = path[k];
+		if (!ok || k == len)
+			break;
+	}
+	free(p);
+	return ok;
+}
+
+/* The base, listed from its bundle without extracting it. */
+struct listing {
+	struct tree *t;
+	const struct cfs_policy *pol;
+	struct ent *regs; /* every regular file, for hard links */
+	size_t nregs, cap;
+};
+
+/* cfs_member_fn */
+static int list_member(void *payload, const struct cfs_member_info *m)
+{
+	struct listing *l = payload;
+	struct stat sb;
+	struct ent *e;
+	int rc;
+
+	if (m->type == S_IFREG && !m->hardlink) {
+		if (l->nregs == l->cap) {
+			size_t cap = l->cap ? l->cap * 2 : 256;
+			struct ent *v = realloc(l->regs, cap * sizeof(*v));
+
+			if (!v)
+				return cfs_error_set(CFS_ENOMEM,
+						     "out of memory");
+			l->regs = v;
+			l->cap = cap;
+		}
+		e = &l->regs[l->nregs];
+		memset(e, 0, sizeof(*e));
+		e->path = cfs_strdup(m->path);
+		if (!e->path)
+			return CFS_ENOMEM;
+		e->mode = S_IFREG | m->perm;
+		e->size = m->size;
+		e->mtime = m->mtime;
+		e->seq = l->nregs++;
+		if (m->sha256)
+			memcpy(e->sha256, m->sha256, sizeof(e->sha256));
+	}
+	if (!listed(l->pol, m->path))
+		return 0;
+	memset(&sb, 0, sizeof(sb));
+	sb.st_mode = m->type | m->perm;
+	sb.st_size = m->size;
+	sb.st_mtim = m->mtime;
+	rc = tree_add(l->t, m->path, &sb);
+	if (rc)
+		return rc;
+	e = &l->t->v[l->t->n - 1];
+	if (m->sha256)
+		memcpy(e->sha256, m->sha256, sizeof(e->sha256));
+	if (m->link && m->hardlink)
+		e->hardlink = cfs_strdup(m->link);
+	else if (m->link)
+		e->link = cfs_strdup(m->link);
+	return m->link && !e->link && !e->hardlink ? CFS_ENOMEM : 0;
+}
+
+/* by path, then archive order */
+static int ent_seq_cmp(const void *a, const void *b)
+{
+	const struct ent *x = a, *y = b;
+	int c = strcmp(x->path, y->path);
+
+	return c ? c : x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/*
+ * Sorts a listing as tree_load does, keeps the last member of a path (as
+ * extraction would) and gives hard links their file's mode, size and hash.
+ */
+static int listing_finish(struct listing *l)
+{
+	struct tree *t = l->t;
+	size_t k = 0;
+
+	if (t->n)
+		qsort(t->v, t->n, sizeof(*t->v), ent_seq_cmp);
+	if (l->nregs)
+		qsort(l->regs, l->nregs, sizeof(*l->regs), ent_seq_cmp);
+	for (size_t i = 0; i < t->n; i++) {
+		if (i + 1 < t->n &&
+		    strcmp(t->v[i].path, t->v[i + 1].path) == 0) {
+			free(t->v[i].path);
+			free(t->v[i].link);
+			free(t->v[i].hardlink);
+			continue;
+		}
+		t->v[k++] = t->v[i];
+	}
+	t->n = k;
+	for (size_t i = 0; i < t->n; i++) {
+		struct ent *e = &t->v[i];
+		const struct ent *r = NULL;
+		size_t lo = 0, hi = l->nregs;
+
+		if (!e->hardlink)
+			continue;
+		/* the last regular member of that name */
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+
+			if (strcmp(l->regs[mid].path, e->hardlink) <= 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo > 0 && strcmp(l->regs[lo - 1].path, e->hardlink) == 0)
+			r = &l->regs[lo - 1];
+		if (!r || !r->sha256[0])
+			return cfs_error_set(CFS_ECORRUPT,
+					     "base: hard link %s to an unknown "
+					     "file %s",
+					     e->path, e->hardlink);
+		e->mode = r->mode;
+		e->size = r->size;
+		e->mtime = r->mtime;
+		memcpy(e->sha256, r->sha256, sizeof(e->sha256));
+		free(e->hardlink);
+		e->hardlink = NULL;
+	}
+	return 0;
+}
+
+/*
+ * The pushed generation, once: its plaintext bundle goes to
+ * <tmp>/base.tar.zst (the session uploads it as it is) while the same pass
+ * authenticates and checks it and lists it into base, every file hashed:
+ * the merge's base, never extracted.
  */
 static int fetch_base(char **bundle_out, struct cfs_store *st,
 		      struct cfs_keys *keys, const char *ref, const char *tmp,
-		      int basefd, struct cfs_inode_hashes *hashes)
+		      struct tree *base, const struct cfs_policy *pol)
 {
-	struct cfs_export_opts eo = {.file_hashed = cfs_inode_hashes_note,
-				     .hash_payload = hashes};
+	struct listing l = {base, pol, NULL, 0, 0};
+	struct cfs_export_opts eo = {.member = list_member,
+				     .member_payload = &l};
 	char *path = cfs_asprintf("%s/base.tar.zst", tmp);
+
 	int fd, rc;
 
 	*bundle_out = NULL;
@@ -1202,8 +1384,13 @@ static int fetch_base(char **bundle_out, struct cfs_store *st,
 		free(path);
 		return rc;
 	}
-	rc = cfs_context_export_bundle(NULL, st, keys, ref, basefd, fd, &eo);
+	rc = cfs_context_fetch_bundle_opts(NULL, st, keys, ref, fd, &eo);
 	close(fd);
+	if (!rc)
+		rc = listing_finish(&l);
+	for (size_t i = 0; i < l.nregs; i++)
+		free(l.regs[i].path);
+	free(l.regs);
 	if (rc) {
 		unlink(path);
 		free(path);
@@ -1435,8 +1622,7 @@ static int run(struct cli *cli)
 		cfs_log_timing(id, "push: snapshot commit", &t0);
 		base_gen = jnum(reply, "generation");
 		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
-		rc = fetch_base(&base_bundle, st, keys, ref, tmp, basefd,
-				&base_h);
+		rc = fetch_base(&base_bundle, st, keys, ref, tmp, &base, &pol);
 		if (rc)
 			goto out;
 		cfs_log_timing(id, "push: fetch the base", &t0);
@@ -1546,7 +1732,8 @@ static int run(struct cli *cli)
 
 	/* ---- pull and merge */
 	rc = cfs_session_fetch(sess, theirsfd, &theirs_h);
-	rc = rc ? rc : tree_load(&base, &pol, base_path);
+	if (pull)
+		rc = rc ? rc : tree_load(&base, &pol, base_path);
 	rc = rc ? rc : tree_load(&theirs, &pol, theirs_path);
 	if (rc)
 		goto out;

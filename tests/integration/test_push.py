@@ -222,16 +222,33 @@ def test_same_size_changes_and_identical_rewrites(env):
     write(mp, "workspace/same-size.txt", "abc\n")
     write(mp, "workspace/rewritten.txt", "same\n")
     write(mp, "workspace/both.bin", b"\0" * 4096)
+    write(mp, "workspace/hl-a", "linked\n")
+    os.link(os.path.join(mp, "workspace/hl-a"), os.path.join(mp, "workspace/hl-b"))
+    os.symlink("hl-a", os.path.join(mp, "workspace/ln-keep"))
+    os.symlink("hl-a", os.path.join(mp, "workspace/ln-moved"))
+
+    def mount_side():
+        write(mp, "workspace/rewritten.txt", "mount\n")
+        write(mp, "workspace/both.bin", b"\2" * 4096)
+        os.unlink(os.path.join(mp, "workspace/ln-keep"))
+        os.symlink("same-size.txt", os.path.join(mp, "workspace/ln-keep"))
+        write(mp, "workspace/hl-b", "mount-linked\n")  # both names: one inode
     rc, doc, err = concurrent_push(
         env, mp,
         "printf 'xyz\\n' > workspace/same-size.txt\n"
         "sleep 0.01; printf 'same\\n' > workspace/rewritten.txt\n"
-        "head -c 4096 /dev/zero | tr '\\0' '\\1' > workspace/both.bin\n",
-        lambda: (write(mp, "workspace/rewritten.txt", "mount\n"),
-                 write(mp, "workspace/both.bin", b"\2" * 4096)))
+        "head -c 4096 /dev/zero | tr '\\0' '\\1' > workspace/both.bin\n"
+        "ln -sfn hl-b workspace/ln-moved\n",
+        mount_side)
     assert rc == 0, err
+    # the base's hard links and symlinks (listed from its bundle) compare
+    # equal to the sandbox's untouched copies: no change, no conflict
     assert [c["path"] for c in doc["conflicts"]] == ["workspace/both.bin"]
-    assert doc["modified"] == 1
+    assert doc["modified"] == 2
+    assert os.readlink(os.path.join(mp, "workspace/ln-keep")) == "same-size.txt"
+    assert os.readlink(os.path.join(mp, "workspace/ln-moved")) == "hl-b"
+    for n in ("hl-a", "hl-b"):
+        assert open(os.path.join(mp, "workspace", n)).read() == "mount-linked\n"
     assert open(os.path.join(mp, "workspace/same-size.txt")).read() == "xyz\n"
     assert open(os.path.join(mp, "workspace/rewritten.txt")).read() == "mount\n"
     assert open(os.path.join(mp, "workspace/both.bin"), "rb").read() == b"\2" * 4096
