@@ -1086,6 +1086,34 @@ out:
 	return 0;
 }
 
+/*
+ * The caller's prefetched bundle is the tree to upload: the manifest, read
+ * again now that the lock is ours, still names the tree it came from.
+ */
+static bool prefetched_current(struct cfs_session *s,
+			       const struct cfs_session_opts *opts)
+{
+	struct cfs_manifest *m = NULL;
+	const char *key;
+	bool same;
+
+	if (!opts->prefetched_bundle || !opts->prefetched_key ||
+	    !opts->prefetched_key[0])
+		return false;
+	if (cfs_context_read_manifest(&m, NULL, s->st, s->id) != 0) {
+		cfs_error_clear();
+		return false;
+	}
+	key = cfs_manifest_tree_key(m);
+	same = key && strcmp(key, opts->prefetched_key) == 0;
+	cfs_manifest_free(m);
+	if (!same)
+		cfs_debug("%s: the tree changed while the runtime opened; "
+			  "fetching it again",
+			  s->id);
+	return same;
+}
+
 int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *id,
 		       struct cfs_runtime *rt,
@@ -1200,6 +1228,9 @@ int cfs_session_attach(struct cfs_session **out, struct cfs_store *st,
 
 		if (opts->src_dir && opts->src_bundle) {
 			bundle = cfs_strdup(opts->src_bundle);
+			rc = bundle ? 0 : CFS_ENOMEM;
+		} else if (!s->detached && prefetched_current(s, opts)) {
+			bundle = cfs_strdup(opts->prefetched_bundle);
 			rc = bundle ? 0 : CFS_ENOMEM;
 		} else {
 			rc = build_bundle(s, opts->src_dir, &bundle);

@@ -88,6 +88,15 @@ struct cfs_session_opts {
 	 * file, left in place), uploaded instead of packing src_dir again.
 	 */
 	const char *src_bundle;
+	/*
+	 * Locked sessions: a plaintext bundle of the tree stored under
+	 * prefetched_key, fetched by the caller (cfs_context_fetch_bundle,
+	 * private, left in place) while the runtime was being opened. Used
+	 * when the manifest still names that tree once the lock is held;
+	 * otherwise the current tree is fetched as usual.
+	 */
+	const char *prefetched_bundle;
+	const char *prefetched_key;
 	/* Detached: the sandbox already holds the tree (a kept sandbox);
 	 * upload nothing. */
 	bool reuse;

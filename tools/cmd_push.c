@@ -910,19 +910,7 @@ static void apply(struct merge *m, const struct item *it)
  */
 static void test_pause(void)
 {
-	const char *p = getenv("CONTEXTFS_TEST_PUSH_PAUSE_FILE");
-	struct timespec tick = {0, 50000000};
-	int fd;
-
-	if (!p || !*p)
-		return;
-	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-		  0600);
-	if (fd < 0)
-		return;
-	close(fd);
-	for (int i = 0; i < 1200 && access(p, F_OK) == 0; i++)
-		nanosleep(&tick, NULL);
+	cli_test_pause("CONTEXTFS_TEST_PUSH_PAUSE_FILE");
 }
 
 /*

@@ -10,11 +10,14 @@
  * the sandbox holds is still saved when possible ("run failure save"),
  * then contextfs exits with the error's code.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "adapters/adapters.h"
 #include "core/context.h"
@@ -22,6 +25,7 @@
 #include "core/error.h"
 #include "core/ids.h"
 #include "core/lock.h"
+#include "core/log.h"
 #include "core/manifest.h"
 #include "core/session.h"
 #include "core/util.h"
@@ -286,6 +290,23 @@ static int ensure_context(struct cli *cli, struct cfs_store *st, const char *id,
 }
 
 volatile sig_atomic_t cli_stop_cancel;
+
+void cli_test_pause(const char *env_name)
+{
+	const char *p = getenv(env_name);
+	struct timespec tick = {0, 50000000};
+	int fd;
+
+	if (!p || !*p)
+		return;
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		  0600);
+	if (fd < 0)
+		return;
+	close(fd);
+	for (int i = 0; i < 1200 && access(p, F_OK) == 0; i++)
+		nanosleep(&tick, NULL);
+}
 volatile sig_atomic_t cli_stop_signal;
 
 static void on_signal(int sig)
@@ -492,6 +513,83 @@ static bool recover(struct recovery *x, struct cfs_session **sess,
 	return false;
 }
 
+/*
+ * The runtime opens (an ssh connection, a cloud sandbox provisioned) on a
+ * thread while the current tree is fetched: the session uses that fetch
+ * when the tree is still current once it holds the lock.
+ */
+struct opener {
+	struct cli *cli;
+	const char *id;
+	struct cfs_provisioner *prov;
+	struct cfs_runtime *rt;
+	int rc, code;
+	char *msg;
+};
+
+static void *opener_main(void *arg)
+{
+	struct opener *o = arg;
+
+	/* tests/integration/test_run.py: a commit lands in this window */
+	cli_test_pause("CONTEXTFS_TEST_RUN_PAUSE_FILE");
+	o->rc = cli_runtime_open(o->cli, o->id, &o->prov, &o->rt);
+	if (o->rc) {
+		o->code = cfs_error_last_code();
+		o->msg = cfs_strdup(cfs_error_last());
+	}
+	return NULL;
+}
+
+struct prefetch {
+	char *dir; /* private (0700); NULL: nothing fetched */
+	char *path;
+	struct cfs_ref_info info;
+};
+
+/* Best effort: any failure leaves the session to fetch as usual. */
+static void prefetch_run(struct prefetch *pf, struct cfs_store *st,
+			 struct cfs_keys *keys, const char *id)
+{
+	int64_t t0 = cfs_monotonic_ms();
+	int fd;
+
+	memset(pf, 0, sizeof(*pf));
+	if (cfs_mkdtemp(&pf->dir, NULL, "contextfs-prefetch-") != 0)
+		goto fail;
+	pf->path = cfs_asprintf("%s/tree.tar.zst", pf->dir);
+	if (!pf->path)
+		goto fail;
+	fd = open(pf->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto fail;
+	if (cfs_context_fetch_bundle(&pf->info, st, keys, id, fd, NULL, NULL) !=
+	    0) {
+		close(fd);
+		goto fail;
+	}
+	if (close(fd) == 0) {
+		cfs_log_timing(id, "fetch, while the runtime opens", &t0);
+		return;
+	}
+fail:
+	cfs_error_clear();
+	if (pf->dir)
+		cfs_rmtree_at(AT_FDCWD, pf->dir);
+	free(pf->dir);
+	free(pf->path);
+	memset(pf, 0, sizeof(*pf));
+}
+
+static void prefetch_drop(struct prefetch *pf)
+{
+	if (pf->dir)
+		cfs_rmtree_at(AT_FDCWD, pf->dir);
+	free(pf->dir);
+	free(pf->path);
+	memset(pf, 0, sizeof(*pf));
+}
+
 static int run(struct cli *cli)
 {
 	const char *id = cli->argv[0];
@@ -512,6 +610,7 @@ static int run(struct cli *cli)
 	struct sigaction old_sa[2];
 	struct events events = {cli, PTHREAD_MUTEX_INITIALIZER, NULL};
 	struct recovery rx = {0};
+	struct prefetch pf = {0};
 
 	/* SIGINT / SIGTERM: stop the command, save what the sandbox holds
 	 * ("contextfs run SIGTERM save"), release the lock, exit 130 / 143 */
@@ -577,9 +676,30 @@ static int run(struct cli *cli)
 	rc = ensure_context(cli, st, id, &keys);
 	if (rc)
 		goto out;
-	rc = cli_runtime_open(cli, id, &prov, &rt);
-	if (rc)
-		goto out;
+	{
+		struct opener o = {cli, id, NULL, NULL, 0, 0, NULL};
+		pthread_t th;
+		int e = pthread_create(&th, NULL, opener_main, &o);
+
+		if (e) {
+			opener_main(&o);
+		} else {
+			prefetch_run(&pf, st, keys, id);
+			pthread_join(th, NULL);
+		}
+		prov = o.prov;
+		rt = o.rt;
+		rc = o.rc;
+		if (rc)
+			cfs_error_set(o.code ? o.code : rc, "%s",
+				      o.msg ? o.msg
+					    : "cannot open the runtime");
+		free(o.msg);
+		if (rc)
+			goto out;
+	}
+	so.prefetched_bundle = pf.path;
+	so.prefetched_key = pf.info.tree_key;
 
 	rt->cancel = &cli_stop_cancel;
 	so.force_unlock = cli_flag(cli, OPT_FORCE_UNLOCK);
@@ -588,6 +708,9 @@ static int run(struct cli *cli)
 	so.event_payload = &events;
 	so.emergency_checkpoint = cli_flag(cli, OPT_RECOVER);
 	rc = cfs_session_attach(&sess, st, keys, id, rt, &so);
+	/* a re-attach after a sandbox died fetches what is current then */
+	so.prefetched_bundle = so.prefetched_key = NULL;
+	prefetch_drop(&pf);
 	if (rc)
 		goto out;
 
@@ -694,6 +817,7 @@ static int run(struct cli *cli)
 	}
 
 out:
+	prefetch_drop(&pf);
 	if (ran) {
 		if (cli->json) {
 			doc = cli_result(cli);

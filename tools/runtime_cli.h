@@ -80,6 +80,14 @@ void cli_runtime_close(struct cfs_provisioner *prov, struct cfs_runtime *rt);
  * previous handlers in old, restore puts them back.
  */
 extern volatile sig_atomic_t cli_stop_cancel;
+
+/*
+ * Test-only: with env_name=PATH in the environment, creates PATH and waits,
+ * a minute at most, until a test removes it (a window in which the test
+ * changes the world). Unset, as outside the tests, it does nothing; it
+ * never replaces an existing PATH.
+ */
+void cli_test_pause(const char *env_name);
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_stop_signals_install(struct sigaction old[2]);
 void cli_stop_signals_restore(const struct sigaction old[2]);

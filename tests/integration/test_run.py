@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -150,6 +151,38 @@ echo report > artifacts/out/report.txt
     ref = {e["path"]: ("file", int(e["mode"], 8) & 0o777, e["sha256"]) for e in entries if e["type"] == "file"}
     ref.update({e["path"]: ("symlink", None, e["linkname"]) for e in entries if e["type"] == "symlink"})
     assert {p: v for p, v in ref.items() if not p.startswith(".contextsdk")} == got
+
+
+def test_a_commit_while_the_runtime_opens_is_not_lost(cli, ctx, workdir):
+    """run fetches the tree while the runtime opens, before it holds the lock;
+    a generation another writer commits in that window must be what the
+    sandbox gets (the prefetched tree is dropped), or the save would undo it."""
+    name, src = ctx
+    pause = os.path.join(workdir, "pause")
+    result = {}
+
+    def go():
+        result["r"] = cli.run("run", name, "--runtime", "local", "--sandbox", "plain", "--", "sh", "-c",
+                              "cat workspace/late.txt > workspace/seen.txt",
+                              env={"CONTEXTFS_TEST_RUN_PAUSE_FILE": pause})
+    th = threading.Thread(target=go)
+    th.start()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(pause) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(pause), "run never reached the window"
+    write_file(src, "workspace/late.txt", "committed meanwhile\n", 0o644)
+    cli.ok("commit", name, "--from", src, "-m", "meanwhile")
+    os.unlink(pause)
+    th.join(120)
+    r = result["r"]
+    assert r.rc == 0, r.err
+    out = export(cli, name, os.path.join(workdir, "out"))
+    with open(os.path.join(out, "workspace/seen.txt")) as f:
+        assert f.read() == "committed meanwhile\n"
+    with open(os.path.join(out, "workspace/late.txt")) as f:
+        assert f.read() == "committed meanwhile\n"
+    assert generation(cli, name) == 4
 
 
 def test_run_packs_the_roots_again_when_they_cannot_be_stored_as_received(cli, ctx, workdir):
