@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1192,6 +1193,87 @@ static int build_command(char **out, char **words, struct cli *cli)
 }
 
 /*
+ * Opens the push's sandbox runtime: the kept one of a state (local or
+ * another runtime with the same options), a new kept local one, or the
+ * runtime the options name. Runs on a thread while the base is fetched.
+ */
+struct sandbox_open {
+	struct cli *cli;
+	cJSON *state;
+	const char *sid, *sdir, *id;
+	bool keep;
+	struct cfs_provisioner *prov; /* out */
+	struct cfs_runtime *rt; /* out */
+	char *root; /* out: a kept local sandbox's root */
+	int rc, code; /* out, with the message (threads keep their own) */
+	char *msg;
+};
+
+static int sandbox_open_do(struct sandbox_open *x)
+{
+	struct cli *cli = x->cli;
+	cJSON *state = x->state;
+	const char *sid = x->sid, *sdir = x->sdir, *id = x->id;
+	const char *want = cli_opt(cli, RT_OPT_RUNTIME);
+	const char *had = state ? jstr(state, "runtime") : NULL;
+	bool keep = x->keep;
+	int rc;
+
+	if (had && want && strcmp(had, want) != 0) {
+		return cfs_error_set(CFS_EINVAL,
+				     "sandbox %s runs on %s, not %s", sid, had,
+				     want);
+	}
+	if (!had && keep && !want) {
+		return cfs_error_set(CFS_EINVAL,
+				     "--keep needs --runtime local|ssh");
+	}
+	if (had && strcmp(had, "local") == 0) {
+		x->root = local_root_in(sdir);
+		rc = x->root ? cfs_local_runtime_open(&x->rt, NULL, x->root)
+			     : cfs_error_set(CFS_ENOTFOUND,
+					     "sandbox %s is gone", sid);
+	} else if (!had && keep && strcmp(want, "local") == 0) {
+		struct cfs_local_opts lo = {0};
+		const char *mode = cli_opt(cli, RT_OPT_SANDBOX);
+
+		lo.mode = !mode || !strcmp(mode, "auto") ? CFS_LOCAL_AUTO
+			  : !strcmp(mode, "bwrap")	 ? CFS_LOCAL_BWRAP
+							 : CFS_LOCAL_PLAIN;
+		lo.base_dir = sdir;
+		rc = cfs_local_runtime_new(&x->rt, &lo);
+	} else {
+		if (had && !want) {
+			return cfs_error_set(CFS_EINVAL,
+					     "sandbox %s runs on %s: "
+					     "pass --runtime %s and its "
+					     "options again",
+					     sid, had, had);
+		}
+		rc = cli_runtime_open(cli, id, &x->prov, &x->rt);
+	}
+	if (rc)
+		return rc;
+	if (state && jstr(state, "runtimeId") &&
+	    strcmp(jstr(state, "runtimeId"), x->rt->id) != 0)
+		return cfs_error_set(CFS_EINVAL, "sandbox %s is on %s, not %s",
+				     sid, jstr(state, "runtimeId"), x->rt->id);
+	return 0;
+}
+
+static void *sandbox_open_main(void *arg)
+{
+	struct sandbox_open *x = arg;
+
+	x->rc = sandbox_open_do(x);
+	if (x->rc) {
+		x->code = cfs_error_last_code();
+		x->msg = cfs_strdup(cfs_error_last());
+	}
+	return NULL;
+}
+
+/*
  * Whether tree_load would list path: below contextsdk.json or a top-level
  * policy root, managed with each of its ancestors, no ancestor below the
  * top pruned.
@@ -1454,6 +1536,7 @@ static int run(struct cli *cli)
 	char *base_path = NULL, *theirs_path = NULL, *mount_path = NULL;
 	char *base_bundle = NULL;
 	char *msg = NULL, *root = NULL, newsid[24];
+	struct sandbox_open sbx = {0};
 	const char *id;
 	int64_t timeout = 0, t0 = cfs_monotonic_ms();
 	double base_gen = -1, gen = -1;
@@ -1593,12 +1676,18 @@ static int run(struct cli *cli)
 	}
 
 	/* ---- the snapshot: a commit of the mount, read back by generation */
+	sbx = (struct sandbox_open){cli,  state, sid,  sdir, id, keep,
+				    NULL, NULL,	 NULL, 0,    0,	 NULL};
 	if (pull) {
 		rc = base_from_state(sdir, basefd);
 		if (rc)
 			goto out;
 		base_gen = jnum(state, "baseGeneration");
+		sandbox_open_main(&sbx);
 	} else {
+		pthread_t th;
+		int e;
+
 		char ref[CFS_ID_MAX + 32];
 
 		msg = cfs_asprintf("push: snapshot for %s", words);
@@ -1610,65 +1699,33 @@ static int run(struct cli *cli)
 		cfs_log_timing(id, "push: snapshot commit", &t0);
 		base_gen = jnum(reply, "generation");
 		snprintf(ref, sizeof(ref), "%s@%.0f", id, base_gen);
+		/* the runtime opens while the base is fetched */
+		e = pthread_create(&th, NULL, sandbox_open_main, &sbx);
+		if (e)
+			sandbox_open_main(&sbx);
 		rc = fetch_base(&base_bundle, st, keys, ref, tmp, &base, &pol);
+		if (!e)
+			pthread_join(th, NULL);
 		if (rc)
 			goto out;
-		cfs_log_timing(id, "push: fetch the base", &t0);
+		cfs_log_timing(id, "push: fetch the base, open the runtime",
+			       &t0);
 		cJSON_Delete(reply);
 		reply = NULL;
 	}
 
-	/* ---- the sandbox */
-	{
-		const char *want = cli_opt(cli, RT_OPT_RUNTIME);
-		const char *had = state ? jstr(state, "runtime") : NULL;
-
-		if (had && want && strcmp(had, want) != 0) {
-			rc = cfs_error_set(CFS_EINVAL,
-					   "sandbox %s runs on %s, not %s", sid,
-					   had, want);
-			goto out;
-		}
-		if (!had && keep && !want) {
-			rc = cfs_error_set(CFS_EINVAL,
-					   "--keep needs --runtime local|ssh");
-			goto out;
-		}
-		if (had && strcmp(had, "local") == 0) {
-			root = local_root_in(sdir);
-			rc = root ? cfs_local_runtime_open(&rt, NULL, root)
-				  : cfs_error_set(CFS_ENOTFOUND,
-						  "sandbox %s is gone", sid);
-		} else if (!had && keep && strcmp(want, "local") == 0) {
-			struct cfs_local_opts lo = {0};
-			const char *mode = cli_opt(cli, RT_OPT_SANDBOX);
-
-			lo.mode = !mode || !strcmp(mode, "auto")
-					  ? CFS_LOCAL_AUTO
-				  : !strcmp(mode, "bwrap") ? CFS_LOCAL_BWRAP
-							   : CFS_LOCAL_PLAIN;
-			lo.base_dir = sdir;
-			rc = cfs_local_runtime_new(&rt, &lo);
-		} else {
-			if (had && !want) {
-				rc = cfs_error_set(CFS_EINVAL,
-						   "sandbox %s runs on %s: "
-						   "pass --runtime %s and its "
-						   "options again",
-						   sid, had, had);
-				goto out;
-			}
-			rc = cli_runtime_open(cli, id, &prov, &rt);
-		}
-		if (rc)
-			goto out;
-		if (state && jstr(state, "runtimeId") &&
-		    strcmp(jstr(state, "runtimeId"), rt->id) != 0) {
-			rc = cfs_error_set(CFS_EINVAL,
-					   "sandbox %s is on %s, not %s", sid,
-					   jstr(state, "runtimeId"), rt->id);
-			goto out;
-		}
+	/* ---- the sandbox (opened above, beside the base's fetch) */
+	prov = sbx.prov;
+	rt = sbx.rt;
+	root = sbx.root;
+	sbx.prov = NULL;
+	sbx.rt = NULL;
+	sbx.root = NULL;
+	if (sbx.rc) {
+		rc = cfs_error_set(sbx.code ? sbx.code : sbx.rc, "%s",
+				   sbx.msg ? sbx.msg
+					   : "cannot open the sandbox");
+		goto out;
 	}
 	if (state && jstr(state, "mountPath")) {
 		mount_path = cfs_strdup(jstr(state, "mountPath"));
@@ -1793,6 +1850,10 @@ out:
 		sid = NULL;
 	}
 	cli_runtime_close(prov, rt);
+	if (sbx.rt || sbx.prov)
+		cli_runtime_close(sbx.prov, sbx.rt);
+	free(sbx.root);
+	free(sbx.msg);
 	if (cli_stop_signal && !rc) {
 		rc = cfs_error_set(CFS_ECANCELED, "interrupted");
 	}
