@@ -1314,15 +1314,77 @@ static void md_zeros(EVP_MD_CTX *md, uint64_t n)
 	}
 }
 
+/* sha256 of a member's data as its blocks arrive (holes as zeros). */
+struct up_hash {
+	EVP_MD_CTX *md;
+	bool on; /* false: no context, or blocks came out of order */
+	uint64_t hoff; /* hashed up to here */
+};
+
+static void uh_start(struct up_hash *h, EVP_MD_CTX *md)
+{
+	h->md = md;
+	h->on = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+	h->hoff = 0;
+}
+
+static void uh_block(struct up_hash *h, const void *buf, size_t len,
+		     uint64_t off)
+{
+	if (!h->on || off < h->hoff) {
+		h->on = false;
+		return;
+	}
+	md_zeros(h->md, off - h->hoff);
+	EVP_DigestUpdate(h->md, buf, len);
+	h->hoff = off + len;
+}
+
+/* The hash of size bytes into hex; false if it could not be taken. */
+static bool uh_finish(struct up_hash *h, uint64_t size, char hex[65])
+{
+	unsigned char md[32];
+
+	if (!h->on)
+		return false;
+	md_zeros(h->md, size - h->hoff);
+	if (EVP_DigestFinal_ex(h->md, md, NULL) != 1)
+		return false;
+	cfs_hex_encode(hex, md, sizeof(md));
+	return true;
+}
+
+/*
+ * The next data block of the current member (1), its end (0) or an error
+ * (negative): a block beyond the member's declared size is corruption.
+ */
+static int up_block(struct unpacker *u, const char *entry, int64_t size,
+		    const void **buf, size_t *len, uint64_t *off)
+{
+	la_int64_t o;
+	int r = archive_read_data_block(u->a, buf, len, &o);
+
+	if (r == ARCHIVE_EOF)
+		return 0;
+	if (r < ARCHIVE_WARN)
+		return up_archive_error(u, entry);
+	if (o < 0 || (uint64_t)o + *len > (uint64_t)size)
+		return cfs_error_set(CFS_ECORRUPT,
+				     "corrupt archive: data of %s beyond its "
+				     "size",
+				     entry);
+	*off = (uint64_t)o;
+	return 1;
+}
+
 static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 		   const char *base, const char *entry)
 {
 	struct timespec ts[2];
+	struct up_hash h;
 	int fd = -1, rc;
 	int64_t size = archive_entry_size(e);
-	/* hashed up to hoff; blocks out of order (never seen) stop it */
-	bool hashing = u->md && EVP_DigestInit_ex(u->md, EVP_sha256(), NULL);
-	uint64_t hoff = 0;
+	char hex[65];
 
 	rc = up_clear(parent, base, entry);
 	if (rc)
@@ -1331,36 +1393,23 @@ static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 		    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return cfs_error_errno(errno, "creating %s", entry);
+	uh_start(&h, u->md);
 	for (;;) {
 		const void *buf;
-		size_t len;
-		la_int64_t off;
-		int r = archive_read_data_block(u->a, &buf, &len, &off);
-		size_t done = 0;
+		size_t len, done = 0;
+		uint64_t off;
+		int r = up_block(u, entry, size, &buf, &len, &off);
 
-		if (r == ARCHIVE_EOF)
+		if (r <= 0) {
+			rc = r;
+			if (r < 0)
+				goto out;
 			break;
-		if (r < ARCHIVE_WARN) {
-			rc = up_archive_error(u, entry);
-			goto out;
 		}
-		if (off < 0 || (uint64_t)off + len > (uint64_t)size) {
-			rc = cfs_error_set(CFS_ECORRUPT,
-					   "corrupt archive: data of %s beyond "
-					   "its size",
-					   entry);
-			goto out;
-		}
-		if (hashing && (uint64_t)off >= hoff) {
-			md_zeros(u->md, (uint64_t)off - hoff);
-			EVP_DigestUpdate(u->md, buf, len);
-			hoff = (uint64_t)off + len;
-		} else {
-			hashing = false;
-		}
+		uh_block(&h, buf, len, off);
 		while (done < len) {
 			ssize_t w = pwrite(fd, (const char *)buf + done,
-					   len - done, off + (off_t)done);
+					   len - done, (off_t)(off + done));
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w < 0) {
@@ -1382,16 +1431,8 @@ static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 		goto out;
 	}
 	u->st.files++;
-	if (hashing) {
-		unsigned char md[32];
-		char hex[65];
-
-		md_zeros(u->md, (uint64_t)size - hoff);
-		if (EVP_DigestFinal_ex(u->md, md, NULL)) {
-			cfs_hex_encode(hex, md, sizeof(md));
-			u->file_hashed(u->hash_payload, fd, hex);
-		}
-	}
+	if (u->file_hashed && uh_finish(&h, (uint64_t)size, hex))
+		u->file_hashed(u->hash_payload, fd, hex);
 out:
 	if (fd >= 0 && close(fd) < 0 && rc == 0)
 		rc = cfs_error_errno(errno, "writing %s", entry);
@@ -1753,42 +1794,24 @@ static int up_member(struct unpacker *u, const struct cfs_unpack_opts *opts,
 	bool hashed = false;
 
 	if (type == AE_IFREG && !link && with_data) {
-		uint64_t hoff = 0;
+		struct up_hash h;
 
 		if (!u->md && !(u->md = EVP_MD_CTX_new()))
 			return cfs_error_set(CFS_ENOMEM, "out of memory");
-		hashed = EVP_DigestInit_ex(u->md, EVP_sha256(), NULL) == 1;
+		uh_start(&h, u->md);
 		for (;;) {
 			const void *buf;
 			size_t len;
-			la_int64_t off;
-			int r = archive_read_data_block(u->a, &buf, &len, &off);
+			uint64_t off;
+			int r = up_block(u, entry, size, &buf, &len, &off);
 
-			if (r == ARCHIVE_EOF)
+			if (r < 0)
+				return r;
+			if (r == 0)
 				break;
-			if (r < ARCHIVE_WARN)
-				return up_archive_error(u, entry);
-			if (off < 0 || (uint64_t)off + len > (uint64_t)size)
-				return cfs_error_set(CFS_ECORRUPT,
-						     "corrupt archive: data of "
-						     "%s beyond its size",
-						     entry);
-			if (hashed && (uint64_t)off >= hoff) {
-				md_zeros(u->md, (uint64_t)off - hoff);
-				EVP_DigestUpdate(u->md, buf, len);
-				hoff = (uint64_t)off + len;
-			} else {
-				hashed = false;
-			}
+			uh_block(&h, buf, len, off);
 		}
-		if (hashed) {
-			unsigned char md[32];
-
-			md_zeros(u->md, (uint64_t)size - hoff);
-			hashed = EVP_DigestFinal_ex(u->md, md, NULL) == 1;
-			if (hashed)
-				cfs_hex_encode(hex, md, sizeof(md));
-		}
+		hashed = uh_finish(&h, (uint64_t)size, hex);
 	} else if (with_data && archive_read_data_skip(u->a) < ARCHIVE_WARN) {
 		return up_archive_error(u, entry);
 	}

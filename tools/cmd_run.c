@@ -547,6 +547,15 @@ struct prefetch {
 	struct cfs_ref_info info;
 };
 
+static void prefetch_drop(struct prefetch *pf)
+{
+	if (pf->dir)
+		cfs_rmtree_at(AT_FDCWD, pf->dir);
+	free(pf->dir);
+	free(pf->path);
+	memset(pf, 0, sizeof(*pf));
+}
+
 /* Best effort: any failure leaves the session to fetch as usual. */
 static void prefetch_run(struct prefetch *pf, struct cfs_store *st,
 			 struct cfs_keys *keys, const char *id)
@@ -574,20 +583,7 @@ static void prefetch_run(struct prefetch *pf, struct cfs_store *st,
 	}
 fail:
 	cfs_error_clear();
-	if (pf->dir)
-		cfs_rmtree_at(AT_FDCWD, pf->dir);
-	free(pf->dir);
-	free(pf->path);
-	memset(pf, 0, sizeof(*pf));
-}
-
-static void prefetch_drop(struct prefetch *pf)
-{
-	if (pf->dir)
-		cfs_rmtree_at(AT_FDCWD, pf->dir);
-	free(pf->dir);
-	free(pf->path);
-	memset(pf, 0, sizeof(*pf));
+	prefetch_drop(pf);
 }
 
 static int run(struct cli *cli)

@@ -181,6 +181,32 @@ static la_ssize_t tar_write_cb(struct archive *a, void *cd, const void *buf,
 	return (la_ssize_t)len;
 }
 
+/* One member of spec sp (perm 0: 0755 for a directory, else 0644). */
+static void add_member(struct archive *a, const struct spec *sp, mode_t perm,
+		       long nsec)
+{
+	struct archive_entry *e = archive_entry_new();
+	size_t len = sp->data ? strlen(sp->data) : 0;
+	mode_t type = sp->type ? sp->type : AE_IFREG;
+
+	archive_entry_set_pathname(e, sp->name);
+	archive_entry_set_filetype(e, type);
+	archive_entry_set_perm(e, perm ? perm : type == AE_IFDIR ? 0755 : 0644);
+	archive_entry_set_mtime(e, 1700000000, nsec);
+	if (type == AE_IFCHR)
+		archive_entry_set_rdev(e, makedev(1, 3));
+	if (sp->link)
+		archive_entry_set_symlink(e, sp->link);
+	if (sp->hardlink)
+		archive_entry_set_hardlink(e, sp->hardlink);
+	archive_entry_set_size(
+		e, type == AE_IFREG && !sp->hardlink ? (la_int64_t)len : 0);
+	archive_write_header(a, e);
+	if (len && !sp->hardlink)
+		archive_write_data(a, sp->data, len);
+	archive_entry_free(e);
+}
+
 /* A tar (format: ARCHIVE_FORMAT_TAR_PAX_INTERCHANGE or _GNUTAR). */
 static void build_tar(struct cfs_buf *tar, int format, const struct spec *s,
 		      size_t n)
@@ -189,29 +215,8 @@ static void build_tar(struct cfs_buf *tar, int format, const struct spec *s,
 
 	archive_write_set_format(a, format);
 	archive_write_open(a, tar, NULL, tar_write_cb, NULL);
-	for (size_t i = 0; i < n; i++) {
-		struct archive_entry *e = archive_entry_new();
-		size_t len = s[i].data ? strlen(s[i].data) : 0;
-		archive_entry_set_pathname(e, s[i].name);
-		archive_entry_set_filetype(e, s[i].type ? s[i].type : AE_IFREG);
-		archive_entry_set_perm(e, s[i].type == AE_IFDIR ? 0755 : 0644);
-		archive_entry_set_mtime(e, 1700000000, 0);
-		if (s[i].type == AE_IFCHR)
-			archive_entry_set_rdev(e, makedev(1, 3));
-		if (s[i].link)
-			archive_entry_set_symlink(e, s[i].link);
-		if (s[i].hardlink)
-			archive_entry_set_hardlink(e, s[i].hardlink);
-		archive_entry_set_size(e, (s[i].type ? s[i].type : AE_IFREG) ==
-								  AE_IFREG &&
-							  !s[i].hardlink
-						  ? (la_int64_t)len
-						  : 0);
-		archive_write_header(a, e);
-		if (len && !s[i].hardlink)
-			archive_write_data(a, s[i].data, len);
-		archive_entry_free(e);
-	}
+	for (size_t i = 0; i < n; i++)
+		add_member(a, &s[i], 0, 0);
 	archive_write_close(a);
 	archive_write_free(a);
 }
@@ -1069,31 +1074,10 @@ static void build_split_after(struct cfs_buf *out, size_t *frame1,
 	archive_write_set_bytes_per_block(a, 0);
 	archive_write_open(a, &tar, NULL, tar_write_cb, NULL);
 	for (size_t i = 0; i < n; i++) {
-		struct archive_entry *e = archive_entry_new();
-		size_t len = s[i].data ? strlen(s[i].data) : 0;
-
 		archive_write_finish_entry(a);
 		if (i == cut)
 			at = tar.len;
-		archive_entry_set_pathname(e, s[i].name);
-		archive_entry_set_filetype(e, s[i].type ? s[i].type : AE_IFREG);
-		archive_entry_set_perm(e, mode_of && mode_of[i]	  ? mode_of[i]
-					  : s[i].type == AE_IFDIR ? 0755
-								  : 0644);
-		archive_entry_set_mtime(e, 1700000000, 5);
-		if (s[i].link)
-			archive_entry_set_symlink(e, s[i].link);
-		if (s[i].hardlink)
-			archive_entry_set_hardlink(e, s[i].hardlink);
-		archive_entry_set_size(e, (s[i].type ? s[i].type : AE_IFREG) ==
-								  AE_IFREG &&
-							  !s[i].hardlink
-						  ? (la_int64_t)len
-						  : 0);
-		archive_write_header(a, e);
-		if (len && !s[i].hardlink)
-			archive_write_data(a, s[i].data, len);
-		archive_entry_free(e);
+		add_member(a, &s[i], mode_of ? mode_of[i] : 0, 5);
 	}
 	archive_write_finish_entry(a);
 	if (cut >= n)
