@@ -1123,7 +1123,11 @@ out:
 	return rc;
 }
 
-static int base_from_state(const char *dir, int destfd)
+static int list_bundle(struct tree *base, const struct cfs_policy *pol, int fd);
+
+/* A kept sandbox's base: the listing of its state's base.tar.zst. */
+static int base_from_state(const char *dir, struct tree *base,
+			   const struct cfs_policy *pol)
 {
 	char *p = cfs_asprintf("%s/base.tar.zst", dir);
 	int fd, rc;
@@ -1134,7 +1138,7 @@ static int base_from_state(const char *dir, int destfd)
 	free(p);
 	if (fd < 0)
 		return cfs_error_errno(errno, "opening %s/base.tar.zst", dir);
-	rc = cfs_bundle_unpack(destfd, cfs_bundle_fd_source, &fd, NULL, NULL);
+	rc = list_bundle(base, pol, fd);
 	close(fd);
 	return rc;
 }
@@ -1362,6 +1366,15 @@ static int list_member(void *payload, const struct cfs_member_info *m)
 	return m->link && !e->link && !e->hardlink ? CFS_ENOMEM : 0;
 }
 
+static void listing_free(struct listing *l)
+{
+	for (size_t i = 0; i < l->nregs; i++)
+		free(l->regs[i].path);
+	free(l->regs);
+	l->regs = NULL;
+	l->nregs = l->cap = 0;
+}
+
 /* by path, then archive order */
 static int ent_seq_cmp(const void *a, const void *b)
 {
@@ -1428,6 +1441,21 @@ static int listing_finish(struct listing *l)
 	return 0;
 }
 
+/* base: the listing of the plaintext bundle fd (checked, not extracted). */
+static int list_bundle(struct tree *base, const struct cfs_policy *pol, int fd)
+{
+	struct listing l = {base, pol, NULL, 0, 0};
+	struct cfs_unpack_opts uo = {.validate_only = true,
+				     .member = list_member,
+				     .member_payload = &l};
+	int rc = cfs_bundle_unpack(-1, cfs_bundle_fd_source, &fd, &uo, NULL);
+
+	if (!rc)
+		rc = listing_finish(&l);
+	listing_free(&l);
+	return rc;
+}
+
 /*
  * The pushed generation, once: its plaintext bundle goes to
  * <tmp>/base.tar.zst (the session uploads it as it is) while the same pass
@@ -1458,9 +1486,7 @@ static int fetch_base(char **bundle_out, struct cfs_store *st,
 	close(fd);
 	if (!rc)
 		rc = listing_finish(&l);
-	for (size_t i = 0; i < l.nregs; i++)
-		free(l.regs[i].path);
-	free(l.regs);
+	listing_free(&l);
 	if (rc) {
 		unlink(path);
 		free(path);
@@ -1679,7 +1705,7 @@ static int run(struct cli *cli)
 	sbx = (struct sandbox_open){cli,  state, sid,  sdir, id, keep,
 				    NULL, NULL,	 NULL, 0,    0,	 NULL};
 	if (pull) {
-		rc = base_from_state(sdir, basefd);
+		rc = base_from_state(sdir, &base, &pol);
 		if (rc)
 			goto out;
 		base_gen = jnum(state, "baseGeneration");
@@ -1777,8 +1803,6 @@ static int run(struct cli *cli)
 
 	/* ---- pull and merge */
 	rc = cfs_session_fetch(sess, theirsfd, &theirs_h);
-	if (pull)
-		rc = rc ? rc : tree_load(&base, &pol, base_path);
 	rc = rc ? rc : tree_load(&theirs, &pol, theirs_path);
 	if (rc)
 		goto out;

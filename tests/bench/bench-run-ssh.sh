@@ -23,6 +23,10 @@
 #   push   (--push, needs /dev/fuse) contextfs push MOUNT --runtime ssh -- true
 #          on a mount of the context (commit, fetch the base, upload and
 #          unpack, run, pack streamed into the validation, merge, commit)
+#   pull   (with --push) contextfs push MOUNT --pull --keep --sandbox-id ID
+#          on a sandbox kept (push --keep) before the first round: pack there,
+#          streamed into the validation, merge, commit; one way only, set
+#          against the same there-and-back baseline as the issue asks
 #   old    (--compare-bin OLD) the run step with another contextfs binary
 #          (before/after figures under the same load)
 # and prints the medians: seconds, MB/s of tree bytes, the contextfs/baseline
@@ -56,7 +60,7 @@ while [ $# -gt 0 ]; do
 	--keep) KEEP=1; shift ;;
 	--compare-bin) OLD_BIN=$2; shift 2 ;;
 	--rate) RATE=$2; shift 2 ;;
-	-h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,37p' "$0"; exit 0 ;;
 	*) echo "bench-run-ssh: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
@@ -212,6 +216,10 @@ step_old() {
 step_push() {
 	CONTEXTFS_TIMING=1 run push "$1" "$BIN" push "$MNT" "${SSH_ARGS[@]}" --ssh-dir "$D/remote-push" -- true
 }
+step_pull() {
+	CONTEXTFS_TIMING=1 run pull "$1" "$BIN" push "$MNT" --pull --keep --sandbox-id "$PULL_ID" \
+		"${SSH_ARGS[@]}" --ssh-dir "$D/remote-pull"
+}
 
 STEPS="run tar"
 [ -z "$OLD_BIN" ] || STEPS="$STEPS old"
@@ -223,7 +231,11 @@ if [ "$PUSH" = 1 ]; then
 	"$BIN" init benchm -q >/dev/null
 	"$BIN" commit benchm --from "$SRC" -m bench -q
 	"$BIN" mount benchm "$MNT" -o fsync=local >/dev/null || die "cannot mount the context"
-	STEPS="$STEPS push"
+	# a kept sandbox holding the tree, for the pull step
+	PULL_ID=$("$BIN" --json push "$MNT" --keep "${SSH_ARGS[@]}" --ssh-dir "$D/remote-pull" -- true |
+		"$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["sandbox"])') ||
+		die "cannot keep a sandbox for the pull step"
+	STEPS="$STEPS push pull"
 fi
 : >"$WORK/results"
 # warm the page cache for both sides
@@ -234,6 +246,11 @@ for r in $(seq "$ROUNDS"); do
 	for _ in $(seq $(((r - 1) % $#))); do set -- "$@" "$1"; shift; done
 	for s in "$@"; do "step_$s" "$r"; done
 done
+if [ -n "${PULL_ID:-}" ]; then
+	# the last pull without --keep disposes of the kept sandbox
+	"$BIN" push "$MNT" --pull --sandbox-id "$PULL_ID" "${SSH_ARGS[@]}" --ssh-dir "$D/remote-pull" \
+		>/dev/null 2>&1 || echo "   (the kept sandbox $PULL_ID was not removed)"
+fi
 diff -r "$SRC" "$D/back-tar" >/dev/null || die "the baseline's round trip differs from the source tree"
 diff -r "$SRC/workspace" "$D/remote-run/mnt/bench/workspace" >/dev/null ||
 	die "the tree contextfs extracted over ssh differs from the source tree"
@@ -249,10 +266,11 @@ for ln in open(os.path.join(work, "results")):
     res.setdefault(label, []).append((float(sec), int(rss), rnd))
 mbs = lambda s: b / 1e6 / s if s > 0 else float("inf")
 names = {"run": "contextfs run -- true", "tar": "tar | ssh, there and back",
-         "push": "contextfs push -- true", "old": "compare-bin run -- true"}
+         "push": "contextfs push -- true", "old": "compare-bin run -- true",
+         "pull": "contextfs push --pull"}
 base = statistics.median(s for s, _, _ in res["tar"])
 print("%-28s %8s %13s %9s %12s %8s" % ("step", "seconds", "(min-max)", "MB/s", "peak RSS MiB", "cfs/tar"))
-for label in ("run", "tar", "old", "push"):
+for label in ("run", "tar", "old", "push", "pull"):
     if label not in res:
         continue
     v = res[label]
@@ -262,7 +280,7 @@ for label in ("run", "tar", "old", "push"):
         names[label], med, "%.2f-%.2f" % (min(s for s, _, _ in v), max(s for s, _, _ in v)),
         mbs(med), rss / 1024, "" if label == "tar" else "%.2f" % (base / med)))
 # phase timings of the median contextfs run
-for label in ("run", "old", "push"):
+for label in ("run", "old", "push", "pull"):
     if label not in res:
         continue
     v = sorted(res[label])
