@@ -1950,6 +1950,7 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 	if (opts && !u->validate_only && opts->tail) {
 		u->tail = opts->tail;
 		u->tail->ok = false;
+		u->tail->listed = false;
 		u->tail->offset = 0;
 		u->tail->why = "the stream ended before any policy root";
 		rc = pk_candidates(&u->roots, &u->nroots, u->tail->policy);
@@ -2107,6 +2108,29 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 		}
 		if (u->tail)
 			tail_check(u, e, entry, type, link);
+		if (u->tail && opts->list_tail && opts->member &&
+		    (u->tail->listed || u->tail_state == TAIL_IN)) {
+			/* the roots, listed instead of extracted */
+			u->tail->listed = true;
+			if (u->tail_state != TAIL_IN) {
+				/* refused: the caller unpacks again */
+				if (archive_read_data_skip(u->a) < ARCHIVE_WARN) {
+					rc = up_archive_error(u, entry);
+					goto out;
+				}
+				continue;
+			}
+			rc = up_validate(u, name, entry, type, link,
+					 archive_entry_hardlink(e) != NULL);
+			if (!rc && type == AE_IFREG && !link)
+				u->st.files++;
+			if (!rc)
+				rc = up_member(u, opts, e, entry, type, link,
+					       size, true);
+			if (rc)
+				goto out;
+			continue;
+		}
 		rc = up_extract(u, e, name, entry, type, link);
 		if (rc)
 			goto out;

@@ -113,6 +113,12 @@ struct cfs_unpack_tail {
 	bool ok;
 	uint64_t offset;
 	const char *why;
+	/*
+	 * out, with cfs_unpack_opts.list_tail: the roots were listed (to
+	 * member) instead of extracted. With ok false the caller must unpack
+	 * the stream again to have them.
+	 */
+	bool listed;
 };
 
 /*
@@ -159,6 +165,13 @@ struct cfs_unpack_opts {
 	cfs_member_fn member;
 	void *member_payload;
 	struct cfs_unpack_tail *tail; /* optional (not with validate_only) */
+	/*
+	 * With tail and member: from the first member of the roots' frame on,
+	 * members are checked as validate_only checks them and reported to
+	 * member (data hashed) instead of being extracted; once the tail is
+	 * refused, the rest is only read (tail->listed says this happened).
+	 */
+	bool list_tail;
 	cfs_file_hashed_fn file_hashed; /* optional (not with validate_only) */
 	void *hash_payload;
 };

@@ -2854,17 +2854,27 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 			uint64_t parent, const char *author,
 			const char *message, int64_t now_ms,
 			const char *prev_index,
-			const struct cfs_hash_hints *hints)
+			const struct cfs_hash_hints *hints,
+			const struct cfs_commit_opts *opts)
 {
 	struct cfs_file_entry *cur = NULL, *prev = NULL;
 	struct cfs_version_change *changes = NULL;
 	size_t ncur = 0, nprev = 0, nch = 0, len = 0;
 	char ts[32];
 	char *buf = NULL;
+	bool given = opts->tail && opts->index;
 	int rc;
 
 	*out = NULL;
-	rc = cfs_index_build_hinted(&cur, &ncur, srcdirfd, policy, hints);
+	if (given) {
+		/* the caller's listing of the roots (not freed here) */
+		cur = (struct cfs_file_entry *)opts->index;
+		ncur = opts->nindex;
+		rc = 0;
+	} else {
+		rc = cfs_index_build_hinted(&cur, &ncur, srcdirfd, policy,
+					    hints);
+	}
 	if (rc) {
 		cfs_error_prefix("index the files to save");
 		goto out;
@@ -2904,7 +2914,8 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 out:
 	free(buf);
 	free(changes);
-	cfs_index_free(cur, ncur);
+	if (!given)
+		cfs_index_free(cur, ncur);
 	cfs_index_free(prev, nprev);
 	return rc;
 }
@@ -3054,7 +3065,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 				      : DEFAULT_AUTHOR,
 			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
 			now, prev_index ? prev_index : opts->prev_index,
-			opts->hash_hints);
+			opts->hash_hints, opts);
 		if (rc)
 			goto out;
 		/*

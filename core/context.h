@@ -84,6 +84,7 @@ enum cfs_commit_kind {
 };
 
 struct cfs_hash_hints; /* core/version.h */
+struct cfs_file_entry; /* core/version.h */
 
 /*
  * The policy roots of a save already packed and compressed: the bytes
@@ -148,6 +149,13 @@ struct cfs_commit_opts {
 	 * they are, instead of srcdir's roots packed and compressed again.
 	 */
 	const struct cfs_commit_tail *tail;
+	/*
+	 * Optional, with tail: the file index of the roots as the caller
+	 * listed them from the tail (core/version.h entries, in the order
+	 * cfs_index_build walks them); srcdir then holds only the head.
+	 */
+	const struct cfs_file_entry *index;
+	size_t nindex;
 	cfs_progress_fn progress;
 	void *progress_payload;
 };

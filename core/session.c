@@ -1317,7 +1317,22 @@ struct fetched {
 	int spool; /* -1: none */
 	struct cfs_unpack_tail tail;
 	struct cfs_inode_hashes hashes;
+	/*
+	 * The roots listed instead of extracted (tail.listed): the index the
+	 * commit gets, unless need_tree (a symlink to follow, a hard link or
+	 * name the listing cannot settle, too many members), in which case
+	 * the spool is unpacked again.
+	 */
+	const struct cfs_policy *policy;
+	struct cfs_file_entry *files;
+	size_t nfiles, cap;
+	char **links; /* files[i] is a hard link to links[i] (else NULL) */
+	size_t members;
+	bool need_tree;
 };
+
+/* Members listed at most; beyond, the roots are extracted after all. */
+#define LIST_MAX 200000
 
 static void fetched_clear(struct fetched *f)
 {
@@ -1325,6 +1340,183 @@ static void fetched_clear(struct fetched *f)
 		close(f->spool);
 	f->spool = -1;
 	cfs_inode_hashes_free(&f->hashes);
+	for (size_t i = 0; i < f->nfiles; i++)
+		free(f->links ? f->links[i] : NULL);
+	free(f->links);
+	cfs_index_free(f->files, f->nfiles);
+	f->files = NULL;
+	f->links = NULL;
+	f->nfiles = f->cap = 0;
+}
+
+/* The position of name's root among the policy roots, or -1. */
+static int root_of(const struct cfs_policy *pol, const char *name)
+{
+	size_t top = strcspn(name, "/");
+
+	if (!name[top])
+		return -1; /* the root itself: never an indexed file */
+	for (size_t i = 0; i < pol->nroots; i++)
+		if (strlen(pol->roots[i]) == top &&
+		    strncmp(pol->roots[i], name, top) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Roots the listing can index: plain names, each once. */
+static bool roots_listable(const struct cfs_policy *pol)
+{
+	for (size_t i = 0; i < pol->nroots; i++) {
+		const char *r = pol->roots[i];
+
+		if (!r[0] || strchr(r, '/') || !strcmp(r, ".") ||
+		    !strcmp(r, ".."))
+			return false;
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(r, pol->roots[j]))
+				return false;
+	}
+	return true;
+}
+
+/* cfs_member_fn: the roots' files, for the commit's index */
+static int list_root_member(void *payload, const struct cfs_member_info *m)
+{
+	struct fetched *f = payload;
+	struct cfs_file_entry *e;
+
+	if (f->need_tree)
+		return 0;
+	if (++f->members > LIST_MAX || m->type == S_IFLNK) {
+		f->need_tree = true; /* too many; a link to follow */
+		return 0;
+	}
+	if (m->type != S_IFREG || root_of(f->policy, m->path) < 0)
+		return 0;
+	if (!m->hardlink && !m->sha256) {
+		f->need_tree = true;
+		return 0;
+	}
+	if (f->nfiles == f->cap) {
+		size_t cap = f->cap ? f->cap * 2 : 256;
+		struct cfs_file_entry *v = realloc(f->files, cap * sizeof(*v));
+		char **l;
+
+		if (!v)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		f->files = v;
+		l = realloc(f->links, cap * sizeof(*l));
+		if (!l)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		f->links = l;
+		f->cap = cap;
+	}
+	e = &f->files[f->nfiles];
+	memset(e, 0, sizeof(*e));
+	f->links[f->nfiles] = NULL;
+	e->path = cfs_strdup(m->path);
+	if (m->hardlink)
+		f->links[f->nfiles] = cfs_strdup(m->link);
+	if (!e->path || (m->hardlink && !f->links[f->nfiles])) {
+		free(e->path);
+		return CFS_ENOMEM;
+	}
+	f->nfiles++;
+	e->size = (uint64_t)m->size;
+	e->mode = m->perm;
+	e->mtime = m->mtime.tv_sec;
+	if (m->sha256)
+		memcpy(e->sha256, m->sha256, sizeof(e->sha256));
+	return 0;
+}
+
+static int ix_path_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct cfs_file_entry *)a)->path,
+		      ((const struct cfs_file_entry *)b)->path);
+}
+
+/*
+ * cfs_index_build's order: the roots in policy order, each walked depth
+ * first with the names of a directory in byte order (a path's components
+ * compared one by one: '/' before any other byte).
+ */
+static int ix_walk_cmp(const void *a, const void *b, void *policy)
+{
+	const char *x = ((const struct cfs_file_entry *)a)->path;
+	const char *y = ((const struct cfs_file_entry *)b)->path;
+	int rx = root_of(policy, x), ry = root_of(policy, y);
+
+	if (rx != ry)
+		return rx < ry ? -1 : 1;
+	for (;; x++, y++) {
+		int cx = *x == '/' ? 0 : *x ? (unsigned char)*x + 1 : -1;
+		int cy = *y == '/' ? 0 : *y ? (unsigned char)*y + 1 : -1;
+
+		if (cx != cy)
+			return cx < cy ? -1 : 1;
+		if (cx < 0)
+			return 0;
+	}
+}
+
+/*
+ * Turns the listing into the index: hard links get their file's entry,
+ * duplicate names (extraction keeps the last) leave it to the tree.
+ */
+static void listing_settle(struct fetched *f)
+{
+	struct cfs_file_entry *sorted;
+
+	if (f->need_tree || !f->nfiles)
+		return;
+	sorted = f->files;
+	{
+		/* pair each entry with its link target before sorting */
+		struct pair {
+			struct cfs_file_entry e;
+			char *link;
+		} *pv = malloc(f->nfiles * sizeof(*pv));
+
+		if (!pv) {
+			f->need_tree = true;
+			return;
+		}
+		for (size_t i = 0; i < f->nfiles; i++) {
+			pv[i].e = f->files[i];
+			pv[i].link = f->links[i];
+		}
+		qsort(pv, f->nfiles, sizeof(*pv), ix_path_cmp);
+		for (size_t i = 0; i < f->nfiles; i++) {
+			f->files[i] = pv[i].e;
+			f->links[i] = pv[i].link;
+		}
+		free(pv);
+	}
+	for (size_t i = 0; i + 1 < f->nfiles; i++)
+		if (!strcmp(sorted[i].path, sorted[i + 1].path)) {
+			f->need_tree = true;
+			return;
+		}
+	for (size_t i = 0; i < f->nfiles; i++) {
+		struct cfs_file_entry key = {.path = f->links[i]}, *t;
+
+		if (!f->links[i])
+			continue;
+		t = bsearch(&key, sorted, f->nfiles, sizeof(*sorted),
+			    ix_path_cmp);
+		if (!t || f->links[t - sorted] || !t->sha256[0]) {
+			f->need_tree = true;
+			return;
+		}
+		sorted[i].size = t->size;
+		sorted[i].mode = t->mode;
+		sorted[i].mtime = t->mtime;
+		memcpy(sorted[i].sha256, t->sha256, sizeof(t->sha256));
+	}
+	/* links[] no longer lines up with files[]: only freed from here */
+	qsort_r(f->files, f->nfiles, sizeof(*f->files), ix_walk_cmp,
+		(void *)f->policy);
 }
 
 static int session_save_locked(struct cfs_commit_result *res,
@@ -1354,6 +1546,28 @@ int cfs_session_save(struct cfs_commit_result *res, struct cfs_session *s,
 	pthread_mutex_lock(&s->save_mu);
 	rc = session_save_locked(res, s, opts);
 	pthread_mutex_unlock(&s->save_mu);
+	return rc;
+}
+
+/*
+ * The roots were listed but cannot be committed from the listing (the
+ * tail refused, a symlink to follow, ...): the kept stream is unpacked
+ * again, whole, into treefd.
+ */
+static int unpack_again(struct cfs_session *s, int treefd, struct fetched *f)
+{
+	struct cfs_unpack_opts uo = {.file_hashed = cfs_inode_hashes_note,
+				     .hash_payload = &f->hashes};
+	int fd = f->spool, rc;
+	int64_t t0 = cfs_monotonic_ms();
+
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return cfs_error_errno(errno, "rewinding the packed tree");
+	rc = cfs_bundle_unpack(treefd, cfs_bundle_fd_source, &fd, &uo, NULL);
+	if (rc)
+		cfs_error_prefix("bundle from sandbox %s rejected", s->rt->id);
+	else
+		timing(s, "extract the roots after all", &t0);
 	return rc;
 }
 
@@ -1398,6 +1612,14 @@ static int session_save_locked(struct cfs_commit_result *res,
 		ckpt ? "checkpoint context tree" : "pack context tree", &f);
 	if (rc)
 		goto out;
+	if (f.tail.listed) {
+		listing_settle(&f);
+		if (!f.tail.ok || f.need_tree) {
+			rc = unpack_again(s, treefd, &f);
+			if (rc)
+				goto out;
+		}
+	}
 	cfs_commit_opts_init(&co);
 	co.kind = opts->kind;
 	co.owner = s->owner;
@@ -1410,6 +1632,11 @@ static int session_save_locked(struct cfs_commit_result *res,
 		/* the roots as the sandbox compressed them (no repack) */
 		tail = (struct cfs_commit_tail){f.spool, f.tail.offset};
 		co.tail = &tail;
+		if (f.tail.listed && !f.need_tree) {
+			/* the roots were never extracted: their listing */
+			co.index = f.files;
+			co.nindex = f.nfiles;
+		}
 	} else if (f.spool >= 0) {
 		cfs_debug("%s: packing the roots again: %s", s->id,
 			  f.tail.why ? f.tail.why : "no tail");
@@ -1506,6 +1733,13 @@ static void fetch_opts(struct cfs_unpack_opts *o, struct cfs_session *s,
 	o->tail = &f->tail;
 	o->file_hashed = cfs_inode_hashes_note;
 	o->hash_payload = &f->hashes;
+	f->policy = &s->policy;
+	if (roots_listable(&s->policy)) {
+		/* the roots need not be written here to be committed */
+		o->list_tail = true;
+		o->member = list_root_member;
+		o->member_payload = f;
+	}
 }
 
 static int fetch_streamed(struct cfs_session *s, int treefd, const char *label,

@@ -153,6 +153,50 @@ echo report > artifacts/out/report.txt
     assert {p: v for p, v in ref.items() if not p.startswith(".contextsdk")} == got
 
 
+def test_roots_listed_not_extracted_give_the_walks_index(cli, workdir):
+    """Without symlinks the save never writes the roots here: their index is
+    built from the stream's listing. It must equal the index a commit of
+    the same tree builds by walking it: same files (hard links too), same
+    order (a directory's names in byte order, depth first: a/b before a-c),
+    same sizes, modes, mtimes and hashes."""
+    name = "listed"
+    cli.ok("init", name, "--scrypt-cost", TEST_SCRYPT_COST)
+    script = r"""
+set -e
+mkdir -p workspace/a workspace/a-c.d memory/deep/er artifacts
+printf 'b\n' > workspace/a/b
+printf 'ac\n' > workspace/a-c
+printf 'x\n' > workspace/a-c.d/x
+printf 'A\n' > workspace/A
+head -c 300000 /dev/urandom > memory/deep/er/blob
+chmod 600 memory/deep/er/blob
+ln memory/deep/er/blob memory/hard
+printf '' > artifacts/empty
+chmod 755 artifacts/empty
+touch -d '2020-01-02 03:04:05' workspace/A
+"""
+    r = cli.run("run", name, "--runtime", "local", "--sandbox", "plain", "--", "sh", "-c", script,
+                env={"CONTEXTFS_TIMING": "1"})
+    assert r.rc == 0, r.err
+    assert "(roots as received)" in r.err and "extract the roots after all" not in r.err, r.err
+    out = export(cli, name, os.path.join(workdir, "out"))
+    with open(os.path.join(out, ".contextsdk/index.json")) as f:
+        listed = json.load(f)["files"]
+    # the same tree committed from a directory: the index from a walk
+    cli.ok("commit", name, "--from", out, "-m", "walked")
+    again = export(cli, name, os.path.join(workdir, "again"))
+    with open(os.path.join(again, ".contextsdk/index.json")) as f:
+        walked = json.load(f)["files"]
+    assert [e["path"] for e in listed] == [e["path"] for e in walked]
+    assert listed == walked
+    paths = [e["path"] for e in listed]
+    assert paths.index("workspace/a/b") < paths.index("workspace/a-c") < paths.index("workspace/a-c.d/x")
+    assert "memory/hard" in paths
+    for e in listed:
+        assert e["sha256"] == sha256_file(os.path.join(out, e["path"])), e["path"]
+    cli.ok("verify", name)
+
+
 def test_a_commit_while_the_runtime_opens_is_not_lost(cli, ctx, workdir):
     """run fetches the tree while the runtime opens, before it holds the lock;
     a generation another writer commits in that window must be what the
