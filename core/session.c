@@ -1327,6 +1327,8 @@ struct fetched {
 	struct cfs_file_entry *files;
 	size_t nfiles, cap;
 	char **links; /* files[i] is a hard link to links[i] (else NULL) */
+	char **dirs; /* directory members (a file of that name: need_tree) */
+	size_t ndirs, dcap;
 	size_t members;
 	bool need_tree;
 };
@@ -1347,6 +1349,11 @@ static void fetched_clear(struct fetched *f)
 	f->files = NULL;
 	f->links = NULL;
 	f->nfiles = f->cap = 0;
+	for (size_t i = 0; i < f->ndirs; i++)
+		free(f->dirs[i]);
+	free(f->dirs);
+	f->dirs = NULL;
+	f->ndirs = f->dcap = 0;
 }
 
 /* The position of name's root among the policy roots, or -1. */
@@ -1391,6 +1398,20 @@ static int list_root_member(void *payload, const struct cfs_member_info *m)
 		f->need_tree = true; /* too many; a link to follow */
 		return 0;
 	}
+	if (m->type == S_IFDIR && root_of(f->policy, m->path) >= 0) {
+		if (f->ndirs == f->dcap) {
+			size_t cap = f->dcap ? f->dcap * 2 : 64;
+			char **v = realloc(f->dirs, cap * sizeof(*v));
+
+			if (!v)
+				return cfs_error_set(CFS_ENOMEM,
+						     "out of memory");
+			f->dirs = v;
+			f->dcap = cap;
+		}
+		f->dirs[f->ndirs] = cfs_strdup(m->path);
+		return f->dirs[f->ndirs++] ? 0 : CFS_ENOMEM;
+	}
 	if (m->type != S_IFREG || root_of(f->policy, m->path) < 0)
 		return 0;
 	if (!m->hardlink && !m->sha256) {
@@ -1419,6 +1440,8 @@ static int list_root_member(void *payload, const struct cfs_member_info *m)
 		f->links[f->nfiles] = cfs_strdup(m->link);
 	if (!e->path || (m->hardlink && !f->links[f->nfiles])) {
 		free(e->path);
+		free(f->links[f->nfiles]);
+		f->links[f->nfiles] = NULL;
 		return CFS_ENOMEM;
 	}
 	f->nfiles++;
@@ -1498,6 +1521,16 @@ static void listing_settle(struct fetched *f)
 			f->need_tree = true;
 			return;
 		}
+	/* a name that was a directory and a file: extraction kept one */
+	for (size_t i = 0; i < f->ndirs; i++) {
+		struct cfs_file_entry key = {.path = f->dirs[i]};
+
+		if (bsearch(&key, sorted, f->nfiles, sizeof(*sorted),
+			    ix_path_cmp)) {
+			f->need_tree = true;
+			return;
+		}
+	}
 	for (size_t i = 0; i < f->nfiles; i++) {
 		struct cfs_file_entry key = {.path = f->links[i]}, *t;
 
