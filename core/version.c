@@ -1044,68 +1044,122 @@ static size_t ih_slot_of(const struct cfs_inode_hashes *h, dev_t dev, ino_t ino)
 	return i;
 }
 
-static bool ih_grow(struct cfs_inode_hashes *h)
+/* Room for one more entry (at most half the slots in use). */
+static bool ih_reserve(struct cfs_inode_hashes *h)
 {
-	struct cfs_inode_hashes n = {0};
+	size_t max = h->max ? h->max : CFS_INODE_HASHES_MAX;
+	struct cfs_inode_hash *nv;
+	size_t ncap;
 
-	n.cap = h->cap ? h->cap * 2 : 4096;
-	if (n.cap > 2 * CFS_INODE_HASHES_MAX)
+	if ((h->used + 1) * 2 <= h->cap)
+		return true;
+	ncap = h->cap ? h->cap * 2 : 1024;
+	if (h->used >= max || !(nv = calloc(ncap, sizeof(*nv))))
 		return false;
-	n.v = calloc(n.cap, sizeof(*n.v));
-	if (!n.v)
-		return false;
-	for (size_t i = 0; i < h->cap; i++)
-		if (h->v[i].used)
-			n.v[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
-	n.used = h->used;
+	for (size_t i = 0; i < h->cap; i++) {
+		if (h->v[i].used) {
+			struct cfs_inode_hashes n = {nv, ncap, 0, 0, false};
+
+			nv[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
+		}
+	}
 	free(h->v);
-	*h = n;
+	h->v = nv;
+	h->cap = ncap;
+	return true;
+}
+
+static bool ih_set(struct cfs_inode_hashes *h, const struct cfs_inode_hash *x)
+{
+	struct cfs_inode_hash *e;
+
+	if (!ih_reserve(h)) {
+		h->full = true;
+		return false;
+	}
+	e = &h->v[ih_slot_of(h, x->dev, x->ino)];
+	if (!e->used)
+		h->used++;
+	*e = *x;
+	e->used = true;
+	return true;
+}
+
+bool cfs_inode_hashes_put(struct cfs_inode_hashes *h, const struct stat *st,
+			  const uint8_t *sha)
+{
+	struct cfs_inode_hash x = {st->st_dev,	st->st_ino, st->st_size,
+				   st->st_mtim, {0},	    true};
+
+	if (sha)
+		memcpy(x.sha, sha, sizeof(x.sha));
+	return ih_set(h, &x);
+}
+
+static const struct cfs_inode_hash *ih_get(const struct cfs_inode_hashes *h,
+					   dev_t dev, ino_t ino)
+{
+	const struct cfs_inode_hash *e;
+
+	if (!h->cap)
+		return NULL;
+	e = &h->v[ih_slot_of(h, dev, ino)];
+	return e->used ? e : NULL;
+}
+
+const uint8_t *cfs_inode_hashes_find(const struct cfs_inode_hashes *h,
+				     const struct stat *st)
+{
+	const struct cfs_inode_hash *e = ih_get(h, st->st_dev, st->st_ino);
+
+	if (!e || e->size != st->st_size ||
+	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
+	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+		return NULL;
+	return e->sha;
+}
+
+bool cfs_inode_hashes_has(const struct cfs_inode_hashes *h, dev_t dev,
+			  ino_t ino)
+{
+	return ih_get(h, dev, ino) != NULL;
+}
+
+bool cfs_inode_hashes_union(struct cfs_inode_hashes *dst,
+			    const struct cfs_inode_hashes *src)
+{
+	for (size_t i = 0; i < src->cap; i++)
+		if (src->v[i].used && !ih_set(dst, &src->v[i]))
+			return false;
 	return true;
 }
 
 void cfs_inode_hashes_note(void *payload, int fd, const char sha256[65])
 {
-	struct cfs_inode_hashes *h = payload;
-	struct cfs_inode_hash *e;
+	uint8_t sha[32];
+	size_t n = 0;
 	struct stat st;
 
-	if (h->full || fstat(fd, &st) != 0)
-		return;
-	if ((h->used + 1) * 2 > h->cap && !ih_grow(h)) {
-		h->full = true;
-		return;
-	}
-	e = &h->v[ih_slot_of(h, st.st_dev, st.st_ino)];
-	if (cfs_hex_decode(e->sha, sizeof(e->sha), sha256, NULL) != 0)
-		return;
-	if (!e->used)
-		h->used++;
-	e->used = true;
-	e->dev = st.st_dev;
-	e->ino = st.st_ino;
-	e->size = st.st_size;
-	e->mtime = st.st_mtim;
+	if (fstat(fd, &st) == 0 &&
+	    cfs_hex_decode(sha, sizeof(sha), sha256, &n) == 0 && n == 32)
+		(void)cfs_inode_hashes_put(payload, &st, sha);
 }
 
 bool cfs_inode_hashes_lookup(void *payload, const struct stat *st,
 			     char sha256[65])
 {
-	struct cfs_inode_hashes *h = payload;
-	const struct cfs_inode_hash *e;
+	const uint8_t *sha = cfs_inode_hashes_find(payload, st);
 
-	if (!h->cap)
-		return false;
-	e = &h->v[ih_slot_of(h, st->st_dev, st->st_ino)];
-	if (!e->used || e->size != st->st_size ||
-	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
-	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
-		return false;
-	cfs_hex_encode(sha256, e->sha, sizeof(e->sha));
-	return true;
+	if (sha)
+		cfs_hex_encode(sha256, sha, 32);
+	return sha != NULL;
 }
 
 void cfs_inode_hashes_free(struct cfs_inode_hashes *h)
 {
+	size_t max = h->max;
+
 	free(h->v);
 	memset(h, 0, sizeof(*h));
+	h->max = max;
 }

@@ -77,11 +77,13 @@ int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *n, int rootfd,
 void cfs_index_free(struct cfs_file_entry *files, size_t n);
 
 /*
- * The sha256 of files as something wrote them (an unpacker hashing what it
- * extracts), by inode: size and mtime must still match when looked up.
- * Bounded: past CFS_INODE_HASHES_MAX entries further files are not noted
- * (whoever needs their hash reads them). Zero-initialise; one thread at a
- * time.
+ * File hashes by inode, (dev, ino) -> (size, mtime, sha256): a hash is
+ * given back only while the size and mtime (ns) still match. Used for the
+ * files an unpacker hashed as it extracted them (session saves, push) and
+ * for a mount's hints (fuse/hints.c, which also keeps plain inode sets in
+ * it: put with a zero stat, has). Bounded: past max entries (0 =
+ * CFS_INODE_HASHES_MAX) puts fail and whoever needs a hash reads the file.
+ * Zero-initialise; one thread at a time.
  */
 #define CFS_INODE_HASHES_MAX (1u << 17)
 
@@ -90,14 +92,31 @@ struct cfs_inode_hash; /* core/version.c */
 struct cfs_inode_hashes {
 	struct cfs_inode_hash *v;
 	size_t cap, used;
-	bool full;
+	size_t max; /* entries at most; 0 = CFS_INODE_HASHES_MAX */
+	bool full; /* a put failed (full or out of memory) */
 };
 
-/* Notes fd's file (fstat) with its hash; a cfs_file_hashed_fn payload. */
+/* Records st's file (dev, ino, size, mtime) with sha (32 bytes; NULL:
+ * zeros). false: no room. */
+bool cfs_inode_hashes_put(struct cfs_inode_hashes *h, const struct stat *st,
+			  const uint8_t *sha);
+
+/* The recorded hash of st's file if its size and mtime still match. */
+const uint8_t *cfs_inode_hashes_find(const struct cfs_inode_hashes *h,
+				     const struct stat *st);
+
+/* Whether (dev, ino) is recorded at all. */
+bool cfs_inode_hashes_has(const struct cfs_inode_hashes *h, dev_t dev,
+			  ino_t ino);
+
+/* Records every entry of src in dst; false: dst ran out of room. */
+bool cfs_inode_hashes_union(struct cfs_inode_hashes *dst,
+			    const struct cfs_inode_hashes *src);
+
+/* cfs_file_hashed_fn: records fd's file (fstat) with its hex hash. */
 void cfs_inode_hashes_note(void *hashes, int fd, const char sha256[65]);
 
-/* The hash of the file st describes, if noted with the same size and
- * mtime; a cfs_hash_hints.lookup. */
+/* cfs_hash_hints.lookup: cfs_inode_hashes_find() as hex. */
 bool cfs_inode_hashes_lookup(void *hashes, const struct stat *st,
 			     char sha256[65]);
 

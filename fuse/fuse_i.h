@@ -37,18 +37,6 @@
 struct cfs_handle;
 
 /* fuse/hints.c: maps (and sets) keyed by backing inode number */
-struct cfs_hint_ent {
-	ino_t ino; /* 0 = empty */
-	off_t size;
-	struct timespec mtime;
-	uint8_t sha[32];
-};
-
-struct cfs_hint_map {
-	struct cfs_hint_ent *v;
-	size_t n, cap;
-};
-
 struct cfs_node {
 	/* fuse/hints.c: the commit cycle in which this node was recorded */
 	atomic_uint_fast64_t hint_gen;
@@ -141,12 +129,12 @@ struct cfs_fs {
 
 	/* known hashes for the next commit's index (fuse/hints.c) */
 	pthread_mutex_t hint_mu;
-	struct cfs_hint_map hint_changed; /* under hint_mu: a set */
+	struct cfs_inode_hashes hint_changed; /* under hint_mu: a set */
 	bool hint_lost; /* under hint_mu: a change could not be recorded */
 	atomic_uint_fast64_t hint_gen;
 	atomic_uint_fast64_t hint_reused; /* hashes reused, all builds */
-	struct cfs_hint_map hint_taken; /* a set: commit thread, snapshot */
-	struct cfs_hint_map hint_map, hint_next; /* commit thread */
+	struct cfs_inode_hashes hint_taken; /* a set: commit thread, snapshot */
+	struct cfs_inode_hashes hint_map, hint_next; /* commit thread */
 	struct cfs_hash_hints hints;
 
 	/* commit machinery, protected by commit_mu */

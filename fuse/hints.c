@@ -30,75 +30,32 @@
 
 #include "core/util.h"
 
-/* Beyond this many files the map stops learning (memory; ~64 B each). */
+/* Beyond this many files the map stops learning (memory; ~80 B each). */
 #define HINT_MAP_MAX (1u << 21)
 
-static size_t ino_slot(ino_t ino, size_t cap)
-{
-	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull;
-
-	return (size_t)(h >> 20) & (cap - 1);
-}
-
 /*
- * ---- inode -> (size, mtime, sha256), open addressing (ino 0 = empty: no
- * inode is 0); the change sets are maps whose entries only hold the inode.
+ * The maps are core/version.h's inode tables; the change sets are tables
+ * of inode numbers alone (device 0, no hash).
  */
-
-/* The entry of ino; with add, made (empty) if missing. NULL: none, or no
- * room (out of memory, or HINT_MAP_MAX entries). */
-static struct cfs_hint_ent *map_slot(struct cfs_hint_map *m, ino_t ino,
-				     bool add)
+static bool set_add(struct cfs_inode_hashes *set, ino_t ino)
 {
-	size_t i;
+	struct stat st;
 
-	if (ino == 0 || (!add && !m->cap))
-		return NULL;
-	if (add && (m->n + 1) * 2 > m->cap) {
-		size_t ncap = m->cap ? m->cap * 2 : 1024;
-		struct cfs_hint_ent *nv;
-
-		if (m->n >= HINT_MAP_MAX || !(nv = calloc(ncap, sizeof(*nv))))
-			return NULL;
-		for (size_t k = 0; k < m->cap; k++) {
-			if (!m->v[k].ino)
-				continue;
-			for (i = ino_slot(m->v[k].ino, ncap); nv[i].ino;
-			     i = (i + 1) & (ncap - 1))
-				;
-			nv[i] = m->v[k];
-		}
-		free(m->v);
-		m->v = nv;
-		m->cap = ncap;
-	}
-	for (i = ino_slot(ino, m->cap); m->v[i].ino; i = (i + 1) & (m->cap - 1))
-		if (m->v[i].ino == ino)
-			return &m->v[i];
-	if (!add)
-		return NULL;
-	m->v[i].ino = ino;
-	m->n++;
-	return &m->v[i];
+	memset(&st, 0, sizeof(st));
+	st.st_ino = ino;
+	return cfs_inode_hashes_put(set, &st, NULL);
 }
 
-/* Remembers sha as the hash of st's file. */
-static void map_put(struct cfs_hint_map *m, const struct stat *st,
-		    const uint8_t sha[32])
+static bool set_has(const struct cfs_inode_hashes *set, ino_t ino)
 {
-	struct cfs_hint_ent *e = map_slot(m, st->st_ino, true);
-
-	if (e) {
-		e->size = st->st_size;
-		e->mtime = st->st_mtim;
-		memcpy(e->sha, sha, 32);
-	}
+	return cfs_inode_hashes_has(set, 0, ino);
 }
 
-static void map_clear(struct cfs_hint_map *m)
+/* Empties m, keeping its bound. */
+static void map_clear(struct cfs_inode_hashes *m)
 {
-	free(m->v);
-	memset(m, 0, sizeof(*m));
+	cfs_inode_hashes_free(m);
+	m->max = HINT_MAP_MAX;
 }
 
 /* ---- the callbacks of the index build (commit thread) ------------------- */
@@ -106,7 +63,7 @@ static void map_clear(struct cfs_hint_map *m)
 static bool hint_lookup(void *payload, const struct stat *st, char out[65])
 {
 	struct cfs_fs *fs = payload;
-	const struct cfs_hint_ent *e;
+	const uint8_t *sha;
 
 	/*
 	 * Only inodes the snapshot shares with the staging tree, whose every
@@ -115,16 +72,14 @@ static bool hint_lookup(void *payload, const struct stat *st, char out[65])
 	 * to the next snapshot's copy of a changed file.
 	 */
 	if (!cfs_snap_shared(fs, st->st_ino) ||
-	    map_slot(&fs->hint_taken, st->st_ino, false))
+	    set_has(&fs->hint_taken, st->st_ino))
 		return false;
-	e = map_slot(&fs->hint_map, st->st_ino, false);
-	if (!e || e->size != st->st_size ||
-	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
-	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+	sha = cfs_inode_hashes_find(&fs->hint_map, st);
+	if (!sha)
 		return false;
-	cfs_hex_encode(out, e->sha, 32);
+	cfs_hex_encode(out, sha, 32);
 	/* a reused hash is as good as a new one for the next build */
-	map_put(&fs->hint_next, st, e->sha);
+	(void)cfs_inode_hashes_put(&fs->hint_next, st, sha);
 	atomic_fetch_add(&fs->hint_reused, 1);
 	return true;
 }
@@ -137,7 +92,7 @@ static void hint_learn(void *payload, const struct stat *st, const char *sha256)
 
 	if (cfs_snap_shared(fs, st->st_ino) &&
 	    cfs_hex_decode(bin, sizeof(bin), sha256, &n) == 0 && n == 32)
-		map_put(&fs->hint_next, st, bin);
+		(void)cfs_inode_hashes_put(&fs->hint_next, st, bin);
 }
 
 static void hint_done(void *payload, bool ok)
@@ -148,6 +103,7 @@ static void hint_done(void *payload, bool ok)
 	if (ok) {
 		fs->hint_map = fs->hint_next;
 		memset(&fs->hint_next, 0, sizeof(fs->hint_next));
+		fs->hint_next.max = HINT_MAP_MAX;
 	} else {
 		map_clear(&fs->hint_next);
 	}
@@ -160,6 +116,8 @@ void cfs_hints_init(struct cfs_fs *fs)
 {
 	pthread_mutex_init(&fs->hint_mu, NULL);
 	atomic_store(&fs->hint_gen, 1);
+	fs->hint_changed.max = fs->hint_taken.max = HINT_MAP_MAX;
+	fs->hint_map.max = fs->hint_next.max = HINT_MAP_MAX;
 	fs->hints =
 		(struct cfs_hash_hints){hint_lookup, hint_learn, hint_done, fs};
 }
@@ -190,7 +148,7 @@ void cfs_hints_touch(struct cfs_fs *fs, struct cfs_node *n, bool force)
 	ino = n->bino;
 	pthread_mutex_unlock(&fs->table_mu);
 	pthread_mutex_lock(&fs->hint_mu);
-	ok = ino == 0 || map_slot(&fs->hint_changed, ino, true);
+	ok = ino == 0 || set_add(&fs->hint_changed, ino);
 	if (!ok) /* out of memory: the next build must not trust the map */
 		fs->hint_lost = true;
 	pthread_mutex_unlock(&fs->hint_mu);
@@ -209,10 +167,9 @@ void cfs_hints_snapshot(struct cfs_fs *fs)
 	pthread_mutex_lock(&fs->hint_mu);
 	lost = fs->hint_lost;
 	fs->hint_lost = false;
-	for (size_t i = 0; !lost && i < fs->hint_changed.cap; i++)
-		if (fs->hint_changed.v[i].ino &&
-		    !map_slot(&fs->hint_taken, fs->hint_changed.v[i].ino, true))
-			lost = true;
+	if (!lost &&
+	    !cfs_inode_hashes_union(&fs->hint_taken, &fs->hint_changed))
+		lost = true;
 	map_clear(&fs->hint_changed);
 	pthread_mutex_unlock(&fs->hint_mu);
 	if (lost)
