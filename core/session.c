@@ -1326,7 +1326,10 @@ struct fetched {
 	const struct cfs_policy *policy;
 	struct cfs_file_entry *files;
 	size_t nfiles, cap;
-	char **links; /* files[i] is a hard link to links[i] (else NULL) */
+	struct hard_link {
+		char *path, *target;
+	} * hl; /* files that are hard links, settled by listing_settle */
+	size_t nhl, hlcap;
 	char **dirs; /* directory members (a file of that name: need_tree) */
 	size_t ndirs, dcap;
 	size_t members;
@@ -1342,13 +1345,16 @@ static void fetched_clear(struct fetched *f)
 		close(f->spool);
 	f->spool = -1;
 	cfs_inode_hashes_free(&f->hashes);
-	for (size_t i = 0; i < f->nfiles; i++)
-		free(f->links ? f->links[i] : NULL);
-	free(f->links);
 	cfs_index_free(f->files, f->nfiles);
 	f->files = NULL;
-	f->links = NULL;
 	f->nfiles = f->cap = 0;
+	for (size_t i = 0; i < f->nhl; i++) {
+		free(f->hl[i].path);
+		free(f->hl[i].target);
+	}
+	free(f->hl);
+	f->hl = NULL;
+	f->nhl = f->hlcap = 0;
 	for (size_t i = 0; i < f->ndirs; i++)
 		free(f->dirs[i]);
 	free(f->dirs);
@@ -1391,6 +1397,7 @@ static int list_root_member(void *payload, const struct cfs_member_info *m)
 {
 	struct fetched *f = payload;
 	struct cfs_file_entry *e;
+	int rc;
 
 	if (f->need_tree)
 		return 0;
@@ -1398,52 +1405,44 @@ static int list_root_member(void *payload, const struct cfs_member_info *m)
 		f->need_tree = true; /* too many; a link to follow */
 		return 0;
 	}
-	if (m->type == S_IFDIR && root_of(f->policy, m->path) >= 0) {
-		if (f->ndirs == f->dcap) {
-			size_t cap = f->dcap ? f->dcap * 2 : 64;
-			char **v = realloc(f->dirs, cap * sizeof(*v));
-
-			if (!v)
-				return cfs_error_set(CFS_ENOMEM,
-						     "out of memory");
-			f->dirs = v;
-			f->dcap = cap;
-		}
+	if (root_of(f->policy, m->path) < 0)
+		return 0;
+	if (m->type == S_IFDIR) {
+		rc = cfs_array_grow(&f->dirs, &f->dcap, f->ndirs,
+				    sizeof(*f->dirs));
+		if (rc)
+			return rc;
 		f->dirs[f->ndirs] = cfs_strdup(m->path);
 		return f->dirs[f->ndirs++] ? 0 : CFS_ENOMEM;
 	}
-	if (m->type != S_IFREG || root_of(f->policy, m->path) < 0)
+	if (m->type != S_IFREG)
 		return 0;
 	if (!m->hardlink && !m->sha256) {
 		f->need_tree = true;
 		return 0;
 	}
-	if (f->nfiles == f->cap) {
-		size_t cap = f->cap ? f->cap * 2 : 256;
-		struct cfs_file_entry *v = realloc(f->files, cap * sizeof(*v));
-		char **l;
+	if (m->hardlink) {
+		/* its entry is its file's, settled once everything is listed */
+		struct hard_link *h;
 
-		if (!v)
-			return cfs_error_set(CFS_ENOMEM, "out of memory");
-		f->files = v;
-		l = realloc(f->links, cap * sizeof(*l));
-		if (!l)
-			return cfs_error_set(CFS_ENOMEM, "out of memory");
-		f->links = l;
-		f->cap = cap;
+		rc = cfs_array_grow(&f->hl, &f->hlcap, f->nhl, sizeof(*f->hl));
+		if (rc)
+			return rc;
+		h = &f->hl[f->nhl];
+		h->path = cfs_strdup(m->path);
+		h->target = cfs_strdup(m->link);
+		f->nhl++;
+		if (!h->path || !h->target)
+			return CFS_ENOMEM;
 	}
+	rc = cfs_array_grow(&f->files, &f->cap, f->nfiles, sizeof(*f->files));
+	if (rc)
+		return rc;
 	e = &f->files[f->nfiles];
 	memset(e, 0, sizeof(*e));
-	f->links[f->nfiles] = NULL;
 	e->path = cfs_strdup(m->path);
-	if (m->hardlink)
-		f->links[f->nfiles] = cfs_strdup(m->link);
-	if (!e->path || (m->hardlink && !f->links[f->nfiles])) {
-		free(e->path);
-		free(f->links[f->nfiles]);
-		f->links[f->nfiles] = NULL;
+	if (!e->path)
 		return CFS_ENOMEM;
-	}
 	f->nfiles++;
 	e->size = (uint64_t)m->size;
 	e->mode = m->perm;
@@ -1489,35 +1488,14 @@ static int ix_walk_cmp(const void *a, const void *b, void *policy)
  */
 static void listing_settle(struct fetched *f)
 {
-	struct cfs_file_entry *sorted;
+	struct cfs_file_entry *v = f->files;
+	size_t n = f->nfiles;
 
-	if (f->need_tree || !f->nfiles)
+	if (f->need_tree || !n)
 		return;
-	sorted = f->files;
-	{
-		/* pair each entry with its link target before sorting */
-		struct pair {
-			struct cfs_file_entry e;
-			char *link;
-		} *pv = malloc(f->nfiles * sizeof(*pv));
-
-		if (!pv) {
-			f->need_tree = true;
-			return;
-		}
-		for (size_t i = 0; i < f->nfiles; i++) {
-			pv[i].e = f->files[i];
-			pv[i].link = f->links[i];
-		}
-		qsort(pv, f->nfiles, sizeof(*pv), ix_path_cmp);
-		for (size_t i = 0; i < f->nfiles; i++) {
-			f->files[i] = pv[i].e;
-			f->links[i] = pv[i].link;
-		}
-		free(pv);
-	}
-	for (size_t i = 0; i + 1 < f->nfiles; i++)
-		if (!strcmp(sorted[i].path, sorted[i + 1].path)) {
+	qsort(v, n, sizeof(*v), ix_path_cmp);
+	for (size_t i = 0; i + 1 < n; i++)
+		if (!strcmp(v[i].path, v[i + 1].path)) {
 			f->need_tree = true;
 			return;
 		}
@@ -1525,31 +1503,30 @@ static void listing_settle(struct fetched *f)
 	for (size_t i = 0; i < f->ndirs; i++) {
 		struct cfs_file_entry key = {.path = f->dirs[i]};
 
-		if (bsearch(&key, sorted, f->nfiles, sizeof(*sorted),
-			    ix_path_cmp)) {
+		if (bsearch(&key, v, n, sizeof(*v), ix_path_cmp)) {
 			f->need_tree = true;
 			return;
 		}
 	}
-	for (size_t i = 0; i < f->nfiles; i++) {
-		struct cfs_file_entry key = {.path = f->links[i]}, *t;
+	for (size_t i = 0; i < f->nhl; i++) {
+		struct cfs_file_entry kl = {.path = f->hl[i].path};
+		struct cfs_file_entry kt = {.path = f->hl[i].target};
+		struct cfs_file_entry *l =
+			bsearch(&kl, v, n, sizeof(*v), ix_path_cmp);
+		struct cfs_file_entry *t =
+			bsearch(&kt, v, n, sizeof(*v), ix_path_cmp);
 
-		if (!f->links[i])
-			continue;
-		t = bsearch(&key, sorted, f->nfiles, sizeof(*sorted),
-			    ix_path_cmp);
-		if (!t || f->links[t - sorted] || !t->sha256[0]) {
+		/* the target must be a file with its own data (hashed) */
+		if (!l || !t || !t->sha256[0]) {
 			f->need_tree = true;
 			return;
 		}
-		sorted[i].size = t->size;
-		sorted[i].mode = t->mode;
-		sorted[i].mtime = t->mtime;
-		memcpy(sorted[i].sha256, t->sha256, sizeof(t->sha256));
+		l->size = t->size;
+		l->mode = t->mode;
+		l->mtime = t->mtime;
+		memcpy(l->sha256, t->sha256, sizeof(t->sha256));
 	}
-	/* links[] no longer lines up with files[]: only freed from here */
-	qsort_r(f->files, f->nfiles, sizeof(*f->files), ix_walk_cmp,
-		(void *)f->policy);
+	qsort_r(v, n, sizeof(*v), ix_walk_cmp, (void *)f->policy);
 }
 
 static int session_save_locked(struct cfs_commit_result *res,

@@ -740,3 +740,19 @@ void cfs_secret_free(char *s)
 	if (s)
 		sodium_free(s); /* sodium_free wipes before unmapping */
 }
+
+int cfs_array_grow(void *arr, size_t *cap, size_t n, size_t elem)
+{
+	void **pv = arr;
+	size_t ncap = *cap ? *cap * 2 : 64, bytes;
+	void *nv;
+
+	if (n < *cap)
+		return 0;
+	if (cfs_mul_overflows(ncap, elem, &bytes) ||
+	    !(nv = realloc(*pv, bytes)))
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	*pv = nv;
+	*cap = ncap;
+	return 0;
+}

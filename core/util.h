@@ -39,8 +39,18 @@ struct cfs_buf {
 	size_t len;
 	size_t cap;
 };
-#define CFS_BUF_INIT {NULL, 0, 0}
+#define CFS_BUF_INIT       \
+	{                  \
+		NULL, 0, 0 \
+	}
 int cfs_buf_grow(struct cfs_buf *b, size_t extra);
+
+/*
+ * Makes room for one more element in the heap array *arr (n in use, *cap
+ * allocated, elements of size elem): doubles *cap (from 64) when full.
+ * CFS_ENOMEM (message set) on overflow or allocation failure.
+ */
+int cfs_array_grow(void *arr, size_t *cap, size_t n, size_t elem);
 int cfs_buf_put(struct cfs_buf *b, const void *data, size_t len);
 int cfs_buf_puts(struct cfs_buf *b, const char *s);
 int cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...)
@@ -50,7 +60,7 @@ char *cfs_buf_detach(struct cfs_buf *b);
 void cfs_buf_free(struct cfs_buf *b);
 
 /* Time. */
-int64_t cfs_now_ms(void);           /* wall clock, ms since epoch */
+int64_t cfs_now_ms(void); /* wall clock, ms since epoch */
 int64_t cfs_monotonic_ms(void);
 /* "2026-06-05T12:00:00.123Z" into out (at least 32 bytes). */
 void cfs_iso8601_ms(char *out, size_t outlen, int64_t ms);
@@ -66,18 +76,17 @@ void cfs_uuid4(char out[37]);
 
 /* Hex and hashing. */
 void cfs_hex_encode(char *out, const uint8_t *in, size_t n); /* 2n+1 */
-int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex,
-		   size_t *outn);
+int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex, size_t *outn);
 /* Lowercase hex SHA-256 (65 bytes) of a buffer / of an open fd from 0. */
 void cfs_sha256_hex(char out[65], const void *data, size_t len);
 int cfs_sha256_fd(char out[65], int fd);
 
 /* Whole-file helpers, capped at max bytes (CFS_ECORRUPT above it). */
-int cfs_read_file_at(char **out, size_t *len_out, int dirfd,
-		     const char *path, size_t max);
+int cfs_read_file_at(char **out, size_t *len_out, int dirfd, const char *path,
+		     size_t max);
 /* Writes to a temp file beside path, fsyncs if durable, renames. */
-int cfs_write_file_at(int dirfd, const char *path, const void *data,
-		      size_t len, mode_t mode, bool durable);
+int cfs_write_file_at(int dirfd, const char *path, const void *data, size_t len,
+		      mode_t mode, bool durable);
 int cfs_write_all(int fd, const void *data, size_t len);
 int cfs_read_all(int fd, void *data, size_t len, size_t *got);
 /* mkdir -p relative to dirfd ("" and "." are no-ops). */

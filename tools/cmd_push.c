@@ -120,19 +120,15 @@ static void tree_clear(struct tree *t)
 
 static int tree_add(struct tree *t, const char *path, const struct stat *sb)
 {
+	int rc;
+
 	if (t->n >= PUSH_ENTRIES_MAX)
 		return cfs_error_set(CFS_EUNSAFE,
 				     "more than %d entries to merge",
 				     PUSH_ENTRIES_MAX);
-	if (t->n == t->cap) {
-		size_t cap = t->cap ? t->cap * 2 : 256;
-		struct ent *v = realloc(t->v, cap * sizeof(*v));
-
-		if (!v)
-			return cfs_error_set(CFS_ENOMEM, "out of memory");
-		t->v = v;
-		t->cap = cap;
-	}
+	rc = cfs_array_grow(&t->v, &t->cap, t->n, sizeof(*t->v));
+	if (rc)
+		return rc;
 	t->v[t->n].path = cfs_strdup(path);
 	if (!t->v[t->n].path)
 		return CFS_ENOMEM;
@@ -1325,16 +1321,10 @@ static int list_member(void *payload, const struct cfs_member_info *m)
 	int rc;
 
 	if (m->type == S_IFREG && !m->hardlink) {
-		if (l->nregs == l->cap) {
-			size_t cap = l->cap ? l->cap * 2 : 256;
-			struct ent *v = realloc(l->regs, cap * sizeof(*v));
-
-			if (!v)
-				return cfs_error_set(CFS_ENOMEM,
-						     "out of memory");
-			l->regs = v;
-			l->cap = cap;
-		}
+		rc = cfs_array_grow(&l->regs, &l->cap, l->nregs,
+				    sizeof(*l->regs));
+		if (rc)
+			return rc;
 		e = &l->regs[l->nregs];
 		memset(e, 0, sizeof(*e));
 		e->path = cfs_strdup(m->path);
