@@ -7,12 +7,13 @@ import base64
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
 import archives
 import refreader
-from conftest import (EXIT_AUTH, EXIT_LOCKED, EXIT_NOTFOUND, EXIT_UNSAFE, TEST_SCRYPT_COST,
+from conftest import (EXIT_AUTH, EXIT_IO, EXIT_LOCKED, EXIT_NOTFOUND, EXIT_UNSAFE, TEST_SCRYPT_COST,
                       assert_one_error_line, new_raw_key, snapshot_dir, store_state, write_file)
 
 CTX = "victim"
@@ -552,3 +553,43 @@ def test_odd_but_valid_archives(cli_raw, tmp_path):
     with open(os.path.join(out, long_name)) as f:
         assert f.read() == "long\n"
     assert cli_raw.run("verify", CTX).rc == 0
+
+
+# --------------------------------------------------------------------------
+# a full disk
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_commit_on_a_full_disk_loses_nothing(make_cli, tmp_path):
+    """The store's filesystem fills up while a commit writes its bundle: the
+    commit fails with an I/O error that says so, the store is left exactly as
+    it was (no partial object, no temp file), the context still exports its
+    last generation, and the same commit succeeds once there is room."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        store = str(small / "store")
+        os.mkdir(store)
+        c = make_cli(store, raw_key_hex=new_raw_key())
+        work = make_context(c, tmp_path)
+        before = store_state(store)
+        big = os.urandom(6 << 20)  # random: compresses to more than the disk holds
+        write_file(work, "workspace/big.bin", big)
+        r = c.run("commit", CTX, "--from", work)
+        assert r.rc == EXIT_IO, (r.rc, r.err)
+        line = assert_one_error_line(r)
+        assert "no space left" in line.lower() and "free space" in line, line
+        assert store_state(store) == before, "a failed commit changed the store"
+        out = str(tmp_path / "out")
+        c.ok("export", CTX, out)
+        assert not os.path.exists(os.path.join(out, "workspace/big.bin"))
+        assert open(os.path.join(out, "workspace/hello.txt")).read() == "hello\n"
+        # room again: the same tree commits and reads back
+        subprocess.run(["mount", "-o", "remount,size=32m", str(small)], check=True)
+        c.json("commit", CTX, "--from", work)
+        out2 = str(tmp_path / "out2")
+        c.ok("export", CTX, out2)
+        assert open(os.path.join(out2, "workspace/big.bin"), "rb").read() == big
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
