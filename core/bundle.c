@@ -12,6 +12,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
@@ -376,24 +377,26 @@ static int pk_children(struct packer *p, struct cfs_names *out, int dfd,
 	return 0;
 }
 
-static int pk_file(struct packer *p, int dfd, const char *name, const char *arc,
+#define PK_OPEN_FLAGS \
+	(O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+
+/*
+ * Packs the open regular file fd (closed here) as arc; lst: the walk's
+ * lstat of the name, NULL when readdir's d_type stood in for it.
+ */
+static int pk_file(struct packer *p, int fd, const char *arc,
 		   const struct stat *lst)
 {
 	struct stat st;
-	int fd, rc = 0;
+	int rc = 0;
 	int64_t left;
 
-	fd = openat(dfd, name,
-		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-	if (fd < 0)
-		return cfs_error_errno(errno, "cannot open %s for packing",
-				       arc);
 	if (fstat(fd, &st) < 0) {
 		rc = cfs_error_errno(errno, "cannot stat %s", arc);
 		goto out;
 	}
-	if (!S_ISREG(st.st_mode) || st.st_ino != lst->st_ino ||
-	    st.st_dev != lst->st_dev) {
+	if (!S_ISREG(st.st_mode) ||
+	    (lst && (st.st_ino != lst->st_ino || st.st_dev != lst->st_dev))) {
 		rc = cfs_error_set(CFS_EIO,
 				   "%s was replaced while packing; retry the "
 				   "commit",
@@ -443,7 +446,7 @@ out:
 }
 
 static int pk_node(struct packer *p, int dfd, const char *name,
-		   struct cfs_buf *arc, int depth);
+		   unsigned char type, struct cfs_buf *arc, int depth);
 
 /*
  * Writes the directory arc (header from st, or synthesized when st is NULL)
@@ -475,7 +478,8 @@ static int pk_dir(struct packer *p, int subfd, const struct stat *st,
 		if (!rc)
 			rc = cfs_buf_puts(arc, kids.v[i]);
 		if (!rc)
-			rc = pk_node(p, subfd, kids.v[i], arc, depth + 1);
+			rc = pk_node(p, subfd, kids.v[i], kids.type[i], arc,
+				     depth + 1);
 		arc->len = keep;
 		arc->ptr[keep] = '\0';
 		if (rc)
@@ -486,8 +490,14 @@ out:
 	return rc;
 }
 
+/*
+ * type: the entry's d_type from its directory (DT_UNKNOWN: not known). A
+ * regular file is opened without a stat first (a system call less per
+ * file on the packing thread; pk_file checks what it opened), anything
+ * else, or a file that became something else, is looked at with lstat.
+ */
 static int pk_node(struct packer *p, int dfd, const char *name,
-		   struct cfs_buf *arc, int depth)
+		   unsigned char type, struct cfs_buf *arc, int depth)
 {
 	const struct cfs_bundle_member *m;
 	struct stat st;
@@ -502,6 +512,18 @@ static int pk_node(struct packer *p, int dfd, const char *name,
 	if (m)
 		return pk_extra(p, m);
 	virt = extra_below(p, arc->ptr) != NULL;
+	if (type == DT_REG && dfd >= 0 && !virt) {
+		int fd;
+
+		if (cfs_policy_excluded(p->policy, arc->ptr))
+			return 0;
+		fd = openat(dfd, name, PK_OPEN_FLAGS);
+		if (fd >= 0)
+			return pk_file(p, fd, arc->ptr, NULL);
+		if (errno == ENOENT)
+			return 0;
+		/* a link or special file now, or a real error: see below */
+	}
 	if (dfd >= 0) {
 		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
 			exists = true;
@@ -534,7 +556,12 @@ static int pk_node(struct packer *p, int dfd, const char *name,
 		}
 		rc = pk_dir(p, subfd, &sst, arc, depth);
 	} else if (S_ISREG(st.st_mode)) {
-		rc = pk_file(p, dfd, name, arc->ptr, &st);
+		int fd = openat(dfd, name, PK_OPEN_FLAGS);
+
+		if (fd < 0)
+			return cfs_error_errno(
+				errno, "cannot open %s for packing", arc->ptr);
+		rc = pk_file(p, fd, arc->ptr, &st);
 	} else if (S_ISLNK(st.st_mode)) {
 		char target[CFS_BUNDLE_MAX_NAME + 1];
 		ssize_t n = readlinkat(dfd, name, target, sizeof(target));
@@ -875,8 +902,8 @@ static int pack_impl(int rootfd, const struct cfs_policy *policy,
 		arc.len = 0;
 		rc = cfs_buf_puts(&arc, c->arc);
 		if (!rc)
-			rc = pk_node(&p, pfd, c->comps[c->ncomps - 1], &arc,
-				     (int)c->ncomps - 1);
+			rc = pk_node(&p, pfd, c->comps[c->ncomps - 1],
+				     DT_UNKNOWN, &arc, (int)c->ncomps - 1);
 		if (pfd >= 0)
 			close(pfd);
 		if (rc)
@@ -2114,7 +2141,8 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			u->tail->listed = true;
 			if (u->tail_state != TAIL_IN) {
 				/* refused: the caller unpacks again */
-				if (archive_read_data_skip(u->a) < ARCHIVE_WARN) {
+				if (archive_read_data_skip(u->a) <
+				    ARCHIVE_WARN) {
 					rc = up_archive_error(u, entry);
 					goto out;
 				}

@@ -3154,10 +3154,20 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		/*
 		 * The file lists were many small allocations; give their
 		 * pages back before the compressor threads allocate theirs,
-		 * so peak RSS does not grow with the number of files.
+		 * so peak RSS does not grow with the number of files. The
+		 * record (its changedPaths: a node per changed file) waits
+		 * for the manifest as text: as a tree it kept 8 MiB of a
+		 * first 20,000-file commit's heap through the pack.
 		 */
 		free(prev_index);
 		prev_index = NULL;
+		recjson = cJSON_PrintUnformatted(record);
+		if (!recjson) {
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+			goto out;
+		}
+		cJSON_Delete(record);
+		record = NULL;
 		malloc_trim(0);
 		cfs_log_timing(id, "commit: index and version record", &t0);
 		snprintf(vpath, sizeof(vpath),
@@ -3217,6 +3227,11 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	    (rc = keep_checkpoint_metadata(nm, old)))
 		goto out;
 	if (save) {
+		record = cJSON_Parse(recjson);
+		if (!record) {
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+			goto out;
+		}
 		if ((rc = cfs_manifest_set_generation(nm, next)) ||
 		    (rc = cfs_manifest_add_version(nm, record, key, enc, size,
 						   &dropped)) ||

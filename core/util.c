@@ -316,12 +316,18 @@ void cfs_sha256_hex(char out[65], const void *data, size_t len)
 	cfs_hex_encode(out, md, sizeof(md));
 }
 
-int cfs_sha256_fd(char out[65], int fd)
+/*
+ * st: also the fstat after reading, and a read shorter than asked that ends
+ * where that fstat says the file ends counts as the end (a small file costs
+ * one read instead of two).
+ */
+static int sha256_fd(char out[65], int fd, struct stat *st)
 {
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	uint8_t md[32];
 	static __thread uint8_t buf[1 << 16];
 	off_t off = 0;
+	bool have_st = false;
 	int rc = 0;
 
 	if (!ctx)
@@ -340,12 +346,36 @@ int cfs_sha256_fd(char out[65], int fd)
 			break;
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
 		off += n;
+		if (st && (size_t)n < sizeof(buf)) {
+			if (fstat(fd, st) < 0) {
+				rc = cfs_error_errno(errno, "cannot stat");
+				goto out;
+			}
+			if (st->st_size == off) {
+				have_st = true;
+				break;
+			}
+		}
+	}
+	if (st && !have_st && fstat(fd, st) < 0) {
+		rc = cfs_error_errno(errno, "cannot stat");
+		goto out;
 	}
 	EVP_DigestFinal_ex(ctx, md, NULL);
 	cfs_hex_encode(out, md, sizeof(md));
 out:
 	EVP_MD_CTX_free(ctx);
 	return rc;
+}
+
+int cfs_sha256_fd(char out[65], int fd)
+{
+	return sha256_fd(out, fd, NULL);
+}
+
+int cfs_sha256_fd_stat(char out[65], int fd, struct stat *st)
+{
+	return sha256_fd(out, fd, st);
 }
 
 int cfs_write_all(int fd, const void *data, size_t len)
@@ -502,11 +532,13 @@ int cfs_mkdir_p_at(int dirfd, const char *path, mode_t mode)
 	return rc;
 }
 
-int cfs_names_add(struct cfs_names *l, const char *s, size_t len)
+static int names_add_typed(struct cfs_names *l, const char *s, size_t len,
+			   unsigned char type)
 {
 	if (l->n == l->cap) {
 		size_t ncap = l->cap ? l->cap * 2 : 32, bytes;
 		char **nv;
+		unsigned char *nt;
 
 		if (cfs_mul_overflows(ncap, sizeof(*nv), &bytes))
 			return cfs_error_set(CFS_ENOMEM, "directory too large");
@@ -514,16 +546,32 @@ int cfs_names_add(struct cfs_names *l, const char *s, size_t len)
 		if (!nv)
 			return cfs_error_set(CFS_ENOMEM, "out of memory");
 		l->v = nv;
+		nt = realloc(l->type, ncap);
+		if (!nt)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		l->type = nt;
 		l->cap = ncap;
 	}
 	l->v[l->n] = cfs_strndup(s, len);
 	if (!l->v[l->n])
 		return CFS_ENOMEM;
+	l->type[l->n] = type;
 	l->n++;
 	return 0;
 }
 
-int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what)
+int cfs_names_add(struct cfs_names *l, const char *s, size_t len)
+{
+	return names_add_typed(l, s, len, DT_UNKNOWN);
+}
+
+static bool dot_or_dotdot(const char *n)
+{
+	return n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]));
+}
+
+/* Through a fresh descriptor and readdir(3): dfd may be an O_PATH one. */
+static int names_read_dir_stdio(struct cfs_names *l, int dfd, const char *what)
 {
 	DIR *d;
 	int rc = 0, fd;
@@ -548,10 +596,10 @@ int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what)
 						     what);
 			break;
 		}
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
+		if (dot_or_dotdot(de->d_name))
 			continue;
-		rc = cfs_names_add(l, de->d_name, strlen(de->d_name));
+		rc = names_add_typed(l, de->d_name, strlen(de->d_name),
+				     de->d_type);
 		if (rc)
 			break;
 	}
@@ -559,23 +607,96 @@ int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what)
 	return rc;
 }
 
-static int name_cmp(const void *a, const void *b)
+/*
+ * getdents64 straight on dfd from offset 0 (it moves dfd's offset, which
+ * the walks never use): opening ".", fdopendir's stat and fcntls and the
+ * close were five system calls per directory on top of the listing.
+ */
+int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what)
+{
+	static __thread union {
+		struct dirent64 align;
+		char b[32768];
+	} buf;
+
+	if (lseek(dfd, 0, SEEK_SET) < 0)
+		return names_read_dir_stdio(l, dfd, what);
+	for (;;) {
+		ssize_t n = getdents64(dfd, buf.b, sizeof(buf.b));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && l->n == 0 && (errno == EBADF || errno == ENOTDIR))
+			return names_read_dir_stdio(l, dfd, what);
+		if (n < 0)
+			return cfs_error_errno(errno, "cannot list %s", what);
+		if (n == 0)
+			return 0;
+		for (ssize_t off = 0; off < n;) {
+			const struct dirent64 *de =
+				(const struct dirent64 *)(buf.b + off);
+			int rc;
+
+			off += de->d_reclen;
+			if (dot_or_dotdot(de->d_name))
+				continue;
+			rc = names_add_typed(l, de->d_name, strlen(de->d_name),
+					     de->d_type);
+			if (rc)
+				return rc;
+		}
+	}
+}
+
+struct typed_name {
+	char *name;
+	unsigned char type;
+};
+
+static int str_ptr_cmp(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct typed_name *)a)->name,
+		      ((const struct typed_name *)b)->name);
+}
+
 void cfs_names_sort_unique(struct cfs_names *l)
 {
+	struct typed_name *t;
 	size_t w = 0;
 
-	if (l->n > 1)
-		qsort(l->v, l->n, sizeof(*l->v), name_cmp);
+	if (l->n < 2)
+		return;
+	t = malloc(l->n * sizeof(*t));
+	if (!t) {
+		/* names only (the types are hints): sorted all the same */
+		for (size_t i = 0; i < l->n; i++)
+			l->type[i] = DT_UNKNOWN;
+		qsort(l->v, l->n, sizeof(*l->v), str_ptr_cmp);
+	} else {
+		for (size_t i = 0; i < l->n; i++)
+			t[i] = (struct typed_name){l->v[i], l->type[i]};
+		qsort(t, l->n, sizeof(*t), name_cmp);
+		for (size_t i = 0; i < l->n; i++) {
+			l->v[i] = t[i].name;
+			l->type[i] = t[i].type;
+		}
+		free(t);
+	}
 	for (size_t i = 0; i < l->n; i++) {
 		if (w > 0 && strcmp(l->v[w - 1], l->v[i]) == 0) {
+			if (l->type[w - 1] != l->type[i])
+				l->type[w - 1] = DT_UNKNOWN;
 			free(l->v[i]);
 			continue;
 		}
-		l->v[w++] = l->v[i];
+		l->v[w] = l->v[i];
+		l->type[w] = l->type[i];
+		w++;
 	}
 	l->n = w;
 }
@@ -585,6 +706,7 @@ void cfs_names_free(struct cfs_names *l)
 	for (size_t i = 0; i < l->n; i++)
 		free(l->v[i]);
 	free(l->v);
+	free(l->type);
 	memset(l, 0, sizeof(*l));
 }
 

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #define CFS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -80,6 +81,11 @@ int cfs_hex_decode(uint8_t *out, size_t outlen, const char *hex, size_t *outn);
 /* Lowercase hex SHA-256 (65 bytes) of a buffer / of an open fd from 0. */
 void cfs_sha256_hex(char out[65], const void *data, size_t len);
 int cfs_sha256_fd(char out[65], int fd);
+/*
+ * cfs_sha256_fd() and the file's fstat taken after reading it (a read
+ * shorter than asked that ends at that size is taken as the end).
+ */
+int cfs_sha256_fd_stat(char out[65], int fd, struct stat *st);
 
 /* Whole-file helpers, capped at max bytes (CFS_ECORRUPT above it). */
 int cfs_read_file_at(char **out, size_t *len_out, int dirfd, const char *path,
@@ -102,19 +108,28 @@ int cfs_mkdtemp(char **out, const char *base, const char *prefix);
  */
 void cfs_sweep_stale_tmpdirs(const char *base, const char *prefix);
 
-/* A growable list of heap strings (directory entry names). */
+/*
+ * A growable list of heap strings (directory entry names), each with the
+ * d_type readdir gave it (DT_UNKNOWN when added by name): a walker may
+ * skip the stat of an entry the directory already calls a regular file,
+ * but must still check what it opens.
+ */
 struct cfs_names {
 	char **v;
+	unsigned char *type;
 	size_t n, cap;
 };
-/* Appends a copy of s[0..len). */
+/* Appends a copy of s[0..len) (type DT_UNKNOWN). */
 int cfs_names_add(struct cfs_names *l, const char *s, size_t len);
 /*
  * Appends the entry names of directory dfd (not "." and "..", dfd stays
- * open); errors read "cannot list <what>".
+ * open) with their d_type; errors read "cannot list <what>".
  */
 int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what);
-/* Sorts bytewise and drops duplicates. */
+/*
+ * Sorts bytewise and drops duplicates (a name given twice with different
+ * types keeps DT_UNKNOWN).
+ */
 void cfs_names_sort_unique(struct cfs_names *l);
 void cfs_names_free(struct cfs_names *l);
 

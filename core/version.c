@@ -4,6 +4,7 @@
  */
 #include "core/version.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -50,10 +51,13 @@ void cfs_index_free(struct cfs_file_entry *files, size_t n)
  * core), so the walk hands open files to a few threads; at most
  * HASH_IN_FLIGHT are open at once. Results land in per-file jobs and are
  * copied into the entries after the walk (the entries array may move while
- * it grows).
+ * it grows). Files go over in batches of HASH_BATCH and a thread is woken
+ * only when one waits: a handover per file cost four futex calls, a fifth
+ * of the index's system time for 20,000 small files.
  */
 #define HASH_THREADS_MAX 4
 #define HASH_IN_FLIGHT 64
+#define HASH_BATCH 16
 
 struct hash_job {
 	size_t idx;
@@ -65,16 +69,39 @@ struct hash_job {
 	struct hash_job *next;
 };
 
+struct hash_batch {
+	struct hash_job *first, *last;
+	size_t n;
+	struct hash_batch *next;
+};
+
 struct hash_pool {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct hash_job *queue, *tail; /* protected by mu */
+	pthread_cond_t work_cv; /* hashers wait for a batch */
+	pthread_cond_t room_cv; /* the walk waits for room */
+	struct hash_batch *queue, *tail; /* protected by mu */
 	struct hash_job *done; /* protected by mu */
 	size_t in_flight; /* queued or hashing, protected by mu */
+	int idle; /* hashers waiting, protected by mu */
+	bool walk_waits; /* protected by mu */
 	bool closing; /* protected by mu */
+	struct hash_batch filling; /* the walk's own */
 	pthread_t threads[HASH_THREADS_MAX];
 	int nthreads;
 };
+
+static void hash_one(struct hash_job *j)
+{
+	j->rc = cfs_sha256_fd_stat(j->sha256, j->fd, &j->st);
+	/* the walk's d_type said a regular file; what was opened must be */
+	if (!j->rc && !S_ISREG(j->st.st_mode))
+		j->rc = cfs_error_set(CFS_EIO,
+				      "it was replaced while indexing; retry");
+	if (j->rc)
+		j->err = strdup(cfs_error_last());
+	close(j->fd);
+	j->fd = -1;
+}
 
 static void *hash_worker(void *arg)
 {
@@ -82,31 +109,29 @@ static void *hash_worker(void *arg)
 
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		struct hash_job *j = p->queue;
+		struct hash_batch *b = p->queue;
 
-		if (!j) {
+		if (!b) {
 			if (p->closing)
 				break;
-			pthread_cond_wait(&p->cv, &p->mu);
+			p->idle++;
+			pthread_cond_wait(&p->work_cv, &p->mu);
+			p->idle--;
 			continue;
 		}
-		p->queue = j->next;
+		p->queue = b->next;
 		if (!p->queue)
 			p->tail = NULL;
 		pthread_mutex_unlock(&p->mu);
-		j->rc = cfs_sha256_fd(j->sha256, j->fd);
-		/* stat after reading, as the reference does */
-		if (!j->rc && fstat(j->fd, &j->st) < 0)
-			j->rc = cfs_error_errno(errno, "cannot stat");
-		if (j->rc)
-			j->err = strdup(cfs_error_last());
-		close(j->fd);
-		j->fd = -1;
+		for (struct hash_job *j = b->first; j; j = j->next)
+			hash_one(j);
 		pthread_mutex_lock(&p->mu);
-		j->next = p->done;
-		p->done = j;
-		p->in_flight--;
-		pthread_cond_broadcast(&p->cv);
+		b->last->next = p->done;
+		p->done = b->first;
+		p->in_flight -= b->n;
+		if (p->walk_waits)
+			pthread_cond_signal(&p->room_cv);
+		free(b);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -119,7 +144,8 @@ static void hash_pool_start(struct hash_pool *p)
 
 	memset(p, 0, sizeof(*p));
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
+	pthread_cond_init(&p->work_cv, NULL);
+	pthread_cond_init(&p->room_cv, NULL);
 	for (int i = 0; i < want && want > 1; i++) {
 		if (pthread_create(&p->threads[p->nthreads], NULL, hash_worker,
 				   p) == 0)
@@ -127,7 +153,38 @@ static void hash_pool_start(struct hash_pool *p)
 	}
 }
 
-/* Queues fd (owned from now on) for entry idx; waits while too many are open. */
+/* Queues the walk's batch; waits while too many files are open. */
+static int hash_pool_flush(struct hash_pool *p)
+{
+	struct hash_batch *b;
+
+	if (p->filling.n == 0)
+		return 0;
+	b = malloc(sizeof(*b));
+	if (!b)
+		return cfs_error_set(CFS_ENOMEM, "out of memory");
+	*b = p->filling;
+	b->next = NULL;
+	memset(&p->filling, 0, sizeof(p->filling));
+	pthread_mutex_lock(&p->mu);
+	if (p->tail)
+		p->tail->next = b;
+	else
+		p->queue = b;
+	p->tail = b;
+	p->in_flight += b->n;
+	if (p->idle > 0)
+		pthread_cond_signal(&p->work_cv);
+	while (p->in_flight >= HASH_IN_FLIGHT) {
+		p->walk_waits = true;
+		pthread_cond_wait(&p->room_cv, &p->mu);
+	}
+	p->walk_waits = false;
+	pthread_mutex_unlock(&p->mu);
+	return 0;
+}
+
+/* Adds fd (owned from now on) for entry idx to the walk's batch. */
 static int hash_pool_add(struct hash_pool *p, size_t idx, int fd)
 {
 	struct hash_job *j = calloc(1, sizeof(*j));
@@ -138,18 +195,14 @@ static int hash_pool_add(struct hash_pool *p, size_t idx, int fd)
 	}
 	j->idx = idx;
 	j->fd = fd;
-	pthread_mutex_lock(&p->mu);
-	while (p->in_flight >= HASH_IN_FLIGHT)
-		pthread_cond_wait(&p->cv, &p->mu);
-	if (p->tail)
-		p->tail->next = j;
+	if (p->filling.last)
+		p->filling.last->next = j;
 	else
-		p->queue = j;
-	p->tail = j;
-	p->in_flight++;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	return 0;
+		p->filling.first = j;
+	p->filling.last = j;
+	if (++p->filling.n < HASH_BATCH)
+		return 0;
+	return hash_pool_flush(p);
 }
 
 /* An entry's size, permission bits and mtime from st. */
@@ -181,9 +234,17 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 	struct hash_job *j, *next;
 	int first = 0;
 
+	if (!rc)
+		rc = hash_pool_flush(p);
+	/* a batch never queued (a failed walk): its files were not hashed */
+	for (j = p->filling.first; j; j = next) {
+		next = j->next;
+		close(j->fd);
+		free(j);
+	}
 	pthread_mutex_lock(&p->mu);
 	p->closing = true;
-	pthread_cond_broadcast(&p->cv);
+	pthread_cond_broadcast(&p->work_cv);
 	pthread_mutex_unlock(&p->mu);
 	for (int i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
@@ -204,7 +265,8 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 		free(j->err);
 		free(j);
 	}
-	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->work_cv);
+	pthread_cond_destroy(&p->room_cv);
 	pthread_mutex_destroy(&p->mu);
 	return rc ? rc : first;
 }
@@ -259,7 +321,8 @@ static bool ib_hinted(struct index_builder *b, const char *rel,
 	return true;
 }
 
-static int ib_add(struct index_builder *b, const char *rel, int fd)
+/* Lists the open file *fd (taken: *fd is -1 afterwards) as rel. */
+static int ib_add(struct index_builder *b, const char *rel, int *fd)
 {
 	struct cfs_file_entry *e;
 	struct stat st;
@@ -268,7 +331,7 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 	if (rc)
 		return rc;
 	e = &b->v[b->n];
-	if (b->hints && b->hints->lookup && fstat(fd, &st) == 0 &&
+	if (b->hints && b->hints->lookup && fstat(*fd, &st) == 0 &&
 	    S_ISREG(st.st_mode) &&
 	    b->hints->lookup(b->hints->payload, &st, e->sha256)) {
 		rc = entry_set(e, rel, &st);
@@ -277,24 +340,21 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 		return rc;
 	}
 	if (b->pool) {
-		int dfd = dup(fd); /* the walk closes fd; the job owns dfd */
-
-		if (dfd < 0)
-			return cfs_error_errno(errno, "cannot open %s", rel);
 		e->path = cfs_strdup(rel);
-		if (!e->path) {
-			close(dfd);
+		if (!e->path)
 			return CFS_ENOMEM;
-		}
 		b->n++;
-		return hash_pool_add(b->pool, b->n - 1, dfd);
+		rc = hash_pool_add(b->pool, b->n - 1, *fd);
+		*fd = -1;
+		return rc;
 	}
-	rc = cfs_sha256_fd(e->sha256, fd);
+	/* stat after reading, as the reference does */
+	rc = cfs_sha256_fd_stat(e->sha256, *fd, &st);
 	if (rc)
 		return rc;
-	/* stat after reading, as the reference does */
-	if (fstat(fd, &st) < 0)
-		return cfs_error_errno(errno, "cannot stat %s", rel);
+	if (!S_ISREG(st.st_mode))
+		return cfs_error_set(
+			CFS_EIO, "%s was replaced while indexing; retry", rel);
 	rc = entry_set(e, rel, &st);
 	if (rc)
 		return rc;
@@ -302,6 +362,32 @@ static int ib_add(struct index_builder *b, const char *rel, int fd)
 	if (b->hints && b->hints->learn)
 		b->hints->learn(b->hints->payload, &st, e->sha256);
 	return 0;
+}
+
+/*
+ * An entry readdir calls a regular file, without hints to look up by its
+ * stat: opened without a stat first (one system call less per file; the
+ * hasher checks what it opened). 1: listed or gone; 0: stat it after all
+ * (it became something else, or the open failed otherwise).
+ */
+static int ib_add_direct(struct index_builder *b, int dfd, const char *name,
+			 const char *rel, int *rc)
+{
+	int fd;
+
+	*rc = 0;
+	if (b->hints && b->hints->lookup)
+		return 0;
+	if (cfs_policy_excluded(b->policy, rel))
+		return 1;
+	fd = openat(dfd, name,
+		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 1 : 0; /* vanished: not listed */
+	*rc = ib_add(b, rel, &fd);
+	if (fd >= 0)
+		close(fd);
+	return 1;
 }
 
 /* Opens rel (relative to rootfd) following symlinks only beneath rootfd. */
@@ -354,7 +440,11 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 			rc = cfs_buf_puts(rel, names.v[i]);
 		if (rc)
 			break;
-		if (fstatat(dfd, names.v[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (names.type[i] == DT_REG &&
+		    ib_add_direct(b, dfd, names.v[i], rel->ptr, &rc)) {
+			/* listed, gone or failed */
+		} else if (fstatat(dfd, names.v[i], &st, AT_SYMLINK_NOFOLLOW) <
+			   0) {
 			if (errno != ENOENT) /* vanished: not listed */
 				rc = cfs_error_errno(errno, "cannot stat %s",
 						     rel->ptr);
@@ -381,7 +471,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 							     "cannot open %s",
 							     rel->ptr);
 				else
-					rc = ib_add(b, rel->ptr, fd);
+					rc = ib_add(b, rel->ptr, &fd);
 			}
 		} else if (S_ISLNK(st.st_mode)) {
 			struct stat tst;
@@ -392,7 +482,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 						  rel->ptr, strerror(errno));
 				else if (fstat(fd, &tst) == 0 &&
 					 S_ISREG(tst.st_mode))
-					rc = ib_add(b, rel->ptr, fd);
+					rc = ib_add(b, rel->ptr, &fd);
 			}
 		}
 		if (fd >= 0)
