@@ -408,6 +408,16 @@ static int put_value(struct cfs_buf *b, const cJSON *item, int flags, int depth)
 	}
 }
 
+int cfs_json_put_string(struct cfs_buf *b, const char *s, int flags)
+{
+	return put_string(b, s, flags);
+}
+
+int cfs_json_put_number(struct cfs_buf *b, double x, int flags)
+{
+	return put_number(b, x, flags);
+}
+
 char *cfs_json_print(const cJSON *item, int flags)
 {
 	struct cfs_buf b = CFS_BUF_INIT;

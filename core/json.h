@@ -12,10 +12,10 @@
 #include <stdint.h>
 
 enum cfs_json_flags {
-	CFS_JSON_PRETTY = 1 << 0,    /* 2-space indent, ": " separators */
+	CFS_JSON_PRETTY = 1 << 0, /* 2-space indent, ": " separators */
 	CFS_JSON_SORT_KEYS = 1 << 1, /* object keys in byte order */
-	CFS_JSON_NEWLINE = 1 << 2,   /* trailing "\n" */
-	CFS_JSON_ASCII = 1 << 3,     /* \uXXXX-escape non-ASCII (python) */
+	CFS_JSON_NEWLINE = 1 << 2, /* trailing "\n" */
+	CFS_JSON_ASCII = 1 << 3, /* \uXXXX-escape non-ASCII (python) */
 	/* ASCII selects python's json.dumps conventions as a whole: also
 	 * DEL escaped, non-integral numbers in repr() form, and without
 	 * PRETTY the one-line ", " / ": " separators. Integral numbers print
@@ -24,6 +24,16 @@ enum cfs_json_flags {
 
 /* Heap string (free()) or NULL with CFS_ENOMEM set. */
 char *cfs_json_print(const cJSON *item, int flags);
+
+/*
+ * Appends one JSON string (quoted and escaped) or number to b exactly as
+ * cfs_json_print() prints it with flags: for writers that format a large
+ * regular structure without building a cJSON tree (the version record's
+ * file list). 0 or CFS_ENOMEM.
+ */
+struct cfs_buf;
+int cfs_json_put_string(struct cfs_buf *b, const char *s, int flags);
+int cfs_json_put_number(struct cfs_buf *b, double x, int flags);
 
 /*
  * Parses len bytes; on failure returns NULL with CFS_ECORRUPT and the

@@ -261,7 +261,17 @@ static void test_record(void)
 /* The streamed record is byte-identical to the one printed whole. */
 static void test_record_write(void)
 {
-	struct cfs_file_entry files[3];
+	static const char *const paths[] = {
+		"workspace/\xc3\xa9t\xc3\xa9",
+		"workspace/b",
+		"memory/c",
+		"workspace/q\"uote\\back\tslash",
+		"workspace/ctl\x01\x1f\x7f",
+		"workspace/\xf0\x9f\x98\x80 4-byte",
+		"workspace/bad \xff\xc3 utf8",
+	};
+	enum { N = sizeof(paths) / sizeof(paths[0]) };
+	struct cfs_file_entry files[N];
 	char *dir = tap_tmpdir("version");
 	char *path = cfs_asprintf("%s/rec.json", dir);
 	char *whole, *streamed = NULL;
@@ -269,22 +279,21 @@ static void test_record_write(void)
 	cJSON *full, *bare;
 	int fd;
 
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < N; i++) {
 		files[i] =
-			fe(i == 0   ? "workspace/\xc3\xa9t\xc3\xa9"
-			   : i == 1 ? "workspace/b"
-				    : "memory/c",
+			fe(paths[i],
 			   "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7"
 			   "3043362938b9824");
-		files[i].size = (uint64_t)i * 1000;
-		files[i].mode = 0600 + (unsigned)i;
-		files[i].mtime = 1767323045 + i;
+		files[i].size =
+			i == N - 1 ? (1ull << 52) + 7 : (uint64_t)i * 1000;
+		files[i].mode = i == 2 ? 0 : 04755 - (unsigned)i;
+		files[i].mtime = 1767323045 + i * 86399;
 	}
-	full = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, files, 3);
+	full = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, files, N);
 	bare = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, NULL, 0);
 	whole = cfs_version_record_print(full);
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, 3), 0,
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, N), 0,
 		   "record written entry by entry");
 	streamed = cfs_malloc(len + 1);
 	lseek(fd, 0, SEEK_SET);
