@@ -1424,7 +1424,7 @@ static int up_file(struct unpacker *u, struct archive_entry *e, int parent,
 	for (;;) {
 		const void *buf;
 		size_t len, done = 0;
-		uint64_t off;
+		uint64_t off = 0;
 		int r = up_block(u, entry, size, &buf, &len, &off);
 
 		if (r <= 0) {
@@ -1829,7 +1829,7 @@ static int up_member(struct unpacker *u, const struct cfs_unpack_opts *opts,
 		for (;;) {
 			const void *buf;
 			size_t len;
-			uint64_t off;
+			uint64_t off = 0;
 			int r = up_block(u, entry, size, &buf, &len, &off);
 
 			if (r < 0)

@@ -74,7 +74,8 @@ TREE_BYTES=$(find "$SRC/workspace/bench" -type f -printf '%s\n' | awk '{s += $1}
 echo "   tree: $(find "$SRC/workspace/bench" -type f | wc -l) files, $TREE_BYTES bytes of file data"
 sync
 # warm the page cache for both sides
-tar -C "$SRC" -cf - workspace >/dev/null
+# (through a pipe: GNU tar writing to /dev/null itself skips reading the data)
+tar -C "$SRC" -cf - workspace | cat >/dev/null
 
 # run LABEL CMD... : wall seconds and peak RSS (KiB) into $LAST_SEC / $LAST_RSS
 run() {
