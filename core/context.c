@@ -1412,7 +1412,8 @@ out:
 }
 
 /* <dir>/<sha256 of store and id>.json */
-static char *cache_path(const char *dir, struct cfs_store *st, const char *id)
+static char *cache_path_ext(const char *dir, struct cfs_store *st,
+			    const char *id, const char *ext)
 {
 	struct cfs_buf b = CFS_BUF_INIT;
 	char name[65];
@@ -1424,7 +1425,12 @@ static char *cache_path(const char *dir, struct cfs_store *st, const char *id)
 	}
 	cfs_sha256_hex(name, b.ptr, b.len);
 	cfs_buf_free(&b);
-	return cfs_asprintf("%s/%s.json", dir, name);
+	return cfs_asprintf("%s/%s.%s", dir, name, ext);
+}
+
+static char *cache_path(const char *dir, struct cfs_store *st, const char *id)
+{
+	return cache_path_ext(dir, st, id, "json");
 }
 
 /* The tag of a tree's encryption metadata, or NULL. */
@@ -1479,9 +1485,10 @@ out:
 #define CACHE_MAX_AGE_S (30 * 24 * 3600)
 
 /*
- * Removes the cache's entries not written for CACHE_MAX_AGE_S (contexts
- * and stores this machine no longer commits to), so the directory does
- * not grow with every context ever committed.
+ * Removes the cache's entries (index .json, stat cache .stat) not written
+ * for CACHE_MAX_AGE_S (contexts and stores this machine no longer commits
+ * to), so the directory does not grow with every context ever committed,
+ * and temp files older than an hour (a commit killed mid-way).
  */
 static void cache_prune(const char *dir)
 {
@@ -1493,14 +1500,20 @@ static void cache_prune(const char *dir)
 		return;
 	while ((de = readdir(d))) {
 		struct stat sb;
-		size_t n = strlen(de->d_name);
+		const char *name = de->d_name;
+		size_t n = strlen(name);
+		time_t max_age;
 
-		if (n != 64 + 5 || strcmp(de->d_name + 64, ".json") != 0)
+		if (n == 64 + 5 && (strcmp(name + 64, ".json") == 0 ||
+				    strcmp(name + 64, ".stat") == 0))
+			max_age = CACHE_MAX_AGE_S;
+		else if (n > 64 + 10 && strstr(name + 64, ".tmp-"))
+			max_age = 3600;
+		else
 			continue;
-		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
-			    0 &&
-		    S_ISREG(sb.st_mode) && sb.st_mtime < now - CACHE_MAX_AGE_S)
-			(void)unlinkat(dirfd(d), de->d_name, 0);
+		if (fstatat(dirfd(d), name, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISREG(sb.st_mode) && sb.st_mtime < now - max_age)
+			(void)unlinkat(dirfd(d), name, 0);
 	}
 	closedir(d);
 }
@@ -3003,10 +3016,112 @@ out:
 	return rc;
 }
 
+/*
+ * The stat cache of a save with a commit cache and no hints of the
+ * caller's (`commit --from DIR`, like git's index): a file whose device,
+ * inode, size, mtime and ctime all match what the last save from this
+ * machine recorded keeps its hash instead of being read again (a 1 GiB /
+ * 20,000-file tree with one file changed: the index took 0.8 s of
+ * hashing). Written next to the cached index, without the files that
+ * changed within 2 s before the index began (a change inside the same
+ * timestamp tick as the hashing would leave mtime and ctime alike), to a
+ * temp file before the pack (its tables are freed then) and renamed into
+ * place only once the commit landed.
+ */
+#define STAT_CACHE_SLACK_S 2
+/* files a stat cache holds at most (two tables of up to ~14 MiB during the
+ * index, freed before the pack; files beyond it are read every time) */
+#define STAT_CACHE_MAX (1u << 16)
+
+struct stat_cache {
+	struct cfs_inode_hashes old, now;
+	struct cfs_hash_hints hints;
+	struct timespec began;
+	char *path, *tmp;
+	size_t kept, read; /* files that kept their hash / were read */
+};
+
+static bool sc_lookup(void *payload, const struct stat *st, char sha256[65])
+{
+	struct stat_cache *c = payload;
+	const uint8_t *h = cfs_inode_hashes_find(&c->old, st);
+
+	if (!h)
+		return false;
+	cfs_hex_encode(sha256, h, 32);
+	(void)cfs_inode_hashes_put(&c->now, st, h);
+	c->kept++;
+	return true;
+}
+
+static void sc_learn(void *payload, const struct stat *st, const char *sha256)
+{
+	struct stat_cache *c = payload;
+	uint8_t sha[32];
+	size_t n = 0;
+
+	c->read++;
+	if (cfs_hex_decode(sha, sizeof(sha), sha256, &n) == 0 && n == 32)
+		(void)cfs_inode_hashes_put(&c->now, st, sha);
+}
+
+/* Loads the last save's cache; false when there is no cache dir. */
+static bool sc_open(struct stat_cache *c, const char *dir, struct cfs_store *st,
+		    const char *id)
+{
+	memset(c, 0, sizeof(*c));
+	c->path = dir ? cache_path_ext(dir, st, id, "stat") : NULL;
+	if (!c->path)
+		return false;
+	c->old.max = STAT_CACHE_MAX;
+	c->now.max = STAT_CACHE_MAX;
+	cfs_inode_hashes_load(&c->old, c->path);
+	c->old.ctime_too = true;
+	clock_gettime(CLOCK_REALTIME, &c->began);
+	/* nothing to look up: the walk keeps its stat-free opens */
+	c->hints = (struct cfs_hash_hints){c->old.used ? sc_lookup : NULL,
+					   sc_learn, NULL, c};
+	return true;
+}
+
+/* After the index: the new cache to a temp file, the tables freed. */
+static void sc_stage(struct stat_cache *c, const char *dir)
+{
+	struct timespec before = c->began;
+	char hex[9];
+
+	before.tv_sec -= STAT_CACHE_SLACK_S;
+	cfs_random_hex(hex, 4);
+	c->tmp = cfs_asprintf("%s.tmp-%s", c->path, hex);
+	if (c->tmp && (cfs_mkdir_p_at(AT_FDCWD, dir, 0700) != 0 ||
+		       cfs_inode_hashes_save(&c->now, c->tmp, before) != 0)) {
+		free(c->tmp);
+		c->tmp = NULL;
+	}
+	cfs_error_clear(); /* a cache: a failure costs a re-hash */
+	cfs_inode_hashes_free(&c->old);
+	cfs_inode_hashes_free(&c->now);
+}
+
+/* landed: the staged cache replaces the last one; else it is dropped */
+static void sc_close(struct stat_cache *c, bool landed)
+{
+	if (c->tmp && !(landed && rename(c->tmp, c->path) == 0))
+		(void)unlink(c->tmp);
+	cfs_inode_hashes_free(&c->old);
+	cfs_inode_hashes_free(&c->now);
+	free(c->tmp);
+	free(c->path);
+	memset(c, 0, sizeof(*c));
+}
+
 int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		       struct cfs_keys *keys, const char *id, int srcdirfd,
 		       const struct cfs_commit_opts *opts)
 {
+	struct stat_cache sc = {0};
+	const struct cfs_hash_hints *hints;
+	bool sc_on = false;
 	struct cfs_commit_opts dflt;
 	struct cfs_manifest *old = NULL, *nm = NULL;
 	struct cfs_policy policy = {NULL, 0, NULL, 0};
@@ -3139,6 +3254,11 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	}
 
 	/* the version record travels inside the bundle, not in srcdir */
+	hints = opts->hash_hints;
+	if (save && !hints && !(opts->tail && opts->index))
+		sc_on = sc_open(&sc, opts->index_cache_dir, st, id);
+	if (sc_on)
+		hints = &sc.hints;
 	if (save) {
 		rc = build_record(
 			&record, &recfd, &reclen, &t, srcdirfd, &policy, next,
@@ -3147,10 +3267,12 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 			: opts->owner ? opts->owner
 				      : DEFAULT_AUTHOR,
 			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
-			now, prev_index ? prev_index : opts->prev_index,
-			opts->hash_hints, opts);
+			now, prev_index ? prev_index : opts->prev_index, hints,
+			opts);
 		if (rc)
 			goto out;
+		if (sc_on)
+			sc_stage(&sc, opts->index_cache_dir);
 		/*
 		 * The file lists were many small allocations; give their
 		 * pages back before the compressor threads allocate theirs,
@@ -3169,7 +3291,18 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		cJSON_Delete(record);
 		record = NULL;
 		malloc_trim(0);
-		cfs_log_timing(id, "commit: index and version record", &t0);
+		if (sc_on) {
+			char phase[128];
+
+			snprintf(phase, sizeof(phase),
+				 "commit: index and version record (stat "
+				 "cache: %zu kept their hash, %zu read)",
+				 sc.kept, sc.read);
+			cfs_log_timing(id, phase, &t0);
+		} else {
+			cfs_log_timing(id, "commit: index and version record",
+				       &t0);
+		}
 		snprintf(vpath, sizeof(vpath),
 			 CFS_META_DIR "/versions/%" PRIu64 ".json", next);
 		extra[0] =
@@ -3353,7 +3486,12 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (save && recfd >= 0 && opts->index_cache_dir)
 		cache_save(opts->index_cache_dir, st, id, key, enc, recfd,
 			   reclen);
+	if (sc_on)
+		sc_close(&sc, true);
+	sc_on = false;
 out:
+	if (sc_on)
+		sc_close(&sc, false);
 	if (up.started) {
 		/* failed before step 5: the upload ends (or is aborted) first */
 		error_save(&err, rc);

@@ -321,8 +321,11 @@ static bool ib_hinted(struct index_builder *b, const char *rel,
 	return true;
 }
 
-/* Lists the open file *fd (taken: *fd is -1 afterwards) as rel. */
-static int ib_add(struct index_builder *b, const char *rel, int *fd)
+/*
+ * Lists the open file *fd (taken: *fd is -1 afterwards) as rel; ask: look
+ * it up in the hints first (not when the walk already did, by its lstat).
+ */
+static int ib_add(struct index_builder *b, const char *rel, int *fd, bool ask)
 {
 	struct cfs_file_entry *e;
 	struct stat st;
@@ -331,7 +334,7 @@ static int ib_add(struct index_builder *b, const char *rel, int *fd)
 	if (rc)
 		return rc;
 	e = &b->v[b->n];
-	if (b->hints && b->hints->lookup && fstat(*fd, &st) == 0 &&
+	if (ask && b->hints && b->hints->lookup && fstat(*fd, &st) == 0 &&
 	    S_ISREG(st.st_mode) &&
 	    b->hints->lookup(b->hints->payload, &st, e->sha256)) {
 		rc = entry_set(e, rel, &st);
@@ -384,7 +387,7 @@ static int ib_add_direct(struct index_builder *b, int dfd, const char *name,
 		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 1 : 0; /* vanished: not listed */
-	*rc = ib_add(b, rel, &fd);
+	*rc = ib_add(b, rel, &fd, false);
 	if (fd >= 0)
 		close(fd);
 	return 1;
@@ -471,7 +474,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 							     "cannot open %s",
 							     rel->ptr);
 				else
-					rc = ib_add(b, rel->ptr, &fd);
+					rc = ib_add(b, rel->ptr, &fd, false);
 			}
 		} else if (S_ISLNK(st.st_mode)) {
 			struct stat tst;
@@ -482,7 +485,7 @@ static int ib_walk(struct index_builder *b, int dfd, struct cfs_buf *rel,
 						  rel->ptr, strerror(errno));
 				else if (fstat(fd, &tst) == 0 &&
 					 S_ISREG(tst.st_mode))
-					rc = ib_add(b, rel->ptr, &fd);
+					rc = ib_add(b, rel->ptr, &fd, true);
 			}
 		}
 		if (fd >= 0)
@@ -1124,6 +1127,7 @@ struct cfs_inode_hash {
 	struct timespec mtime;
 	uint8_t sha[32];
 	bool used;
+	struct timespec ctime;
 };
 
 static size_t ih_slot_of(const struct cfs_inode_hashes *h, dev_t dev, ino_t ino)
@@ -1150,7 +1154,8 @@ static bool ih_reserve(struct cfs_inode_hashes *h)
 		return false;
 	for (size_t i = 0; i < h->cap; i++) {
 		if (h->v[i].used) {
-			struct cfs_inode_hashes n = {nv, ncap, 0, 0, false};
+			struct cfs_inode_hashes n = {nv, ncap,	0,
+						     0,	 false, false};
 
 			nv[ih_slot_of(&n, h->v[i].dev, h->v[i].ino)] = h->v[i];
 		}
@@ -1181,7 +1186,8 @@ bool cfs_inode_hashes_put(struct cfs_inode_hashes *h, const struct stat *st,
 			  const uint8_t *sha)
 {
 	struct cfs_inode_hash x = {st->st_dev,	st->st_ino, st->st_size,
-				   st->st_mtim, {0},	    true};
+				   st->st_mtim, {0},	    true,
+				   st->st_ctim};
 
 	if (sha)
 		memcpy(x.sha, sha, sizeof(x.sha));
@@ -1207,6 +1213,9 @@ const uint8_t *cfs_inode_hashes_find(const struct cfs_inode_hashes *h,
 	if (!e || e->size != st->st_size ||
 	    e->mtime.tv_sec != st->st_mtim.tv_sec ||
 	    e->mtime.tv_nsec != st->st_mtim.tv_nsec)
+		return NULL;
+	if (h->ctime_too && (e->ctime.tv_sec != st->st_ctim.tv_sec ||
+			     e->ctime.tv_nsec != st->st_ctim.tv_nsec))
 		return NULL;
 	return e->sha;
 }
@@ -1254,4 +1263,99 @@ void cfs_inode_hashes_free(struct cfs_inode_hashes *h)
 	free(h->v);
 	memset(h, 0, sizeof(*h));
 	h->max = max;
+}
+
+/* ---- the stat cache on disk ---------------------------------------- */
+
+/*
+ * "CFSSTAT1", a little-endian u64 count, then count records of 11 u64
+ * (dev, ino, size, mtime s/ns, ctime s/ns, sha256 as 4 u64 of raw bytes):
+ * read back only by the machine that wrote it.
+ */
+#define STATCACHE_MAGIC "CFSSTAT1"
+#define STATCACHE_REC 11
+
+static bool ts_before(struct timespec a, struct timespec b)
+{
+	return a.tv_sec < b.tv_sec ||
+	       (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+}
+
+int cfs_inode_hashes_save(const struct cfs_inode_hashes *h, const char *path,
+			  struct timespec not_after)
+{
+	struct cfs_buf b = CFS_BUF_INIT;
+	uint64_t n = 0;
+	int fd = -1, rc;
+
+	rc = cfs_buf_put(&b, STATCACHE_MAGIC, 8) || cfs_buf_put(&b, &n, 8);
+	for (size_t i = 0; !rc && i < h->cap; i++) {
+		const struct cfs_inode_hash *e = &h->v[i];
+		uint64_t r[STATCACHE_REC] = {
+			(uint64_t)e->dev,	    (uint64_t)e->ino,
+			(uint64_t)e->size,	    (uint64_t)e->mtime.tv_sec,
+			(uint64_t)e->mtime.tv_nsec, (uint64_t)e->ctime.tv_sec,
+			(uint64_t)e->ctime.tv_nsec};
+
+		if (!e->used || !ts_before(e->ctime, not_after) ||
+		    !ts_before(e->mtime, not_after))
+			continue;
+		memcpy(&r[7], e->sha, sizeof(e->sha));
+		rc = cfs_buf_put(&b, r, sizeof(r));
+		n++;
+	}
+	if (rc) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(b.ptr + 8, &n, 8);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		  0600);
+	if (fd < 0) {
+		rc = cfs_error_errno(errno, "cannot create %s", path);
+		goto out;
+	}
+	rc = cfs_write_all(fd, b.ptr, b.len);
+	close(fd);
+	if (rc)
+		(void)unlink(path);
+out:
+	cfs_buf_free(&b);
+	return rc;
+}
+
+void cfs_inode_hashes_load(struct cfs_inode_hashes *h, const char *path)
+{
+	size_t max = h->max ? h->max : CFS_INODE_HASHES_MAX;
+	size_t len = 0;
+	char *buf = NULL;
+	uint64_t n;
+
+	if (cfs_read_file_at(&buf, &len, AT_FDCWD, path,
+			     16 + max * STATCACHE_REC * 8) != 0 ||
+	    len < 16 || memcmp(buf, STATCACHE_MAGIC, 8) != 0)
+		goto out;
+	memcpy(&n, buf + 8, 8);
+	if (n > max || len != 16 + n * STATCACHE_REC * 8)
+		goto out;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t r[STATCACHE_REC];
+		struct cfs_inode_hash x = {0};
+
+		memcpy(r, buf + 16 + i * sizeof(r), sizeof(r));
+		x.dev = (dev_t)r[0];
+		x.ino = (ino_t)r[1];
+		x.size = (off_t)r[2];
+		x.mtime.tv_sec = (time_t)r[3];
+		x.mtime.tv_nsec = (long)r[4];
+		x.ctime.tv_sec = (time_t)r[5];
+		x.ctime.tv_nsec = (long)r[6];
+		memcpy(x.sha, &r[7], sizeof(x.sha));
+		x.used = true;
+		if (!ih_set(h, &x))
+			break;
+	}
+out:
+	free(buf);
+	cfs_error_clear();
 }

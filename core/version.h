@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <stdint.h>
 
 #include "core/policy.h"
@@ -94,6 +95,9 @@ struct cfs_inode_hashes {
 	size_t cap, used;
 	size_t max; /* entries at most; 0 = CFS_INODE_HASHES_MAX */
 	bool full; /* a put failed (full or out of memory) */
+	/* find also requires the ctime to match (a table loaded from disk,
+	 * whose files anything may have rewritten with their old mtime) */
+	bool ctime_too;
 };
 
 /* Records st's file (dev, ino, size, mtime) with sha (32 bytes; NULL:
@@ -121,6 +125,18 @@ bool cfs_inode_hashes_lookup(void *hashes, const struct stat *st,
 			     char sha256[65]);
 
 void cfs_inode_hashes_free(struct cfs_inode_hashes *h);
+
+/*
+ * A commit's stat cache (like git's index). Save: creates path (0600,
+ * O_EXCL) with the table's entries, less those whose ctime or mtime is not
+ * before not_after (files that changed around the time they were hashed,
+ * within a timestamp tick of it, must be read again). Load: adds path's
+ * entries to h; a missing, short or foreign file adds nothing. Entries
+ * keep dev, ino, size, mtime and ctime.
+ */
+int cfs_inode_hashes_save(const struct cfs_inode_hashes *h, const char *path,
+			  struct timespec not_after);
+void cfs_inode_hashes_load(struct cfs_inode_hashes *h, const char *path);
 
 /*
  * The previous file list from an index.json (or versions/<g>.json) buffer:

@@ -13,7 +13,8 @@ import time
 import pytest
 
 import refreader
-from conftest import EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, assert_one_error_line, write_file
+from conftest import (EXIT_LOCKED, EXIT_NOTFOUND, EXIT_USAGE, PASSPHRASE, assert_one_error_line, sha256_file,
+                      write_file)
 
 COMMANDS = ["init", "status", "verify", "log", "export", "commit", "checkpoint", "unlock", "restore", "gc",
             "list", "doctor"]
@@ -424,7 +425,7 @@ def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
     c = cli_raw
     src = _committed(c, tmp_path, "ix", b"one\n")
     cache = _commit_cache(c)
-    files = os.listdir(cache)
+    files = [f for f in os.listdir(cache) if f.endswith(".json")]
     assert len(files) == 1, files
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(os.path.join(cache, files[0])).st_mode) == 0o600
@@ -470,10 +471,76 @@ def test_commit_reuses_the_index_it_wrote(cli_raw, tmp_path):
     os.utime(young, (time.time() - 29 * 86400,) * 2)
     os.remove(os.path.join(src, "workspace/c.txt"))
     assert commit(c, "5", False) == [("workspace/c.txt", "removed")]
-    assert sorted(os.listdir(cache)) == sorted([files[0], os.path.basename(young)])
+    assert sorted(f for f in os.listdir(cache) if f.endswith(".json")) == \
+        sorted([files[0], os.path.basename(young)])
     tree = refreader.read_tree_files(c.store, "ix", raw_key_hex=c.raw_key_hex)
     assert tree["workspace/a.txt"]["sha256"] == hashlib.sha256(b"three\n").hexdigest()
     assert "workspace/c.txt" not in tree and "workspace/b.txt" not in tree
+
+
+def test_commit_stat_cache(cli_raw, tmp_path):
+    """A commit --from DIR reads only the files whose device, inode, size,
+    mtime or ctime changed since the last commit from this machine (a stat
+    cache beside the cached index, 0600); a file rewritten with the same
+    size and its old mtime is still read (its ctime moved), files changed
+    within 2 s before a commit are read again by the next one, and every
+    hash in the index is the file's real sha256. A damaged cache costs only
+    re-reading."""
+    c = cli_raw
+    timing = {"CONTEXTFS_TIMING": "1"}
+    c.json("init", "sc")
+    src = str(tmp_path / "src")
+    c.ok("export", "sc", src)
+    for i in range(20):
+        write_file(src, "workspace/f%02d.txt" % i, ("file %02d\n" % i).encode())
+    write_file(src, "workspace/big.bin", os.urandom(300_000))
+    time.sleep(2.2)  # older than the cache's 2 s slack
+
+    def commit(msg):
+        r = c.json("commit", "sc", "--from", src, "-m", msg, env=timing)
+        m = re.search(r"stat cache: (\d+) kept their hash, (\d+) read", r.err)
+        assert m, r.err
+        return int(m.group(1)), int(m.group(2)), [(p["path"], p["type"]) for p in r.json["changedPaths"]]
+
+    def index_is_true():
+        tree = refreader.read_tree_files(c.store, "sc", raw_key_hex=c.raw_key_hex)
+        for rel, e in tree.items():
+            if rel.startswith("workspace/"):
+                assert e["sha256"] == sha256_file(os.path.join(src, rel)), rel
+
+    kept, read, _ = commit("1")
+    assert kept == 0 and read >= 21, (kept, read)
+    cache = _commit_cache(c)
+    stat_files = [f for f in os.listdir(cache) if f.endswith(".stat")]
+    assert len(stat_files) == 1, os.listdir(cache)
+    assert stat.S_IMODE(os.stat(os.path.join(cache, stat_files[0])).st_mode) == 0o600
+
+    # nothing changed: nothing read
+    kept, read, changed = commit("2")
+    assert (read, changed) == (0, []) and kept >= 21, (kept, read, changed)
+
+    # same size, old mtime put back: the ctime still gives it away
+    p = os.path.join(src, "workspace/f03.txt")
+    st0 = os.stat(p)
+    with open(p, "r+b") as f:
+        f.write(b"FILE")
+    os.utime(p, ns=(st0.st_atime_ns, st0.st_mtime_ns))
+    assert os.stat(p).st_size == st0.st_size and os.stat(p).st_mtime_ns == st0.st_mtime_ns
+    kept, read, changed = commit("3")
+    assert changed == [("workspace/f03.txt", "modified")], changed
+    assert read == 1, (kept, read)
+    index_is_true()
+    # f03 changed within 2 s of commit 3: read again by the next commit
+    kept, read, changed = commit("4")
+    assert read == 1 and changed == [], (kept, read, changed)
+
+    # a damaged cache: everything read, same result
+    with open(os.path.join(cache, stat_files[0]), "wb") as f:
+        f.write(b"CFSSTAT1garbage")
+    write_file(src, "workspace/f05.txt", b"changed\n")
+    kept, read, changed = commit("5")
+    assert kept == 0 and read >= 21 and changed == [("workspace/f05.txt", "modified")], (kept, read, changed)
+    index_is_true()
 
 
 def test_export_seeds_the_commit_cache(cli_raw, tmp_path):
