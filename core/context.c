@@ -692,14 +692,8 @@ static int enc_sink_finish(struct enc_sink *s, bool ok)
 	pthread_mutex_unlock(&s->mu);
 	pthread_join(s->thread, NULL);
 	s->started = false;
-	if (s->flusher_started) {
-		pthread_mutex_lock(&s->mu);
-		s->flush_stop = true;
-		pthread_cond_signal(&s->flush_cv);
-		pthread_mutex_unlock(&s->mu);
-		pthread_join(s->flusher, NULL);
-		s->flusher_started = false;
-	}
+	cfs_thread_stop(s->flusher, &s->mu, &s->flush_cv, &s->flush_stop,
+			&s->flusher_started);
 	if (ok && !rc && s->err)
 		rc = error_restore(&s->why);
 	if (ok && !rc && s->flush_errno)

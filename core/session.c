@@ -852,14 +852,7 @@ static void *heartbeat_main(void *arg)
 
 static void heartbeat_stop(struct cfs_session *s)
 {
-	if (!s->hb_running)
-		return;
-	pthread_mutex_lock(&s->mu);
-	s->hb_stop = true;
-	pthread_cond_signal(&s->cv);
-	pthread_mutex_unlock(&s->mu);
-	pthread_join(s->hb, NULL);
-	s->hb_running = false;
+	cfs_thread_stop(s->hb, &s->mu, &s->cv, &s->hb_stop, &s->hb_running);
 }
 
 static int heartbeat_start(struct cfs_session *s, int64_t period)

@@ -5,6 +5,7 @@
 #include "core/error.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -877,4 +878,17 @@ int cfs_array_grow(void *arr, size_t *cap, size_t n, size_t elem)
 	*pv = nv;
 	*cap = ncap;
 	return 0;
+}
+
+void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
+		     bool *stop, bool *started)
+{
+	if (!*started)
+		return;
+	pthread_mutex_lock(mu);
+	*stop = true;
+	pthread_cond_signal(cv);
+	pthread_mutex_unlock(mu);
+	pthread_join(t, NULL);
+	*started = false;
 }

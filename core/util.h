@@ -6,6 +6,7 @@
 #ifndef CFS_CORE_UTIL_H
 #define CFS_CORE_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -132,6 +133,14 @@ int cfs_names_read_dir(struct cfs_names *l, int dfd, const char *what);
  */
 void cfs_names_sort_unique(struct cfs_names *l);
 void cfs_names_free(struct cfs_names *l);
+
+/*
+ * Stops a worker thread that waits on cv under mu until *stop is set:
+ * sets it, wakes the thread, joins it, and clears *started. Nothing when
+ * *started is false.
+ */
+void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
+		     bool *stop, bool *started);
 
 /* Host name (never NULL; "localhost" on failure). */
 const char *cfs_hostname(void);

@@ -728,14 +728,8 @@ int cfs_commit_start(struct cfs_fs *fs)
 /* Lets a running and a pending commit finish, then stops the thread. */
 void cfs_commit_stop(struct cfs_fs *fs)
 {
-	if (!fs->commit_thread_started)
-		return;
-	pthread_mutex_lock(&fs->commit_mu);
-	fs->stop = true;
-	pthread_cond_signal(&fs->commit_cv);
-	pthread_mutex_unlock(&fs->commit_mu);
-	pthread_join(fs->commit_thread, NULL);
-	fs->commit_thread_started = false;
+	cfs_thread_stop(fs->commit_thread, &fs->commit_mu, &fs->commit_cv,
+			&fs->stop, &fs->commit_thread_started);
 }
 
 /* ---- lock heartbeat ----------------------------------------------------- */

@@ -433,14 +433,8 @@ static void lock_release(struct fs_lock *lk)
 {
 	if (!lk)
 		return;
-	if (lk->thread_started) {
-		pthread_mutex_lock(&lk->mu);
-		lk->stop = true;
-		pthread_cond_signal(&lk->cv);
-		pthread_mutex_unlock(&lk->mu);
-		pthread_join(lk->thread, NULL);
-		lk->thread_started = false;
-	}
+	cfs_thread_stop(lk->thread, &lk->mu, &lk->cv, &lk->stop,
+			&lk->thread_started);
 	if (heartbeat_is(lk->hb, lk->token))
 		cfs_rmtree_at(AT_FDCWD, lk->dir);
 	lock_free(lk);
