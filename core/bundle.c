@@ -382,7 +382,10 @@ static int pk_children(struct packer *p, struct cfs_names *out, int dfd,
 
 /*
  * Packs the open regular file fd (closed here) as arc; lst: the walk's
- * lstat of the name, NULL when readdir's d_type stood in for it.
+ * lstat of the name, NULL when readdir's d_type stood in for it. Without
+ * lst, fd may be no regular file (a device mounted over the name, which
+ * readdir still calls a file): returns 1 then, for the caller to look at
+ * the name with lstat.
  */
 static int pk_file(struct packer *p, int fd, const char *arc,
 		   const struct stat *lst)
@@ -393,6 +396,10 @@ static int pk_file(struct packer *p, int fd, const char *arc,
 
 	if (fstat(fd, &st) < 0) {
 		rc = cfs_error_errno(errno, "cannot stat %s", arc);
+		goto out;
+	}
+	if (!lst && !S_ISREG(st.st_mode)) {
+		rc = 1;
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode) ||
@@ -518,11 +525,16 @@ static int pk_node(struct packer *p, int dfd, const char *name,
 		if (cfs_policy_excluded(p->policy, arc->ptr))
 			return 0;
 		fd = openat(dfd, name, PK_OPEN_FLAGS);
-		if (fd >= 0)
-			return pk_file(p, fd, arc->ptr, NULL);
-		if (errno == ENOENT)
+		if (fd >= 0) {
+			rc = pk_file(p, fd, arc->ptr, NULL);
+			if (rc != 1)
+				return rc;
+		} else if (errno == ENOENT) {
 			return 0;
-		/* a link or special file now, or a real error: see below */
+		}
+		/* a link, special file or mount point now, or a real error:
+		 * see below */
+		rc = 0;
 	}
 	if (dfd >= 0) {
 		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <malloc.h>
@@ -462,6 +463,8 @@ static int enc_io_error(const struct enc_sink *s, int e, const char *what)
 
 	if (!s->dir)
 		n = 1, dir = "?";
+	else if (n == 0)
+		n = 1; /* directly under / */
 	if (e == ENOSPC || e == EDQUOT)
 		return cfs_error_set(CFS_EIO,
 				     "%s the bundle in %.*s: %s; free space "
@@ -3032,13 +3035,44 @@ struct stat_cache {
 	struct cfs_hash_hints hints;
 	struct timespec began;
 	char *path, *tmp;
+	dev_t dev; /* the committed directory's filesystem */
 	size_t kept, read; /* files that kept their hash / were read */
 };
+
+/*
+ * Filesystems whose attributes are this machine's own, stamped by this
+ * machine's clock: on NFS, SMB, FUSE and the like a file changed elsewhere
+ * can show cached attributes, and the 2 s slack would compare another
+ * clock. Anything else gets no stat cache.
+ */
+static bool sc_local_fs(int dirfd)
+{
+	static const unsigned long local[] = {
+		0xEF53, /* ext2/3/4 */
+		0x58465342, /* xfs */
+		0x9123683E, /* btrfs */
+		0x01021994, /* tmpfs */
+		0xF2F52010, /* f2fs */
+		0x2FC12FC1, /* zfs */
+		0xCA451A4E, /* bcachefs */
+		0x794C7630, /* overlayfs */
+	};
+	struct statfs sf;
+
+	if (fstatfs(dirfd, &sf) != 0)
+		return false;
+	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++)
+		if ((unsigned long)sf.f_type == local[i])
+			return true;
+	return false;
+}
 
 static bool sc_lookup(void *payload, const struct stat *st, char sha256[65])
 {
 	struct stat_cache *c = payload;
-	const uint8_t *h = cfs_inode_hashes_find(&c->old, st);
+	const uint8_t *h = st->st_dev == c->dev
+				   ? cfs_inode_hashes_find(&c->old, st)
+				   : NULL;
 
 	if (!h)
 		return false;
@@ -3055,16 +3089,26 @@ static void sc_learn(void *payload, const struct stat *st, const char *sha256)
 	size_t n = 0;
 
 	c->read++;
+	if (st->st_dev != c->dev)
+		return; /* another filesystem mounted below: not cached */
 	if (cfs_hex_decode(sha, sizeof(sha), sha256, &n) == 0 && n == 32)
 		(void)cfs_inode_hashes_put(&c->now, st, sha);
 }
 
-/* Loads the last save's cache; false when there is no cache dir. */
+/*
+ * Loads the last save's cache; false when there is no cache dir or srcdir
+ * is not on a local filesystem.
+ */
 static bool sc_open(struct stat_cache *c, const char *dir, struct cfs_store *st,
-		    const char *id)
+		    const char *id, int srcdirfd)
 {
+	struct stat sb;
+
 	memset(c, 0, sizeof(*c));
-	c->path = dir ? cache_path_ext(dir, st, id, "stat") : NULL;
+	if (!dir || fstat(srcdirfd, &sb) != 0 || !sc_local_fs(srcdirfd))
+		return false;
+	c->dev = sb.st_dev;
+	c->path = cache_path_ext(dir, st, id, "stat");
 	if (!c->path)
 		return false;
 	c->old.max = STAT_CACHE_MAX;
@@ -3250,7 +3294,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	/* the version record travels inside the bundle, not in srcdir */
 	hints = opts->hash_hints;
 	if (save && !hints && !(opts->tail && opts->index))
-		sc_on = sc_open(&sc, opts->index_cache_dir, st, id);
+		sc_on = sc_open(&sc, opts->index_cache_dir, st, id, srcdirfd);
 	if (sc_on)
 		hints = &sc.hints;
 	if (save) {

@@ -320,7 +320,12 @@ void cfs_sha256_hex(char out[65], const void *data, size_t len)
 /*
  * st: also the fstat after reading, and a read shorter than asked that ends
  * where that fstat says the file ends counts as the end (a small file costs
- * one read instead of two).
+ * one read instead of two). With st, fd may turn out not to be a regular
+ * file (readdir's d_type names what lies under a mount point: a device
+ * bind-mounted over a file reads as a file there): it is looked at after
+ * the first read, or when a read fails, and then 0 is returned with st
+ * saying what it is and out left empty, so that /dev/zero is never read
+ * to its end.
  */
 static int sha256_fd(char out[65], int fd, struct stat *st)
 {
@@ -331,36 +336,47 @@ static int sha256_fd(char out[65], int fd, struct stat *st)
 	bool have_st = false;
 	int rc = 0;
 
+	out[0] = '\0';
 	if (!ctx)
 		return cfs_error_set(CFS_ENOMEM, "out of memory");
 	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
 	for (;;) {
 		ssize_t n = pread(fd, buf, sizeof(buf), off);
 
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = cfs_error_errno(errno, "read");
+			int e = errno;
+
+			if (st && fstat(fd, st) == 0 && !S_ISREG(st->st_mode))
+				goto out; /* a FIFO, a directory: not a file */
+			rc = cfs_error_errno(e, "read");
 			goto out;
 		}
 		if (n == 0)
 			break;
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
 		off += n;
-		if (st && (size_t)n < sizeof(buf)) {
+		if (st && (off == n || (size_t)n < sizeof(buf))) {
 			if (fstat(fd, st) < 0) {
 				rc = cfs_error_errno(errno, "cannot stat");
 				goto out;
 			}
-			if (st->st_size == off) {
+			if (!S_ISREG(st->st_mode))
+				goto out;
+			if ((size_t)n < sizeof(buf) && st->st_size == off) {
 				have_st = true;
 				break;
 			}
 		}
 	}
-	if (st && !have_st && fstat(fd, st) < 0) {
-		rc = cfs_error_errno(errno, "cannot stat");
-		goto out;
+	if (st && !have_st) {
+		if (fstat(fd, st) < 0) {
+			rc = cfs_error_errno(errno, "cannot stat");
+			goto out;
+		}
+		if (!S_ISREG(st->st_mode))
+			goto out;
 	}
 	EVP_DigestFinal_ex(ctx, md, NULL);
 	cfs_hex_encode(out, md, sizeof(md));

@@ -84,7 +84,9 @@ void cfs_sha256_hex(char out[65], const void *data, size_t len);
 int cfs_sha256_fd(char out[65], int fd);
 /*
  * cfs_sha256_fd() and the file's fstat taken after reading it (a read
- * shorter than asked that ends at that size is taken as the end).
+ * shorter than asked that ends at that size is taken as the end). When fd
+ * is not a regular file (a device mounted over a file name), returns 0
+ * early with st saying so and out empty: the caller skips it.
  */
 int cfs_sha256_fd_stat(char out[65], int fd, struct stat *st);
 

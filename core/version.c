@@ -90,13 +90,15 @@ struct hash_pool {
 	int nthreads;
 };
 
+/*
+ * A job whose fd turns out not to be a regular file (a device mounted over
+ * the name, which readdir still calls a file, or a name replaced since)
+ * ends with an empty sha256: the entry is dropped, as the walk skips such
+ * things when its lstat sees them.
+ */
 static void hash_one(struct hash_job *j)
 {
 	j->rc = cfs_sha256_fd_stat(j->sha256, j->fd, &j->st);
-	/* the walk's d_type said a regular file; what was opened must be */
-	if (!j->rc && !S_ISREG(j->st.st_mode))
-		j->rc = cfs_error_set(CFS_EIO,
-				      "it was replaced while indexing; retry");
 	if (j->rc)
 		j->err = strdup(cfs_error_last());
 	close(j->fd);
@@ -175,7 +177,8 @@ static int hash_pool_flush(struct hash_pool *p)
 	p->in_flight += b->n;
 	if (p->idle > 0)
 		pthread_cond_signal(&p->work_cv);
-	while (p->in_flight >= HASH_IN_FLIGHT) {
+	/* room for the next batch too: at most HASH_IN_FLIGHT files open */
+	while (p->in_flight + HASH_BATCH > HASH_IN_FLIGHT) {
 		p->walk_waits = true;
 		pthread_cond_wait(&p->room_cv, &p->mu);
 	}
@@ -254,7 +257,7 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 			first = cfs_error_set(j->rc, "cannot hash %s: %s",
 					      v ? v[j->idx].path : "?",
 					      j->err ? j->err : "");
-		} else if (!j->rc && v) {
+		} else if (!j->rc && v && j->sha256[0]) {
 			struct cfs_file_entry *e = &v[j->idx];
 
 			memcpy(e->sha256, j->sha256, sizeof(e->sha256));
@@ -353,11 +356,12 @@ static int ib_add(struct index_builder *b, const char *rel, int *fd, bool ask)
 	}
 	/* stat after reading, as the reference does */
 	rc = cfs_sha256_fd_stat(e->sha256, *fd, &st);
-	if (rc)
+	if (rc) {
+		cfs_error_prefix("cannot hash %s", rel);
 		return rc;
-	if (!S_ISREG(st.st_mode))
-		return cfs_error_set(
-			CFS_EIO, "%s was replaced while indexing; retry", rel);
+	}
+	if (!e->sha256[0])
+		return 0; /* not a regular file after all (hash_one) */
 	rc = entry_set(e, rel, &st);
 	if (rc)
 		return rc;
@@ -577,6 +581,18 @@ int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *nout,
 	names_free(seen, nseen);
 	cfs_buf_free(&rel);
 	rc = hash_pool_finish(&pool, b.v, rc, hints);
+	if (!rc) {
+		/* drop what the hashers found not to be files (hash_one) */
+		size_t w = 0;
+
+		for (size_t i = 0; i < b.n; i++) {
+			if (b.v[i].sha256[0])
+				b.v[w++] = b.v[i];
+			else
+				free(b.v[i].path);
+		}
+		b.n = w;
+	}
 	if (hints && hints->done)
 		hints->done(hints->payload, rc == 0);
 	if (rc) {
@@ -1268,9 +1284,10 @@ void cfs_inode_hashes_free(struct cfs_inode_hashes *h)
 /* ---- the stat cache on disk ---------------------------------------- */
 
 /*
- * "CFSSTAT1", a little-endian u64 count, then count records of 11 u64
- * (dev, ino, size, mtime s/ns, ctime s/ns, sha256 as 4 u64 of raw bytes):
- * read back only by the machine that wrote it.
+ * "CFSSTAT1", a u64 count, count records of 11 u64 (dev, ino, size, mtime
+ * s/ns, ctime s/ns, the sha256's 32 raw bytes), all in this machine's byte
+ * order (read back only by the machine that wrote it), then the SHA-256 of
+ * everything before it in 64 hex digits.
  */
 #define STATCACHE_MAGIC "CFSSTAT1"
 #define STATCACHE_REC 11
@@ -1309,6 +1326,16 @@ int cfs_inode_hashes_save(const struct cfs_inode_hashes *h, const char *path,
 		goto out;
 	}
 	memcpy(b.ptr + 8, &n, 8);
+	{
+		/* a torn write after a crash must not pass for a record */
+		char hex[65];
+
+		cfs_sha256_hex(hex, b.ptr, b.len);
+		if (cfs_buf_puts(&b, hex)) {
+			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		  0600);
 	if (fd < 0) {
@@ -1332,12 +1359,19 @@ void cfs_inode_hashes_load(struct cfs_inode_hashes *h, const char *path)
 	uint64_t n;
 
 	if (cfs_read_file_at(&buf, &len, AT_FDCWD, path,
-			     16 + max * STATCACHE_REC * 8) != 0 ||
-	    len < 16 || memcmp(buf, STATCACHE_MAGIC, 8) != 0)
+			     16 + max * STATCACHE_REC * 8 + 64) != 0 ||
+	    len < 16 + 64 || memcmp(buf, STATCACHE_MAGIC, 8) != 0)
 		goto out;
 	memcpy(&n, buf + 8, 8);
-	if (n > max || len != 16 + n * STATCACHE_REC * 8)
+	if (n > max || len != 16 + n * STATCACHE_REC * 8 + 64)
 		goto out;
+	{
+		char hex[65];
+
+		cfs_sha256_hex(hex, buf, len - 64);
+		if (memcmp(hex, buf + len - 64, 64) != 0)
+			goto out;
+	}
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t r[STATCACHE_REC];
 		struct cfs_inode_hash x = {0};

@@ -593,3 +593,32 @@ def test_commit_on_a_full_disk_loses_nothing(make_cli, tmp_path):
         assert open(os.path.join(out2, "workspace/big.bin"), "rb").read() == big
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts (root)")
+def test_commit_skips_devices_mounted_over_files(make_cli, tmp_path):
+    """readdir calls a name a regular file even when a device is mounted
+    over it (a common way to mask a file): the commit must not read
+    /dev/zero forever or fail on /dev/null, but skip them as it skips any
+    device, and commit the rest."""
+    store = str(tmp_path / "store")
+    os.mkdir(store)
+    c = make_cli(store, raw_key_hex=new_raw_key())
+    work = make_context(c, tmp_path)
+    masks = {"workspace/zero.bin": "/dev/zero", "workspace/null.txt": "/dev/null"}
+    for rel, dev in masks.items():
+        write_file(work, rel, b"masked\n")
+        subprocess.run(["mount", "--bind", dev, os.path.join(work, rel)], check=True)
+    try:
+        r = c.run("commit", CTX, "--from", work, timeout=60)
+        assert r.rc == 0, (r.rc, r.err)
+    finally:
+        for rel in masks:
+            subprocess.run(["umount", os.path.join(work, rel)], check=False)
+    out = str(tmp_path / "out")
+    c.ok("export", CTX, out)
+    for rel in masks:
+        assert not os.path.lexists(os.path.join(out, rel)), rel
+    assert open(os.path.join(out, "workspace/hello.txt")).read() == "hello\n"
+    tree = refreader.read_tree_files(store, CTX, raw_key_hex=c.raw_key_hex)
+    assert not set(masks) & set(tree), sorted(tree)
