@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <malloc.h>
@@ -3057,14 +3056,8 @@ static bool sc_local_fs(int dirfd)
 		0xCA451A4E, /* bcachefs */
 		0x794C7630, /* overlayfs */
 	};
-	struct statfs sf;
 
-	if (fstatfs(dirfd, &sf) != 0)
-		return false;
-	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++)
-		if ((unsigned long)sf.f_type == local[i])
-			return true;
-	return false;
+	return cfs_fs_type_in(dirfd, local, CFS_ARRAY_SIZE(local));
 }
 
 static bool sc_lookup(void *payload, const struct stat *st, char sha256[65])

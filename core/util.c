@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -907,4 +908,16 @@ void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
 	pthread_mutex_unlock(mu);
 	pthread_join(t, NULL);
 	*started = false;
+}
+
+bool cfs_fs_type_in(int fd, const unsigned long *types, size_t n)
+{
+	struct statfs sf;
+
+	if (fstatfs(fd, &sf) != 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned long)sf.f_type == types[i])
+			return true;
+	return false;
 }

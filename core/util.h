@@ -144,6 +144,12 @@ void cfs_names_free(struct cfs_names *l);
 void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
 		     bool *stop, bool *started);
 
+/*
+ * Whether the filesystem holding fd has one of the n statfs f_type magic
+ * numbers in types (false when fstatfs fails).
+ */
+bool cfs_fs_type_in(int fd, const unsigned long *types, size_t n);
+
 /* Host name (never NULL; "localhost" on failure). */
 const char *cfs_hostname(void);
 

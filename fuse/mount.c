@@ -646,14 +646,8 @@ static bool close_is_silent(int fd)
 		0x01021994, /* tmpfs */
 		0xF2F52010, /* f2fs */
 	};
-	struct statfs sf;
 
-	if (fstatfs(fd, &sf) != 0)
-		return false;
-	for (size_t i = 0; i < CFS_ARRAY_SIZE(silent); i++)
-		if ((unsigned long)sf.f_type == silent[i])
-			return true;
-	return false;
+	return cfs_fs_type_in(fd, silent, CFS_ARRAY_SIZE(silent));
 }
 
 static int serve(const struct cfs_mount_opts *o, int ready_fd)
