@@ -445,14 +445,6 @@ struct enc_sink {
 	bool started;
 };
 
-/*
- * Encrypts and writes one buffer in place (writer thread). Whole buffers
- * go out with O_DIRECT where the filesystem takes it: the bundle is
- * linked or uploaded, never read back soon, and copying it through the
- * page cache cost the 1 GiB commit a second of CPU (write(2) of 600 MB:
- * 1.04 s of system time buffered, 0.19 s direct). A short last buffer,
- * or a filesystem that refuses, writes through the page cache.
- */
 /* Names the directory holding the bundle's private temp dir. */
 static int enc_io_error(const struct enc_sink *s, int e, const char *what)
 {
@@ -473,6 +465,14 @@ static int enc_io_error(const struct enc_sink *s, int e, const char *what)
 	return cfs_error_errno(e, "%s the bundle in %.*s", what, n, dir);
 }
 
+/*
+ * Encrypts and writes one buffer in place (writer thread). Whole buffers
+ * go out with O_DIRECT where the filesystem takes it: the bundle is
+ * linked or uploaded, never read back soon, and copying it through the
+ * page cache cost the 1 GiB commit a second of CPU (write(2) of 600 MB:
+ * 1.04 s of system time buffered, 0.19 s direct). A short last buffer,
+ * or a filesystem that refuses, writes through the page cache.
+ */
 static int enc_write_one(struct enc_sink *s, uint8_t *buf, size_t len)
 {
 	int rc = cfs_cipher_update(s->cipher, buf, len, buf);
@@ -582,6 +582,12 @@ static void *enc_flusher(void *arg)
 
 			pthread_mutex_lock(&s->mu);
 			s->flush_errno = e;
+			if (!s->err) {
+				/* the writer and the packer stop at once */
+				s->err = enc_io_error(s, e, "flushing");
+				error_save(&s->why, s->err);
+				pthread_cond_broadcast(&s->cv);
+			}
 			break;
 		}
 		pthread_mutex_lock(&s->mu);
