@@ -3044,28 +3044,6 @@ struct stat_cache {
 	size_t kept, read; /* files that kept their hash / were read */
 };
 
-/*
- * Filesystems whose attributes are this machine's own, stamped by this
- * machine's clock: on NFS, SMB, FUSE and the like a file changed elsewhere
- * can show cached attributes, and the 2 s slack would compare another
- * clock. Anything else gets no stat cache.
- */
-static bool sc_local_fs(int dirfd)
-{
-	static const unsigned long local[] = {
-		0xEF53, /* ext2/3/4 */
-		0x58465342, /* xfs */
-		0x9123683E, /* btrfs */
-		0x01021994, /* tmpfs */
-		0xF2F52010, /* f2fs */
-		0x2FC12FC1, /* zfs */
-		0xCA451A4E, /* bcachefs */
-		0x794C7630, /* overlayfs */
-	};
-
-	return cfs_fs_type_in(dirfd, local, CFS_ARRAY_SIZE(local));
-}
-
 static bool sc_lookup(void *payload, const struct stat *st, char sha256[65])
 {
 	struct stat_cache *c = payload;
@@ -3104,7 +3082,7 @@ static bool sc_open(struct stat_cache *c, const char *dir, struct cfs_store *st,
 	struct stat sb;
 
 	memset(c, 0, sizeof(*c));
-	if (!dir || fstat(srcdirfd, &sb) != 0 || !sc_local_fs(srcdirfd))
+	if (!dir || fstat(srcdirfd, &sb) != 0 || !cfs_fs_is_local(srcdirfd))
 		return false;
 	c->dev = sb.st_dev;
 	c->path = cache_path_ext(dir, st, id, "stat");

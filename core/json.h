@@ -12,10 +12,10 @@
 #include <stdint.h>
 
 enum cfs_json_flags {
-	CFS_JSON_PRETTY = 1 << 0, /* 2-space indent, ": " separators */
+	CFS_JSON_PRETTY = 1 << 0,    /* 2-space indent, ": " separators */
 	CFS_JSON_SORT_KEYS = 1 << 1, /* object keys in byte order */
-	CFS_JSON_NEWLINE = 1 << 2, /* trailing "\n" */
-	CFS_JSON_ASCII = 1 << 3, /* \uXXXX-escape non-ASCII (python) */
+	CFS_JSON_NEWLINE = 1 << 2,   /* trailing "\n" */
+	CFS_JSON_ASCII = 1 << 3,     /* \uXXXX-escape non-ASCII (python) */
 	/* ASCII selects python's json.dumps conventions as a whole: also
 	 * DEL escaped, non-integral numbers in repr() form, and without
 	 * PRETTY the one-line ", " / ": " separators. Integral numbers print

@@ -910,14 +910,42 @@ void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
 	*started = false;
 }
 
-bool cfs_fs_type_in(int fd, const unsigned long *types, size_t n)
+/* Known local filesystems by statfs magic (see util.h). */
+static const struct {
+	unsigned long magic;
+	bool close_silent;
+} local_fs[] = {
+	{0xEF53, true}, /* ext2/3/4 */
+	{0x58465342, true}, /* xfs */
+	{0x9123683E, true}, /* btrfs */
+	{0x01021994, true}, /* tmpfs */
+	{0xF2F52010, true}, /* f2fs */
+	{0x2FC12FC1, false}, /* zfs */
+	{0xCA451A4E, false}, /* bcachefs */
+	{0x794C7630, false}, /* overlayfs */
+};
+
+/* local_fs's entry for fd's filesystem, or -1. */
+static int local_fs_of(int fd)
 {
 	struct statfs sf;
 
 	if (fstatfs(fd, &sf) != 0)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned long)sf.f_type == types[i])
-			return true;
-	return false;
+		return -1;
+	for (size_t i = 0; i < CFS_ARRAY_SIZE(local_fs); i++)
+		if ((unsigned long)sf.f_type == local_fs[i].magic)
+			return (int)i;
+	return -1;
+}
+
+bool cfs_fs_is_local(int fd)
+{
+	return local_fs_of(fd) >= 0;
+}
+
+bool cfs_fs_close_is_silent(int fd)
+{
+	int i = local_fs_of(fd);
+
+	return i >= 0 && local_fs[i].close_silent;
 }

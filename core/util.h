@@ -145,10 +145,17 @@ void cfs_thread_stop(pthread_t t, pthread_mutex_t *mu, pthread_cond_t *cv,
 		     bool *stop, bool *started);
 
 /*
- * Whether the filesystem holding fd has one of the n statfs f_type magic
- * numbers in types (false when fstatfs fails).
+ * What the filesystem holding fd is, by its statfs magic number (false
+ * when fstatfs fails or the filesystem is not a known one).
+ * local: attributes are this machine's own, stamped by its clock (ext2/3/4,
+ * xfs, btrfs, tmpfs, f2fs, zfs, bcachefs, overlayfs); not NFS, SMB, FUSE
+ * and the like, where a file changed elsewhere can show cached attributes.
+ * close_silent: close(2) can never fail with a delayed write error (local
+ * filesystems without a ->flush method: ext2/3/4, xfs, btrfs, tmpfs,
+ * f2fs); network and FUSE filesystems may report one at close.
  */
-bool cfs_fs_type_in(int fd, const unsigned long *types, size_t n);
+bool cfs_fs_is_local(int fd);
+bool cfs_fs_close_is_silent(int fd);
 
 /* Host name (never NULL; "localhost" on failure). */
 const char *cfs_hostname(void);

@@ -631,25 +631,6 @@ static void fs_free(struct cfs_fs *fs)
 	free(fs);
 }
 
-/*
- * Whether close(2) on the filesystem of fd can never fail with a delayed
- * write error: local filesystems without a ->flush method, where close
- * only drops a reference (errors surface at write or fsync). Network and
- * FUSE filesystems, and anything not listed, may report one at close.
- */
-static bool close_is_silent(int fd)
-{
-	static const unsigned long silent[] = {
-		0xEF53, /* ext2/3/4 */
-		0x58465342, /* xfs */
-		0x9123683E, /* btrfs */
-		0x01021994, /* tmpfs */
-		0xF2F52010, /* f2fs */
-	};
-
-	return cfs_fs_type_in(fd, silent, CFS_ARRAY_SIZE(silent));
-}
-
 static int serve(const struct cfs_mount_opts *o, int ready_fd)
 {
 	struct cfs_fs *fs = calloc(1, sizeof(*fs));
@@ -796,7 +777,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		rc = cfs_error_errno(errno, "open %s", fs->tree_path);
 		goto out;
 	}
-	fs->close_silent = close_is_silent(fs->root_fd);
+	fs->close_silent = cfs_fs_close_is_silent(fs->root_fd);
 	rc = cfs_fs_nodes_init(fs);
 	if (rc)
 		goto out;
