@@ -1323,8 +1323,8 @@ struct fetched {
 		char *path, *target;
 	} * hl; /* files that are hard links, settled by listing_settle */
 	size_t nhl, hlcap;
-	char **dirs; /* directory members (a file of that name: need_tree) */
-	size_t ndirs, dcap;
+	/* directory members (a file of that name: need_tree) */
+	struct cfs_names dirs;
 	size_t members;
 	bool need_tree;
 };
@@ -1348,11 +1348,7 @@ static void fetched_clear(struct fetched *f)
 	free(f->hl);
 	f->hl = NULL;
 	f->nhl = f->hlcap = 0;
-	for (size_t i = 0; i < f->ndirs; i++)
-		free(f->dirs[i]);
-	free(f->dirs);
-	f->dirs = NULL;
-	f->ndirs = f->dcap = 0;
+	cfs_names_free(&f->dirs);
 }
 
 /* The position of name's root among the policy roots, or -1. */
@@ -1400,14 +1396,8 @@ static int list_root_member(void *payload, const struct cfs_member_info *m)
 	}
 	if (root_of(f->policy, m->path) < 0)
 		return 0;
-	if (m->type == S_IFDIR) {
-		rc = cfs_array_grow(&f->dirs, &f->dcap, f->ndirs,
-				    sizeof(*f->dirs));
-		if (rc)
-			return rc;
-		f->dirs[f->ndirs] = cfs_strdup(m->path);
-		return f->dirs[f->ndirs++] ? 0 : CFS_ENOMEM;
-	}
+	if (m->type == S_IFDIR)
+		return cfs_names_add(&f->dirs, m->path, strlen(m->path));
 	if (m->type != S_IFREG)
 		return 0;
 	if (!m->hardlink && !m->sha256) {
@@ -1493,8 +1483,8 @@ static void listing_settle(struct fetched *f)
 			return;
 		}
 	/* a name that was a directory and a file: extraction kept one */
-	for (size_t i = 0; i < f->ndirs; i++) {
-		struct cfs_file_entry key = {.path = f->dirs[i]};
+	for (size_t i = 0; i < f->dirs.n; i++) {
+		struct cfs_file_entry key = {.path = f->dirs.v[i]};
 
 		if (bsearch(&key, v, n, sizeof(*v), ix_path_cmp)) {
 			f->need_tree = true;
