@@ -1042,8 +1042,18 @@ static int recw_flush(struct recw *w)
 	return rc;
 }
 
+/* A long piece (the changedPaths of a first commit) is written as it is. */
 static int recw_put(struct recw *w, const char *p, size_t n)
 {
+	if (n >= RECW_FLUSH) {
+		int rc = recw_flush(w);
+
+		if (!rc)
+			rc = cfs_write_all(w->fd, p, n);
+		if (!rc)
+			w->total += n;
+		return rc;
+	}
 	if (cfs_buf_put(&w->b, p, n))
 		return CFS_ENOMEM;
 	w->total += n;
@@ -1156,14 +1166,15 @@ static size_t ih_slot_of(const struct cfs_inode_hashes *h, dev_t dev, ino_t ino)
 	return i;
 }
 
-/* Room for one more entry (at most half the slots in use). */
+/* Room for one more entry (at most 3/4 of the slots in use). */
 static bool ih_reserve(struct cfs_inode_hashes *h)
 {
 	size_t max = h->max ? h->max : CFS_INODE_HASHES_MAX;
 	struct cfs_inode_hash *nv;
 	size_t ncap;
 
-	if ((h->used + 1) * 2 <= h->cap)
+	/* at most 3/4 full: 20,000 files fit 32,768 slots (2.9 MB) */
+	if ((h->used + 1) * 4 <= h->cap * 3)
 		return true;
 	ncap = h->cap ? h->cap * 2 : 1024;
 	if (h->used >= max || !(nv = calloc(ncap, sizeof(*nv))))
@@ -1184,9 +1195,18 @@ static bool ih_reserve(struct cfs_inode_hashes *h)
 
 static bool ih_set(struct cfs_inode_hashes *h, const struct cfs_inode_hash *x)
 {
+	size_t max = h->max ? h->max : CFS_INODE_HASHES_MAX;
 	struct cfs_inode_hash *e;
 
-	if (!ih_reserve(h)) {
+	if (h->cap) {
+		e = &h->v[ih_slot_of(h, x->dev, x->ino)];
+		if (e->used) { /* known: updated in place */
+			*e = *x;
+			e->used = true;
+			return true;
+		}
+	}
+	if (h->used >= max || !ih_reserve(h)) {
 		h->full = true;
 		return false;
 	}

@@ -319,6 +319,125 @@ static void test_record_write(void)
 	free(dir);
 }
 
+/*
+ * A first commit's changedPaths run to megabytes: the part before the file
+ * list goes out in one piece instead of through the 64 KiB buffer, and the
+ * bytes are still those of the whole print.
+ */
+static void test_record_write_long(void)
+{
+	enum { NCH = 5000, NF = 3 };
+	struct cfs_version_change *ch = cfs_calloc(NCH, sizeof(*ch));
+	char **names = cfs_calloc(NCH, sizeof(*names));
+	struct cfs_file_entry files[NF];
+	char *dir = tap_tmpdir("version");
+	char *path = cfs_asprintf("%s/rec.json", dir);
+	char *whole, *streamed;
+	size_t len = 0, got = 0;
+	cJSON *full, *bare;
+	int fd;
+
+	for (int i = 0; i < NCH; i++) {
+		names[i] = cfs_asprintf("workspace/dir%04d/file-%05d.txt",
+					i / 100, i);
+		ch[i].path = names[i];
+		ch[i].type =
+			i % 3 == 0 ? CFS_CHANGE_MODIFIED : CFS_CHANGE_ADDED;
+	}
+	for (int i = 0; i < NF; i++) {
+		files[i] = fe(names[i], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161"
+					"e5c1fa7425e73043362938b9824");
+		files[i].size = (uint64_t)i * 4096;
+		files[i].mode = 0644;
+		files[i].mtime = 1767323045 + i;
+	}
+	full = cfs_version_record_new(7, 6, "t", "a", "m", ch, NCH, files, NF);
+	bare = cfs_version_record_new(7, 6, "t", "a", "m", ch, NCH, NULL, 0);
+	whole = cfs_version_record_print(full);
+	TAP_OK(whole && strlen(whole) > 4 * 65536,
+	       "the record is longer than four write buffers");
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, NF), 0,
+		   "long record written");
+	streamed = cfs_malloc(len + 1);
+	lseek(fd, 0, SEEK_SET);
+	cfs_read_all(fd, streamed, len, &got);
+	streamed[got] = '\0';
+	TAP_EQ_INT(len, strlen(whole), "reported length");
+	TAP_EQ_INT(got, strlen(whole), "streamed length");
+	TAP_OK(strcmp(streamed, whole) == 0,
+	       "streamed bytes equal the whole print");
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+	free(streamed);
+	free(whole);
+	cJSON_Delete(full);
+	cJSON_Delete(bare);
+	for (int i = 0; i < NCH; i++)
+		free(names[i]);
+	free(names);
+	free(ch);
+	free(path);
+	free(dir);
+}
+
+/*
+ * The inode table (the stat cache, the mount's known hashes) keeps what it
+ * was given while it grows to 3/4 of its slots, finds an entry only while
+ * size and mtime match, and refuses entries beyond its max.
+ */
+static void test_inode_hashes(void)
+{
+	enum { N = 50000 };
+	struct cfs_inode_hashes h = {0}, small = {.max = 100};
+	uint8_t sha[32];
+	size_t found = 0, wrong = 0;
+	bool all_put = true;
+	struct stat st;
+
+	memset(&st, 0, sizeof(st));
+	for (uint32_t i = 0; i < N; i++) {
+		st.st_dev = 1 + i % 3;
+		st.st_ino = 1000 + i * 7919u;
+		st.st_size = i;
+		st.st_mtim.tv_sec = 1767323045 + i;
+		memset(sha, 0, sizeof(sha));
+		memcpy(sha, &i, sizeof(i));
+		all_put = all_put && cfs_inode_hashes_put(&h, &st, sha);
+	}
+	TAP_OK(all_put && h.used == N && !h.full, "%d entries put", N);
+	TAP_OK(h.used * 4 <= h.cap * 3 && h.cap < 4 * (size_t)N,
+	       "at most 3/4 of %zu slots used", h.cap);
+	for (uint32_t i = 0; i < N; i++) {
+		const uint8_t *got;
+		uint32_t v;
+
+		st.st_dev = 1 + i % 3;
+		st.st_ino = 1000 + i * 7919u;
+		st.st_size = i;
+		st.st_mtim.tv_sec = 1767323045 + i;
+		got = cfs_inode_hashes_find(&h, &st);
+		if (got) {
+			memcpy(&v, got, sizeof(v));
+			found += v == i;
+		}
+		st.st_mtim.tv_sec++;
+		wrong += cfs_inode_hashes_find(&h, &st) != NULL;
+	}
+	TAP_EQ_INT(found, N, "every entry found with its hash");
+	TAP_EQ_INT(wrong, 0, "none found once its mtime changed");
+	st.st_dev = 9;
+	TAP_OK(!cfs_inode_hashes_has(&h, 9, st.st_ino), "another device");
+	for (uint32_t i = 0; i < 101; i++) {
+		st.st_ino = i + 1;
+		(void)cfs_inode_hashes_put(&small, &st, NULL);
+	}
+	TAP_OK(small.full && small.used == 100, "max 100: the 101st refused");
+	cfs_inode_hashes_free(&h);
+	cfs_inode_hashes_free(&small);
+}
+
 int main(void);
 int main(void)
 {
@@ -328,5 +447,7 @@ int main(void)
 	test_from_json();
 	test_record();
 	test_record_write();
+	test_record_write_long();
+	test_inode_hashes();
 	return tap_done();
 }
