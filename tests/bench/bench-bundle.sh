@@ -9,7 +9,9 @@
 # large ones, about half of the bytes compressible text and half random. Then,
 # with a warm page cache for both sides:
 #   commit   contextfs commit bench --from src      vs  tar -c | zstd -T0 -3 > f
-#            and again with one file changed (the second generation)
+#            and again with one file changed (the second generation);
+#            and once into a store on /dev/shm when it has room (the
+#            commit without the durable write of its bundle to disk)
 #   export   contextfs export bench out             vs  zstd -d < f | tar -x
 # and prints seconds, MB/s (of tree bytes), the contextfs/baseline throughput
 # ratio (target >= 0.8; commit also against the baseline plus an fsync of its
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
 	--mib) MIB=$2; shift 2 ;;
 	--files) FILES=$2; shift 2 ;;
 	--keep) KEEP=1; shift ;;
-	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,18p' "$0"; exit 0 ;;
 	*) echo "bench-bundle: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
@@ -51,8 +53,10 @@ else
 fi
 EXP=$WORK
 . "$HERE/freshfs.sh"
+SHM_STORE=
 cleanup() {
 	fresh_fs_down "$WORK/export.img" "$WORK/exp"
+	[ -z "$SHM_STORE" ] || rm -rf -- "$SHM_STORE"
 	if [ "$KEEP" = 0 ]; then rm -rf -- "$WORK"; else echo "kept $WORK"; fi
 }
 trap cleanup EXIT
@@ -95,6 +99,19 @@ run tar_commit bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2"' _ 
 # durability for the baseline (coreutils sync FILE = fsync)
 rm -f "$WORK/baseline.tar.zst"
 run tar_commit_sync bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2" && sync "$2"' _ "$SRC" "$WORK/baseline.tar.zst"
+# the same commit into a store in memory (tmpfs, when it has room): what
+# the commit costs without the durable write of its bundle to this disk
+SEC_cfs_commit_shm=0 RSS_cfs_commit_shm=0
+SHM_FREE=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+if [ -n "$SHM_FREE" ] && [ "$SHM_FREE" -gt $((MIB * 1024 * 3 / 2)) ]; then
+	SHM_STORE=$(mktemp -d /dev/shm/cfs-bench-store.XXXXXX)
+	CONTEXTSDK_STORAGE_DIR=$SHM_STORE "$BIN" init bench -q >/dev/null
+	run cfs_commit_shm env CONTEXTSDK_STORAGE_DIR="$SHM_STORE" \
+		XDG_CACHE_HOME="$WORK/xdg-cache-shm" \
+		"$BIN" commit bench --from "$SRC" -m bench -q
+	rm -rf -- "$SHM_STORE"
+	SHM_STORE=
+fi
 # the usual next step: one file changed, committed again (the commit cache
 # spares it the download and authentication of the first generation)
 echo "again" >>"$SRC/workspace/again.txt" # outside bench/: the exports are diffed there
@@ -124,13 +141,15 @@ echo
 echo "tree: $TREE_BYTES bytes in $FILES files; bundle: contextfs $CFS_OBJ bytes, tar|zstd $BASE_OBJ bytes"
 python3 - "$TREE_BYTES" "$SEC_cfs_commit" "$SEC_tar_commit" "$SEC_cfs_export" "$SEC_tar_export" \
 	"$RSS_cfs_commit" "$RSS_tar_commit" "$RSS_cfs_export" "$RSS_tar_export" \
-	"$SEC_tar_commit_sync" "$RSS_tar_commit_sync" "$SEC_cfs_commit2" "$RSS_cfs_commit2" <<'PY'
+	"$SEC_tar_commit_sync" "$RSS_tar_commit_sync" "$SEC_cfs_commit2" "$RSS_cfs_commit2" \
+	"$SEC_cfs_commit_shm" "$RSS_cfs_commit_shm" <<'PY'
 import sys
 b = int(sys.argv[1])
 cc, tc, ce, te = map(float, sys.argv[2:6])
 rcc, rtc, rce, rte = map(int, sys.argv[6:10])
 tcs, rtcs = float(sys.argv[10]), int(sys.argv[11])
 cc2, rcc2 = float(sys.argv[12]), int(sys.argv[13])
+ccm, rccm = float(sys.argv[14]), int(sys.argv[15])
 mbs = lambda s: b / 1e6 / s if s > 0 else float("inf")
 # ratio = contextfs throughput / baseline throughput (target >= 0.8)
 print("%-8s %-22s %8s %9s %12s %8s" % ("op", "tool", "seconds", "MB/s", "peak RSS MiB", "cfs/x"))
@@ -143,4 +162,7 @@ for op, c, rc, bases in rows:
     if op == "commit":
         print("%-8s %-22s %8.2f %9.1f %12.1f %8.2f" % (op, "contextfs, 1 changed", cc2, mbs(cc2),
                                                       rcc2 / 1024, tc / cc2 if cc2 else 0))
+        if ccm > 0:
+            print("%-8s %-22s %8.2f %9.1f %12.1f %8.2f" % (op, "contextfs, store tmpfs", ccm,
+                                                          mbs(ccm), rccm / 1024, tc / ccm))
 PY
