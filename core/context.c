@@ -2957,6 +2957,7 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 {
 	struct cfs_file_entry *cur = NULL, *prev = NULL;
 	struct cfs_version_change *changes = NULL;
+	cJSON *bare = NULL;
 	size_t ncur = 0, nprev = 0, nch = 0, len = 0;
 	char ts[32];
 	char *buf = NULL;
@@ -2999,17 +3000,34 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 	if (rc)
 		goto out;
 	cfs_version_timestamp(ts, now_ms / 1000);
+	/*
+	 * The bundle's record lists every change, streamed; the summary the
+	 * manifest keeps lists the first CFS_MANIFEST_CHANGED_PATHS_MAX and
+	 * how many there were, so no list of all of them is built in memory
+	 * (a first commit of 200,000 files: 53 MB as cJSON, 34 MB printed).
+	 */
+	bare = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
+				      message, NULL, 0, NULL, 0);
 	*out = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
-				      message, changes, nch, NULL, 0);
-	if (!*out) {
-		rc = CFS_ENOMEM;
+				      message, changes,
+				      nch < CFS_MANIFEST_CHANGED_PATHS_MAX
+					      ? nch
+					      : CFS_MANIFEST_CHANGED_PATHS_MAX,
+				      NULL, 0);
+	if (!bare || !*out ||
+	    (nch > CFS_MANIFEST_CHANGED_PATHS_MAX &&
+	     !cJSON_AddNumberToObject(*out, "changedPathsTotal",
+				      (double)nch))) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
 		goto out;
 	}
 	rc = tmpdir_file(fd_out, t, "record.json");
 	if (rc)
 		goto out;
-	rc = cfs_version_record_write(len_out, *fd_out, *out, cur, ncur);
+	rc = cfs_version_record_write(len_out, *fd_out, bare, changes, nch, cur,
+				      ncur);
 out:
+	cJSON_Delete(bare);
 	free(buf);
 	free(changes);
 	if (!given)
@@ -3492,8 +3510,14 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		if (save) {
 			const cJSON *cp = cJSON_GetObjectItemCaseSensitive(
 				record, "changedPaths");
+			const cJSON *total = cJSON_GetObjectItemCaseSensitive(
+				record, "changedPathsTotal");
 
 			res->changed_paths = cJSON_Duplicate(cp, true);
+			res->changed_total =
+				cJSON_IsNumber(total)
+					? (uint64_t)total->valuedouble
+					: (uint64_t)cJSON_GetArraySize(cp);
 		}
 	}
 	if (save && recfd >= 0 && res && opts->want_index_json)

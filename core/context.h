@@ -168,7 +168,11 @@ struct cfs_commit_result {
 	uint64_t checkpoint_generation; /* checkpoint counter after it */
 	char tree_key[CFS_CONTEXT_KEY_MAX]; /* object written */
 	uint64_t size_bytes; /* compressed bundle bytes */
-	cJSON *changed_paths; /* save: [{path, type}] (owned); else NULL */
+	/* save: [{path, type}] (owned), the first
+	 * CFS_MANIFEST_CHANGED_PATHS_MAX as the manifest's summary keeps
+	 * them (the bundle's record has all); else NULL */
+	cJSON *changed_paths;
+	uint64_t changed_total; /* save: how many paths changed */
 	size_t gc_deleted; /* superseded objects deleted afterwards */
 	/* save: the version record written as .contextsdk/index.json (heap,
 	 * owned); pass it as prev_index to the next key_verified commit */

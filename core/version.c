@@ -1104,36 +1104,90 @@ static int recw_entry(struct recw *w, const struct cfs_file_entry *f,
 	return b->len >= RECW_FLUSH ? recw_flush(w) : 0;
 }
 
+/* One entry of the record's changedPaths, as the pretty printer makes it. */
+static int recw_change(struct recw *w, const struct cfs_version_change *c,
+		       bool first)
+{
+	const int fl = CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS | CFS_JSON_ASCII;
+	struct cfs_buf *b = &w->b;
+	size_t before = b->len;
+	int rc;
+
+	rc = cfs_buf_puts(b, first ? "\n    {\n      \"path\": "
+				   : ",\n    {\n      \"path\": ");
+	if (!rc)
+		rc = cfs_json_put_string(b, c->path, fl);
+	if (!rc)
+		rc = cfs_buf_puts(b, ",\n      \"type\": ");
+	if (!rc)
+		rc = cfs_json_put_string(b, cfs_change_type_name(c->type), fl);
+	if (!rc)
+		rc = cfs_buf_puts(b, "\n    }");
+	if (rc)
+		return CFS_ENOMEM;
+	w->total += b->len - before;
+	return b->len >= RECW_FLUSH ? recw_flush(w) : 0;
+}
+
+/*
+ * Writes all from *at up to and including the "[" of the empty array
+ * member marker (e.g. "\"files\": []"), then the n entries put() prints,
+ * then "]" (on its own line when there were entries); *at moves past the
+ * marker.
+ */
+static int recw_splice(struct recw *w, const char **at, const char *marker,
+		       size_t n,
+		       int (*put)(struct recw *, const void *, size_t, bool),
+		       const void *items)
+{
+	const char *m = strstr(*at, marker);
+	size_t ml = strlen(marker);
+	int rc;
+
+	if (!m)
+		return cfs_error_set(CFS_EINVAL,
+				     "version record has no empty %.*s member",
+				     (int)(ml - 4), marker);
+	rc = recw_put(w, *at, (size_t)(m - *at) + ml - 1);
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = put(w, items, i, i == 0);
+	if (!rc)
+		rc = n ? recw_put(w, "\n  ]", 4) : recw_put(w, "]", 1);
+	*at = m + ml;
+	return rc;
+}
+
+static int put_change(struct recw *w, const void *items, size_t i, bool first)
+{
+	return recw_change(w, &((const struct cfs_version_change *)items)[i],
+			   first);
+}
+
+static int put_file(struct recw *w, const void *items, size_t i, bool first)
+{
+	return recw_entry(w, &((const struct cfs_file_entry *)items)[i], first);
+}
+
 int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
+			     const struct cfs_version_change *changes,
+			     size_t nchanges,
 			     const struct cfs_file_entry *files, size_t nfiles)
 {
-	static const char marker[] = "\"files\": []";
-	char *all = cfs_version_record_print(record), *at;
+	char *all = cfs_version_record_print(record);
+	const char *at = all;
 	struct recw w = {fd, 0, CFS_BUF_INIT};
-	int rc = 0;
+	int rc;
 
 	if (!all)
 		return CFS_ENOMEM;
-	at = strstr(all, marker);
-	if (!at || nfiles == 0) {
-		if (!at && nfiles) {
-			rc = cfs_error_set(CFS_EINVAL, "version record has no "
-						       "empty files member");
-			goto out;
-		}
-		rc = recw_put(&w, all, strlen(all));
-		goto out;
-	}
-	/* up to and including "[" */
-	rc = recw_put(&w, all, (size_t)(at - all) + sizeof(marker) - 2);
-	for (size_t i = 0; i < nfiles && !rc; i++)
-		rc = recw_entry(&w, &files[i], i == 0);
+	/* sorted keys: changedPaths comes before files */
+	rc = recw_splice(&w, &at, "\"changedPaths\": []", nchanges, put_change,
+			 changes);
 	if (!rc)
-		rc = recw_put(&w, "\n  ]", 4);
-	at += sizeof(marker) - 1; /* after "]" */
+		rc = recw_splice(&w, &at, "\"files\": []", nfiles, put_file,
+				 files);
 	if (!rc)
 		rc = recw_put(&w, at, strlen(at));
-out:
 	if (!rc)
 		rc = recw_flush(&w);
 	cfs_buf_free(&w.b);

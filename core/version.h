@@ -187,12 +187,15 @@ char *cfs_version_record_print(const cJSON *record);
 
 /*
  * Writes the same bytes as cfs_version_record_print() of the record with
- * files[] as its "files" member, to fd, without building the file list as
- * JSON in memory: record must have an empty "files" array (as built with
- * nfiles 0); each entry is printed on its own. *len_out receives the bytes
- * written. Memory stays constant whatever the number of files.
+ * changes[] as its "changedPaths" and files[] as its "files" member, to
+ * fd, without building either list as JSON in memory: record must have
+ * both as empty arrays (as built with nchanges and nfiles 0); each entry
+ * is printed on its own. *len_out receives the bytes written. Memory
+ * stays constant whatever the number of files and changes.
  */
 int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
+			     const struct cfs_version_change *changes,
+			     size_t nchanges,
 			     const struct cfs_file_entry *files, size_t nfiles);
 
 #endif

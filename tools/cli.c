@@ -1582,6 +1582,11 @@ void cli_add_commit_result(struct cli *cli, const char *id,
 				  : cJSON_CreateArray();
 	if (paths)
 		cJSON_AddItemToObject(res, "changedPaths", paths);
+	/* a cut list, as in the manifest's summary */
+	if (cr->changed_paths &&
+	    cr->changed_total > (uint64_t)cJSON_GetArraySize(cr->changed_paths))
+		cJSON_AddNumberToObject(res, "changedPathsTotal",
+					(double)cr->changed_total);
 }
 
 /* ------------------------------------------------------------------ */

@@ -33,7 +33,8 @@ static int run(struct cli *cli)
 	struct cfs_commit_result cr = {0};
 	char size[32];
 	uint64_t expect = 0;
-	int dirfd = -1, rc, n;
+	int dirfd = -1, rc;
+	uint64_t n;
 
 	cfs_commit_opts_init(&co);
 	if (cli_is_mountpoint(id)) {
@@ -74,11 +75,12 @@ static int run(struct cli *cli)
 		goto out;
 
 	cli_add_commit_result(cli, id, &cr);
-	n = cJSON_GetArraySize(cr.changed_paths);
+	n = cr.changed_total;
 	cli_format_bytes(size, sizeof(size), cr.size_bytes);
-	cli_print(cli, "committed %s generation %llu (%s, %d changed path%s)\n",
-		  id, (unsigned long long)cr.generation, size, n,
-		  n == 1 ? "" : "s");
+	cli_print(cli,
+		  "committed %s generation %llu (%s, %llu changed path%s)\n",
+		  id, (unsigned long long)cr.generation, size,
+		  (unsigned long long)n, n == 1 ? "" : "s");
 out:
 	cfs_commit_result_clear(&cr);
 	if (dirfd >= 0)

@@ -600,3 +600,62 @@ def test_commit_cache_and_a_damaged_current_tree(cli_raw, tmp_path):
     tree = refreader.read_tree_files(c.store, "dm", raw_key_hex=c.raw_key_hex)
     assert tree["workspace/b.txt"]["sha256"] == hashlib.sha256(b"b\n").hexdigest()
     assert tree["workspace/a.txt"]["sha256"] == hashlib.sha256(b"x" * 200000).hexdigest()
+
+
+def _bundle_member(c, ctx, path):
+    """The bytes of one member of ctx's current bundle, read with the
+    independent reader and the zstd CLI."""
+    import io
+    import tarfile
+    zst, _, _ = refreader.decrypt_tree(c.store, ctx, passphrase=c.passphrase, raw_key_hex=c.raw_key_hex)
+    tar = subprocess.run(["zstd", "-dc"], input=zst, stdout=subprocess.PIPE, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        return tf.extractfile(path).read()
+
+
+def test_commit_of_many_changes(cli_raw, tmp_path):
+    """A commit changing more paths than a manifest summary keeps (1,000):
+    the bundle's version record lists every change, in the reference's
+    diff order; the manifest's summary, `commit --json` and the text output
+    agree on the first 1,000 and the real count (changedPathsTotal). The
+    record is streamed, not built in memory, whatever the count."""
+    c = cli_raw
+    c.json("init", "many")
+    src = str(tmp_path / "src")
+    c.ok("export", "many", src)
+    n = 2500
+    os.makedirs(os.path.join(src, "workspace", "m"))
+    for i in range(n):
+        name = "f%04d.txt" % i if i % 5 else 'q"%04d\\\x01\u00e9.txt' % i
+        with open(os.path.join(src, "workspace", "m", name), "w") as f:
+            f.write("x%d\n" % i)
+    os.unlink(os.path.join(src, "memory", "session.md"))
+    r = c.json("commit", "many", "--from", src)
+    gen = r.json["generation"]
+    record = json.loads(_bundle_member(c, "many", ".contextsdk/versions/%d.json" % gen))
+    index = json.loads(_bundle_member(c, "many", ".contextsdk/index.json"))
+    assert record == index
+    changed = record["changedPaths"]
+    added = sorted(p for p in (e["path"] for e in record["files"]) if p.startswith("workspace/m/"))
+    assert len(added) == n
+    assert changed == [{"path": p, "type": "added"} for p in added] + \
+        [{"path": "memory/session.md", "type": "removed"}]
+    assert "changedPathsTotal" not in record
+    summary = c.manifest("many")["versions"][-1]
+    assert summary["generation"] == gen and summary["files"] == []
+    assert summary["changedPaths"] == changed[:1000]
+    assert summary["changedPathsTotal"] == n + 1
+    assert r.json["changedPaths"] == changed[:1000]
+    assert r.json["changedPathsTotal"] == n + 1
+    r = c.ok("commit", "many", "--from", src)
+    assert ", 0 changed paths)" in r.out
+    for i in [i for i in range(n) if i % 5][:1500]:
+        with open(os.path.join(src, "workspace", "m", "f%04d.txt" % i), "a") as f:
+            f.write("more\n")
+    r = c.ok("commit", "many", "--from", src)
+    assert ", 1500 changed paths)" in r.out, r.out
+    with open(os.path.join(src, "workspace", "m", "f0001.txt"), "a") as f:
+        f.write("again\n")
+    r = c.json("commit", "many", "--from", src)
+    assert r.json["changedPaths"] == [{"path": "workspace/m/f0001.txt", "type": "modified"}]
+    assert "changedPathsTotal" not in r.json

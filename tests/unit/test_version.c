@@ -293,8 +293,8 @@ static void test_record_write(void)
 	bare = cfs_version_record_new(2, 1, "t", "a", "m\n", NULL, 0, NULL, 0);
 	whole = cfs_version_record_print(full);
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, N), 0,
-		   "record written entry by entry");
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, NULL, 0, files, N),
+		   0, "record written entry by entry");
 	streamed = cfs_malloc(len + 1);
 	lseek(fd, 0, SEEK_SET);
 	cfs_read_all(fd, streamed, len, &got);
@@ -303,8 +303,8 @@ static void test_record_write(void)
 	TAP_EQ_STR(streamed, whole, "streamed bytes equal the whole print");
 	lseek(fd, 0, SEEK_SET);
 	TAP_OK(ftruncate(fd, 0) == 0, "truncate");
-	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, NULL, 0), 0,
-		   "empty file list");
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, NULL, 0, NULL, 0),
+		   0, "empty file list");
 	free(whole);
 	whole = cfs_version_record_print(bare);
 	TAP_EQ_INT(len, strlen(whole), "empty list streams as []");
@@ -320,9 +320,9 @@ static void test_record_write(void)
 }
 
 /*
- * A first commit's changedPaths run to megabytes: the part before the file
- * list goes out in one piece instead of through the 64 KiB buffer, and the
- * bytes are still those of the whole print.
+ * A first commit's changedPaths run to megabytes: they are streamed entry
+ * by entry like the file list, and the bytes are still those of the whole
+ * print (paths with quotes, controls and non-ASCII included).
  */
 static void test_record_write_long(void)
 {
@@ -338,8 +338,10 @@ static void test_record_write_long(void)
 	int fd;
 
 	for (int i = 0; i < NCH; i++) {
-		names[i] = cfs_asprintf("workspace/dir%04d/file-%05d.txt",
-					i / 100, i);
+		names[i] = cfs_asprintf(
+			i % 7 ? "workspace/dir%04d/file-%05d.txt"
+			      : "workspace/d\"%04d\\\x01\xc3\xa9-%05d",
+			i / 100, i);
 		ch[i].path = names[i];
 		ch[i].type =
 			i % 3 == 0 ? CFS_CHANGE_MODIFIED : CFS_CHANGE_ADDED;
@@ -352,13 +354,13 @@ static void test_record_write_long(void)
 		files[i].mtime = 1767323045 + i;
 	}
 	full = cfs_version_record_new(7, 6, "t", "a", "m", ch, NCH, files, NF);
-	bare = cfs_version_record_new(7, 6, "t", "a", "m", ch, NCH, NULL, 0);
+	bare = cfs_version_record_new(7, 6, "t", "a", "m", NULL, 0, NULL, 0);
 	whole = cfs_version_record_print(full);
 	TAP_OK(whole && strlen(whole) > 4 * 65536,
 	       "the record is longer than four write buffers");
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, files, NF), 0,
-		   "long record written");
+	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, ch, NCH, files, NF),
+		   0, "long record written, both lists streamed");
 	streamed = cfs_malloc(len + 1);
 	lseek(fd, 0, SEEK_SET);
 	cfs_read_all(fd, streamed, len, &got);
