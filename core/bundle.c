@@ -2119,6 +2119,11 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			if (type == AE_IFREG && !link)
 				u->st.files++;
 			if (type == AE_IFREG && !link && opts &&
+			    opts->capture_path && opts->capture_skipped &&
+			    (uint64_t)size > opts->capture_max &&
+			    strcmp(entry, opts->capture_path) == 0)
+				*opts->capture_skipped = (uint64_t)size;
+			if (type == AE_IFREG && !link && opts &&
 			    opts->capture_path && opts->capture_out &&
 			    !*opts->capture_out &&
 			    strcmp(entry, opts->capture_path) == 0 &&

@@ -161,6 +161,9 @@ struct cfs_unpack_opts {
 	const char *capture_path;
 	char **capture_out;
 	size_t capture_max;
+	/* optional out: the size of a capture_path member that was larger
+	 * than capture_max (so not captured); left alone otherwise */
+	uint64_t *capture_skipped;
 	/* validate_only: each member, its data hashed (optional) */
 	cfs_member_fn member;
 	void *member_payload;

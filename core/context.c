@@ -1197,6 +1197,7 @@ static int check_key(char **prev_index, struct cfs_store *st,
 	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
+	uint64_t skipped = 0;
 	int rc, rc2, urc = 0;
 
 	*prev_index = NULL;
@@ -1217,6 +1218,7 @@ static int check_key(char **prev_index, struct cfs_store *st,
 		uo.capture_path = CFS_META_DIR "/index.json";
 		uo.capture_out = prev_index;
 		uo.capture_max = CFS_SMALL_OBJECT_MAX;
+		uo.capture_skipped = &skipped;
 		rc = decrypt_unpack(&urc, &d, -1, &uo);
 	}
 	rc2 = fetch_stream_finish(&f, &d.fd);
@@ -1250,6 +1252,15 @@ static int check_key(char **prev_index, struct cfs_store *st,
 		cfs_error_clear();
 		free(*prev_index);
 		*prev_index = NULL;
+	} else if (skipped) {
+		/* the base of changedPaths is lost: say so, not silently */
+		cfs_warn(
+			"the file list of %s's current generation (" CFS_META_DIR
+			"/index.json, %" PRIu64 " bytes) is larger than the "
+			"%u MiB contextfs reads; this commit's changedPaths "
+			"lists every file as added (the data is complete)",
+			cfs_manifest_id(m), skipped,
+			(unsigned)(CFS_SMALL_OBJECT_MAX >> 20));
 	}
 	rc = cfs_keys_adopt_salt(keys, &meta);
 out:

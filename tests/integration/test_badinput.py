@@ -526,6 +526,31 @@ def test_too_many_entries(cli_raw, tmp_path):
     assert r.rc == EXIT_UNSAFE, (r.rc, r.err)
 
 
+def test_commit_over_an_oversized_file_list(cli_raw, tmp_path):
+    """A current generation whose .contextsdk/index.json is larger than the
+    64 MiB contextfs reads into memory (a 65 MiB document, mostly blanks):
+    the commit still lands, with every file of the new tree in
+    changedPaths as added, and says on stderr why (the size and the limit)
+    instead of silently losing the base of the diff."""
+    c = cli_raw
+    ctx = "bigindex"
+    big = b'{"files": [], "version": 1}' + b" " * (65 << 20) + b"\n"
+    members = [(".contextsdk", "dir", b"", 0o755, ""),
+               (".contextsdk/index.json", "file", big, 0o644, "")] + archives.seed_members(ctx)
+    archives.install_bundle(c.store, ctx, archives.zstd_compress(archives.build_tar(members)), c.raw_key_hex)
+    src = str(tmp_path / "src")
+    os.makedirs(os.path.join(src, "workspace"))
+    with open(os.path.join(src, "workspace", "a.txt"), "w") as f:
+        f.write("a\n")
+    r = c.run("--json", "commit", ctx, "--from", src)
+    assert r.rc == 0, r.err
+    assert "index.json, %d bytes" % len(big) in r.err and "64 MiB" in r.err, r.err
+    assert "every file as added" in r.err, r.err
+    assert json.loads(r.out)["changedPaths"] == [{"path": "workspace/a.txt", "type": "added"}]
+    files = refreader.read_tree_files(c.store, ctx, raw_key_hex=c.raw_key_hex)
+    assert files["workspace/a.txt"]["type"] == "file"
+
+
 def test_odd_but_valid_archives(cli_raw, tmp_path):
     """Set-id/sticky bits are dropped on export (FORMAT.md); a later member
     replaces an earlier symlink of the same name instead of writing through it;
