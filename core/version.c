@@ -1060,42 +1060,36 @@ static int recw_put(struct recw *w, const char *p, size_t n)
 	return w->b.len >= RECW_FLUSH ? recw_flush(w) : 0;
 }
 
+/* A member of a list entry: a string, or a number when str is NULL. */
+struct recw_field {
+	const char *key; /* plain ASCII, in sorted order */
+	const char *str;
+	double num;
+};
+
 /*
- * One entry of the record's file list, as cfs_version_files_to_json() and
- * the pretty printer would make it at that depth, without the cJSON tree
- * (a 20,000-file record: 0.10 s -> 0.02 s).
+ * One object of a list in the record, as the pretty printer makes it at
+ * that depth, without a cJSON tree (a 20,000-file record: 0.10 s ->
+ * 0.02 s).
  */
-static int recw_entry(struct recw *w, const struct cfs_file_entry *f,
-		      bool first)
+static int recw_object(struct recw *w, const struct recw_field *f, size_t n,
+		       bool first)
 {
 	const int fl = CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS | CFS_JSON_ASCII;
 	struct cfs_buf *b = &w->b;
 	size_t before = b->len;
-	char mode[16], mtime[32];
-	int rc;
+	int rc = cfs_buf_puts(b, first ? "\n    {" : ",\n    {");
 
-	snprintf(mode, sizeof(mode), "0o%o", f->mode & 07777);
-	cfs_version_timestamp(mtime, f->mtime);
-	rc = cfs_buf_puts(b, first ? "\n    {\n      \"mode\": "
-				   : ",\n    {\n      \"mode\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, mode, fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, ",\n      \"mtime\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, mtime, fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, ",\n      \"path\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, f->path, fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, ",\n      \"sha256\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, f->sha256, fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, ",\n      \"size\": ");
-	if (!rc)
-		rc = cfs_json_put_number(b, (double)f->size, fl);
+	for (size_t i = 0; i < n && !rc; i++) {
+		rc = cfs_buf_puts(b, i ? ",\n      \"" : "\n      \"");
+		if (!rc)
+			rc = cfs_buf_puts(b, f[i].key);
+		if (!rc)
+			rc = cfs_buf_puts(b, "\": ");
+		if (!rc)
+			rc = f[i].str ? cfs_json_put_string(b, f[i].str, fl)
+				      : cfs_json_put_number(b, f[i].num, fl);
+	}
 	if (!rc)
 		rc = cfs_buf_puts(b, "\n    }");
 	if (rc)
@@ -1104,29 +1098,35 @@ static int recw_entry(struct recw *w, const struct cfs_file_entry *f,
 	return b->len >= RECW_FLUSH ? recw_flush(w) : 0;
 }
 
-/* One entry of the record's changedPaths, as the pretty printer makes it. */
+/* One entry of the record's file list (cfs_version_files_to_json()). */
+static int recw_entry(struct recw *w, const struct cfs_file_entry *f,
+		      bool first)
+{
+	char mode[16], mtime[32];
+
+	snprintf(mode, sizeof(mode), "0o%o", f->mode & 07777);
+	cfs_version_timestamp(mtime, f->mtime);
+	return recw_object(w,
+			   (const struct recw_field[]){
+				   {"mode", mode, 0},
+				   {"mtime", mtime, 0},
+				   {"path", f->path, 0},
+				   {"sha256", f->sha256, 0},
+				   {"size", NULL, (double)f->size},
+			   },
+			   5, first);
+}
+
+/* One entry of the record's changedPaths (cfs_version_changes_to_json()). */
 static int recw_change(struct recw *w, const struct cfs_version_change *c,
 		       bool first)
 {
-	const int fl = CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS | CFS_JSON_ASCII;
-	struct cfs_buf *b = &w->b;
-	size_t before = b->len;
-	int rc;
-
-	rc = cfs_buf_puts(b, first ? "\n    {\n      \"path\": "
-				   : ",\n    {\n      \"path\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, c->path, fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, ",\n      \"type\": ");
-	if (!rc)
-		rc = cfs_json_put_string(b, cfs_change_type_name(c->type), fl);
-	if (!rc)
-		rc = cfs_buf_puts(b, "\n    }");
-	if (rc)
-		return CFS_ENOMEM;
-	w->total += b->len - before;
-	return b->len >= RECW_FLUSH ? recw_flush(w) : 0;
+	return recw_object(w,
+			   (const struct recw_field[]){
+				   {"path", c->path, 0},
+				   {"type", cfs_change_type_name(c->type), 0},
+			   },
+			   2, first);
 }
 
 /*

@@ -258,6 +258,18 @@ static void test_record(void)
 	cJSON_Delete(rec);
 }
 
+/* The len bytes a record writer wrote to fd, NUL-terminated (*got read). */
+static char *read_back(int fd, size_t len, size_t *got)
+{
+	char *buf = cfs_malloc(len + 1);
+
+	*got = 0;
+	lseek(fd, 0, SEEK_SET);
+	cfs_read_all(fd, buf, len, got);
+	buf[*got] = '\0';
+	return buf;
+}
+
 /* The streamed record is byte-identical to the one printed whole. */
 static void test_record_write(void)
 {
@@ -295,10 +307,7 @@ static void test_record_write(void)
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, NULL, 0, files, N),
 		   0, "record written entry by entry");
-	streamed = cfs_malloc(len + 1);
-	lseek(fd, 0, SEEK_SET);
-	cfs_read_all(fd, streamed, len, &got);
-	streamed[got] = '\0';
+	streamed = read_back(fd, len, &got);
 	TAP_EQ_INT(got, strlen(whole), "streamed length");
 	TAP_EQ_STR(streamed, whole, "streamed bytes equal the whole print");
 	lseek(fd, 0, SEEK_SET);
@@ -361,10 +370,7 @@ static void test_record_write_long(void)
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	TAP_EQ_INT(cfs_version_record_write(&len, fd, bare, ch, NCH, files, NF),
 		   0, "long record written, both lists streamed");
-	streamed = cfs_malloc(len + 1);
-	lseek(fd, 0, SEEK_SET);
-	cfs_read_all(fd, streamed, len, &got);
-	streamed[got] = '\0';
+	streamed = read_back(fd, len, &got);
 	TAP_EQ_INT(len, strlen(whole), "reported length");
 	TAP_EQ_INT(got, strlen(whole), "streamed length");
 	TAP_OK(strcmp(streamed, whole) == 0,
