@@ -165,6 +165,55 @@ static void test_index(void)
 	free(base);
 }
 
+/*
+ * Thousands of files through the hashing threads, whose results the walk
+ * takes as it goes: every entry ends with its own file's hash, in sorted
+ * order, none lost or swapped.
+ */
+static void test_index_many(void)
+{
+	enum { N = 3000 };
+	char *base = tap_tmpdir("index-many");
+	int r = open(base, O_RDONLY | O_DIRECTORY);
+	struct cfs_policy pol = {0};
+	struct cfs_file_entry *files = NULL;
+	size_t n = 0, right = 0, sorted = 1;
+	char path[64], data[64], want[65];
+
+	mkdirat(r, "workspace", 0755);
+	for (int d = 0; d < 10; d++) {
+		snprintf(path, sizeof(path), "workspace/d%d", d);
+		mkdirat(r, path, 0755);
+	}
+	for (int i = 0; i < N; i++) {
+		snprintf(path, sizeof(path), "workspace/d%d/f%05d", i % 10, i);
+		snprintf(data, sizeof(data), "contents of file %d\n", i);
+		put_file(r, path, data, 0644, 1767323045);
+	}
+	cfs_policy_default(&pol);
+	TAP_EQ_INT(cfs_index_build(&files, &n, r, &pol), 0, "index build");
+	TAP_EQ_INT(n, N, "every file listed");
+	for (size_t k = 0; k < n; k++) {
+		int i = -1, d = -1;
+
+		if (k && strcmp(files[k - 1].path, files[k].path) >= 0)
+			sorted = 0;
+		if (sscanf(files[k].path, "workspace/d%d/f%d", &d, &i) != 2)
+			continue;
+		snprintf(data, sizeof(data), "contents of file %d\n", i);
+		cfs_sha256_hex(want, data, strlen(data));
+		right += strcmp(files[k].sha256, want) == 0 &&
+			 files[k].size == strlen(data);
+	}
+	TAP_OK(sorted, "sorted by path");
+	TAP_EQ_INT(right, N, "each entry has its own file's hash and size");
+	cfs_index_free(files, n);
+	cfs_policy_free(&pol);
+	cfs_rmtree_at(AT_FDCWD, base);
+	close(r);
+	free(base);
+}
+
 static void test_from_json(void)
 {
 	static const char doc[] =
@@ -452,6 +501,7 @@ int main(void)
 	cfs_init();
 	test_diff();
 	test_index();
+	test_index_many();
 	test_from_json();
 	test_record();
 	test_record_write();
