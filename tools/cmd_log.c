@@ -59,6 +59,7 @@ static cJSON *version_entry(const struct cfs_manifest *m, const cJSON *rec)
 	copy_member(e, rec, "author");
 	copy_member(e, rec, "message");
 	copy_member(e, rec, "changedPaths");
+	copy_member(e, rec, "changedPathsTotal");
 	cJSON_AddBoolToObject(e, "retained", retained);
 	cli_json_add_str_or_null(e, "treeKey", retained ? key : NULL);
 	if (retained)
@@ -92,7 +93,7 @@ static void print_version(const cJSON *e, uint64_t current)
 	const cJSON *paths =
 		cJSON_GetObjectItemCaseSensitive(e, "changedPaths");
 	const char *msg = cfs_json_str(e, "message");
-	int64_t gen = 0, parent = -1;
+	int64_t gen = 0, parent = -1, total = 0;
 	const cJSON *p;
 	bool retained = false;
 
@@ -125,6 +126,13 @@ static void print_version(const cJSON *e, uint64_t current)
 			c = 'D';
 		printf("    %c %s\n", c, path ? path : "?");
 	}
+	/* a summary lists at most 1,000 paths; the bundle's record all */
+	if (cfs_json_int(e, "changedPathsTotal", &total) &&
+	    total > cJSON_GetArraySize(paths))
+		printf("    ... and %lld more (the generation's "
+		       ".contextsdk/versions/%lld.json lists them all)\n",
+		       (long long)(total - cJSON_GetArraySize(paths)),
+		       (long long)gen);
 	printf("\n");
 }
 

@@ -647,6 +647,11 @@ def test_commit_of_many_changes(cli_raw, tmp_path):
     assert summary["changedPathsTotal"] == n + 1
     assert r.json["changedPaths"] == changed[:1000]
     assert r.json["changedPathsTotal"] == n + 1
+    log = c.json("log", "many").json["versions"][-1]
+    assert log["changedPaths"] == changed[:1000] and log["changedPathsTotal"] == n + 1
+    out = c.ok("log", "many").out
+    assert "... and %d more (the generation's .contextsdk/versions/%d.json lists them all)" % (
+        n + 1 - 1000, gen) in out, out
     r = c.ok("commit", "many", "--from", src)
     assert ", 0 changed paths)" in r.out
     for i in [i for i in range(n) if i % 5][:1500]:
