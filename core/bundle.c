@@ -2112,22 +2112,22 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			goto out;
 		}
 		if (u->validate_only) {
+			bool capture;
+
 			rc = up_validate(u, name, entry, type, link,
 					 archive_entry_hardlink(e) != NULL);
 			if (rc)
 				goto out;
 			if (type == AE_IFREG && !link)
 				u->st.files++;
-			if (type == AE_IFREG && !link && opts &&
-			    opts->capture_path && opts->capture_skipped &&
-			    (uint64_t)size > opts->capture_max &&
-			    strcmp(entry, opts->capture_path) == 0)
-				*opts->capture_skipped = (uint64_t)size;
-			if (type == AE_IFREG && !link && opts &&
-			    opts->capture_path && opts->capture_out &&
-			    !*opts->capture_out &&
-			    strcmp(entry, opts->capture_path) == 0 &&
-			    (uint64_t)size <= opts->capture_max) {
+			capture = type == AE_IFREG && !link && opts &&
+				  opts->capture_path &&
+				  strcmp(entry, opts->capture_path) == 0;
+			if (capture && (uint64_t)size > opts->capture_max) {
+				if (opts->capture_skipped)
+					*opts->capture_skipped = (uint64_t)size;
+			} else if (capture && opts->capture_out &&
+				   !*opts->capture_out) {
 				rc = up_capture(u, opts->capture_out,
 						(size_t)size, entry);
 				if (!rc && opts->member)

@@ -3182,7 +3182,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	char attempt[CFS_ATTEMPT_LEN + 1];
 	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
 	cJSON *cprec = NULL;
-	char *recjson = NULL, *prev_index = NULL;
+	char *prev_index = NULL;
 	int recfd = -1;
 	size_t reclen = 0;
 	const char *what;
@@ -3322,19 +3322,11 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		 * The file lists were many small allocations; give their
 		 * pages back before the compressor threads allocate theirs,
 		 * so peak RSS does not grow with the number of files. The
-		 * record (its changedPaths: a node per changed file) waits
-		 * for the manifest as text: as a tree it kept 8 MiB of a
-		 * first 20,000-file commit's heap through the pack.
+		 * record kept for the manifest is small: its changedPaths
+		 * stop at CFS_MANIFEST_CHANGED_PATHS_MAX (build_record).
 		 */
 		free(prev_index);
 		prev_index = NULL;
-		recjson = cJSON_PrintUnformatted(record);
-		if (!recjson) {
-			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
-			goto out;
-		}
-		cJSON_Delete(record);
-		record = NULL;
 		malloc_trim(0);
 		if (sc_on) {
 			char phase[128];
@@ -3405,11 +3397,6 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	    (rc = keep_checkpoint_metadata(nm, old)))
 		goto out;
 	if (save) {
-		record = cJSON_Parse(recjson);
-		if (!record) {
-			rc = cfs_error_set(CFS_ENOMEM, "out of memory");
-			goto out;
-		}
 		if ((rc = cfs_manifest_set_generation(nm, next)) ||
 		    (rc = cfs_manifest_add_version(nm, record, key, enc, size,
 						   &dropped)) ||
@@ -3570,7 +3557,6 @@ out:
 	cJSON_Delete(record);
 	cJSON_Delete(dropped);
 	cJSON_Delete(cprec);
-	free(recjson);
 	free(prev_index);
 	close_fd(&recfd);
 	cfs_manifest_free(nm);

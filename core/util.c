@@ -318,6 +318,14 @@ void cfs_sha256_hex(char out[65], const void *data, size_t len)
 	cfs_hex_encode(out, md, sizeof(md));
 }
 
+/* fstat of fd: 0 for a regular file, 1 for anything else, or an error. */
+static int stat_file(int fd, struct stat *st)
+{
+	if (fstat(fd, st) < 0)
+		return cfs_error_errno(errno, "cannot stat");
+	return S_ISREG(st->st_mode) ? 0 : 1;
+}
+
 /*
  * st: also the fstat after reading, and a read shorter than asked that ends
  * where that fstat says the file ends counts as the end (a small file costs
@@ -349,7 +357,7 @@ static int sha256_fd(char out[65], int fd, struct stat *st)
 		if (n < 0) {
 			int e = errno;
 
-			if (st && fstat(fd, st) == 0 && !S_ISREG(st->st_mode))
+			if (st && stat_file(fd, st) == 1)
 				goto out; /* a FIFO, a directory: not a file */
 			rc = cfs_error_errno(e, "read");
 			goto out;
@@ -359,11 +367,7 @@ static int sha256_fd(char out[65], int fd, struct stat *st)
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
 		off += n;
 		if (st && (off == n || (size_t)n < sizeof(buf))) {
-			if (fstat(fd, st) < 0) {
-				rc = cfs_error_errno(errno, "cannot stat");
-				goto out;
-			}
-			if (!S_ISREG(st->st_mode))
+			if ((rc = stat_file(fd, st)) != 0)
 				goto out;
 			if ((size_t)n < sizeof(buf) && st->st_size == off) {
 				have_st = true;
@@ -371,19 +375,13 @@ static int sha256_fd(char out[65], int fd, struct stat *st)
 			}
 		}
 	}
-	if (st && !have_st) {
-		if (fstat(fd, st) < 0) {
-			rc = cfs_error_errno(errno, "cannot stat");
-			goto out;
-		}
-		if (!S_ISREG(st->st_mode))
-			goto out;
-	}
+	if (st && !have_st && (rc = stat_file(fd, st)) != 0)
+		goto out;
 	EVP_DigestFinal_ex(ctx, md, NULL);
 	cfs_hex_encode(out, md, sizeof(md));
 out:
 	EVP_MD_CTX_free(ctx);
-	return rc;
+	return rc > 0 ? 0 : rc; /* 1: not a file, out empty */
 }
 
 int cfs_sha256_fd(char out[65], int fd)

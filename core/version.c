@@ -49,9 +49,9 @@ void cfs_index_free(struct cfs_file_entry *files, size_t n)
 /*
  * Hashing every file is the index's cost (1 GiB: ~0.7 s of SHA-256 on one
  * core), so the walk hands open files to a few threads; at most
- * HASH_IN_FLIGHT are open at once. Results land in per-file jobs and are
- * copied into the entries after the walk (the entries array may move while
- * it grows). Files go over in batches of HASH_BATCH and a thread is woken
+ * HASH_IN_FLIGHT are open at once. Results land in per-file jobs, which
+ * the walk copies into the entries by index (the entries array may move
+ * while it grows) every few batches and at the end. Files go over in batches of HASH_BATCH and a thread is woken
  * only when one waits: a handover per file cost four futex calls, a fifth
  * of the index's system time for 20,000 small files.
  */
@@ -1261,10 +1261,10 @@ static size_t ih_slot_of(const struct cfs_inode_hashes *h, dev_t dev, ino_t ino)
 	return i;
 }
 
-/* Room for one more entry (at most 3/4 of the slots in use). */
+/* Room for one more entry (at most 3/4 of the slots in use; ih_set
+ * enforces the maximum). */
 static bool ih_reserve(struct cfs_inode_hashes *h)
 {
-	size_t max = h->max ? h->max : CFS_INODE_HASHES_MAX;
 	struct cfs_inode_hash *nv;
 	size_t ncap;
 
@@ -1272,7 +1272,7 @@ static bool ih_reserve(struct cfs_inode_hashes *h)
 	if ((h->used + 1) * 4 <= h->cap * 3)
 		return true;
 	ncap = h->cap ? h->cap * 2 : 1024;
-	if (h->used >= max || !(nv = calloc(ncap, sizeof(*nv))))
+	if (!(nv = calloc(ncap, sizeof(*nv))))
 		return false;
 	for (size_t i = 0; i < h->cap; i++) {
 		if (h->v[i].used) {
