@@ -103,8 +103,12 @@ run tar_commit_sync bash -c 'tar -C "$1" -cf - workspace | zstd -T0 -3 -q -o "$2
 # the commit costs without the durable write of its bundle to this disk
 SEC_cfs_commit_shm=0 RSS_cfs_commit_shm=0
 SHM_FREE=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
-if [ -n "$SHM_FREE" ] && [ "$SHM_FREE" -gt $((MIB * 1024 * 3 / 2)) ]; then
-	SHM_STORE=$(mktemp -d /dev/shm/cfs-bench-store.XXXXXX)
+if [ -z "$SHM_FREE" ] || [ "$SHM_FREE" -le $((MIB * 1024 * 3 / 2)) ]; then
+	echo "   (no room for the store in /dev/shm: no tmpfs row)"
+elif ! SHM_STORE=$(mktemp -d /dev/shm/cfs-bench-store.XXXXXX); then
+	SHM_STORE=
+	echo "   (cannot create a store in /dev/shm: no tmpfs row)"
+else
 	CONTEXTSDK_STORAGE_DIR=$SHM_STORE "$BIN" init bench -q >/dev/null
 	run cfs_commit_shm env CONTEXTSDK_STORAGE_DIR="$SHM_STORE" \
 		XDG_CACHE_HOME="$WORK/xdg-cache-shm" \
