@@ -1820,6 +1820,34 @@ static int up_capture(struct unpacker *u, char **out, size_t size,
 	return 0;
 }
 
+/* Writes the current member (size bytes) to fd. */
+static int up_capture_fd(struct unpacker *u, int fd, int64_t size,
+			 const char *entry)
+{
+	char buf[65536];
+	int64_t got = 0;
+
+	while (got < size) {
+		la_ssize_t n = archive_read_data(u->a, buf, sizeof(buf));
+		int rc;
+
+		if (n < 0)
+			return up_archive_error(u, entry);
+		if (n == 0)
+			break;
+		rc = cfs_write_all(fd, buf, (size_t)n);
+		if (rc) {
+			cfs_error_prefix("keep %s", entry);
+			return rc;
+		}
+		got += n;
+	}
+	if (got != size)
+		return cfs_error_set(CFS_ECORRUPT,
+				     "corrupt archive: %s is truncated", entry);
+	return 0;
+}
+
 /*
  * validate_only with opts->member: hashes a regular file's data (with_data;
  * else its data was consumed already) and reports the member.
@@ -2123,7 +2151,20 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			capture = type == AE_IFREG && !link && opts &&
 				  opts->capture_path &&
 				  strcmp(entry, opts->capture_path) == 0;
-			if (capture && (uint64_t)size > opts->capture_max) {
+			if (capture && opts->capture_to_fd &&
+			    !(opts->captured && *opts->captured)) {
+				rc = up_capture_fd(u, opts->capture_fd, size,
+						   entry);
+				if (!rc && opts->captured)
+					*opts->captured = true;
+				if (!rc && opts->member)
+					rc = up_member(u, opts, e, entry, type,
+						       link, size, false);
+				if (rc)
+					goto out;
+				continue;
+			} else if (capture && !opts->capture_to_fd &&
+				   (uint64_t)size > opts->capture_max) {
 				if (opts->capture_skipped)
 					*opts->capture_skipped = (uint64_t)size;
 			} else if (capture && opts->capture_out &&

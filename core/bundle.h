@@ -164,6 +164,11 @@ struct cfs_unpack_opts {
 	/* optional out: the size of a capture_path member that was larger
 	 * than capture_max (so not captured); left alone otherwise */
 	uint64_t *capture_skipped;
+	/* instead of capture_out: the member's data, whatever its size, is
+	 * written to capture_fd and *captured set true */
+	bool capture_to_fd;
+	int capture_fd;
+	bool *captured;
 	/* validate_only: each member, its data hashed (optional) */
 	cfs_member_fn member;
 	void *member_payload;

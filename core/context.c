@@ -37,6 +37,7 @@
 #include "core/log.h"
 #include "core/manifest.h"
 #include "core/policy.h"
+#include "core/record.h"
 #include "core/util.h"
 #include "core/version.h"
 
@@ -44,8 +45,6 @@
 #define DEFAULT_SAVE_MESSAGE "save context"
 #define DEFAULT_CREATE_MESSAGE "create context"
 #define DEFAULT_REASON "checkpoint"
-/* Cap on a previous .contextsdk/index.json read from the source dir. */
-#define PREV_INDEX_MAX (64u << 20)
 /* Most objects one commit writes (tree; an image is never written). */
 #define WRITTEN_MAX 4
 
@@ -1178,18 +1177,19 @@ static int wrong_key(const struct cfs_manifest *m, const char *key)
 }
 
 /*
- * Authenticates the current tree object of m with keys without keeping any
- * plaintext on disk: a commit with a wrong passphrase or key must fail
+ * Authenticates the current tree object of m with keys without keeping the
+ * tree's files anywhere: a commit with a wrong passphrase or key must fail
  * before it writes anything. While it decrypts, it validates the archive
- * and captures the previous generation's .contextsdk/index.json into
- * *prev_index (the base of the new version record's changedPaths; NULL if
+ * and copies the previous generation's .contextsdk/index.json, whatever
+ * its size, into a file of the private temp directory t, *prev_fd (open
+ * at its start: the base of the new version record's changedPaths; -1 if
  * the bundle has none). On success the keys adopt the object's salt, so
  * the commit's encryption reuses the key derived for this check. A current
  * object that is missing cannot be checked; that is only a warning, so a
  * context whose data was lost can still be committed over.
  */
-static int check_key(char **prev_index, struct cfs_store *st,
-		     struct cfs_keys *keys, const struct cfs_manifest *m)
+static int check_key(int *prev_fd, struct cfs_store *st, struct cfs_keys *keys,
+		     const struct cfs_manifest *m, struct tmpdir *t)
 {
 	const char *key = cfs_manifest_tree_key(m);
 	const cJSON *enc = cfs_manifest_tree_encryption(m);
@@ -1197,10 +1197,10 @@ static int check_key(char **prev_index, struct cfs_store *st,
 	struct fetch_stream f;
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
-	uint64_t skipped = 0;
-	int rc, rc2, urc = 0;
+	bool captured = false;
+	int rc, rc2, urc = 0, ifd = -1;
 
-	*prev_index = NULL;
+	*prev_fd = -1;
 	if (!key || !enc)
 		return 0;
 	rc = cfs_encmeta_from_json(&meta, enc);
@@ -1209,6 +1209,8 @@ static int check_key(char **prev_index, struct cfs_store *st,
 		return rc;
 	}
 	rc = cfs_cipher_decrypt_new(&d.cipher, keys, &meta);
+	if (!rc)
+		rc = tmpdir_file(&ifd, t, "previous-index.json");
 	if (rc)
 		goto out;
 	rc = fetch_stream_start(&f, &d.fd, st, key);
@@ -1216,9 +1218,9 @@ static int check_key(char **prev_index, struct cfs_store *st,
 		memset(&uo, 0, sizeof(uo));
 		uo.validate_only = true;
 		uo.capture_path = CFS_META_DIR "/index.json";
-		uo.capture_out = prev_index;
-		uo.capture_max = CFS_SMALL_OBJECT_MAX;
-		uo.capture_skipped = &skipped;
+		uo.capture_to_fd = true;
+		uo.capture_fd = ifd;
+		uo.captured = &captured;
 		rc = decrypt_unpack(&urc, &d, -1, &uo);
 	}
 	rc2 = fetch_stream_finish(&f, &d.fd);
@@ -1227,8 +1229,7 @@ static int check_key(char **prev_index, struct cfs_store *st,
 			 "missing",
 			 key);
 		cfs_error_clear();
-		free(*prev_index);
-		*prev_index = NULL;
+		captured = false;
 		rc = 0;
 		goto out;
 	}
@@ -1250,32 +1251,26 @@ static int check_key(char **prev_index, struct cfs_store *st,
 			 "committing over it",
 			 cfs_manifest_id(m), cfs_error_last());
 		cfs_error_clear();
-		free(*prev_index);
-		*prev_index = NULL;
-	} else if (skipped) {
-		/* the base of changedPaths is lost: say so, not silently */
-		cfs_warn(
-			"the file list of %s's current generation (" CFS_META_DIR
-			"/index.json, %" PRIu64 " bytes) is larger than the "
-			"%u MiB contextfs reads; this commit's changedPaths "
-			"lists every file as added (the data is complete)",
-			cfs_manifest_id(m), skipped,
-			(unsigned)(CFS_SMALL_OBJECT_MAX >> 20));
+		captured = false;
 	}
 	rc = cfs_keys_adopt_salt(keys, &meta);
+	if (!rc && captured)
+		rc = rewind_fd(ifd);
 out:
-	if (rc) {
-		free(*prev_index);
-		*prev_index = NULL;
+	if (!rc && captured) {
+		/* the base of the next record's changedPaths, whatever its
+		 * size: read entry by entry (core/record.c) */
+		*prev_fd = ifd;
+		ifd = -1;
 	}
+	close_fd(&ifd);
 	cfs_cipher_free(d.cipher);
 	return rc;
 }
 
 /*
  * <tree>/.contextsdk/index.json open for reading, reached without following
- * links, when it is a regular file of at most PREV_INDEX_MAX bytes (its
- * size in *size); else -1.
+ * links, when it is a regular file (its size in *size); else -1.
  */
 static int open_index_json(int treefd, size_t *size)
 {
@@ -1289,8 +1284,7 @@ static int open_index_json(int treefd, size_t *size)
 	fd = openat(dfd, "index.json",
 		    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	close(dfd);
-	if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
-			(uint64_t)sb.st_size > PREV_INDEX_MAX)) {
+	if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
 		close(fd);
 		fd = -1;
 	}
@@ -1452,46 +1446,55 @@ static const char *enc_tag(const cJSON *enc)
 	return cfs_json_str(enc, "authTag");
 }
 
+/* The cache file's header line is at most this long. */
+#define CACHE_HEAD_MAX 4096
+
 /*
- * The index cached for the current tree of m (heap), or NULL when there is
- * none for exactly that object (its key and GCM tag).
+ * The index cached for the current tree of m, open and positioned at its
+ * first byte, or -1 when there is none for exactly that object (its key
+ * and GCM tag). Read entry by entry, so it may be of any size.
  */
-static char *cache_load(const char *dir, struct cfs_store *st, const char *id,
-			const struct cfs_manifest *m)
+static int cache_load(const char *dir, struct cfs_store *st, const char *id,
+		      const struct cfs_manifest *m)
 {
-	char *path = cache_path(dir, st, id), *buf = NULL, *out = NULL, *nl;
+	char *path = cache_path(dir, st, id), head[CACHE_HEAD_MAX], *nl;
 	const char *tk = cfs_manifest_tree_key(m);
 	const char *tag = enc_tag(cfs_manifest_tree_encryption(m));
 	const cJSON *size;
 	cJSON *o = NULL;
-	size_t len, hlen;
+	struct stat sb;
+	size_t got = 0, hlen;
+	int fd = -1;
+	bool ok = false;
 
-	if (!path || !tk || !tag ||
-	    cfs_read_file_at(&buf, &len, AT_FDCWD, path, PREV_INDEX_MAX + 4096))
+	if (!path || !tk || !tag)
 		goto out;
-	nl = memchr(buf, '\n', len);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+	    cfs_read_all(fd, head, sizeof(head), &got))
+		goto out;
+	nl = memchr(head, '\n', got);
 	if (!nl)
 		goto out;
-	hlen = (size_t)(nl - buf);
-	o = cJSON_ParseWithLength(buf, hlen);
+	hlen = (size_t)(nl - head);
+	o = cJSON_ParseWithLength(head, hlen);
 	size = cJSON_GetObjectItemCaseSensitive(o, "size");
-	if (o && cfs_json_str(o, "id") && !strcmp(cfs_json_str(o, "id"), id) &&
-	    cfs_json_str(o, "treeKey") &&
-	    !strcmp(cfs_json_str(o, "treeKey"), tk) && cfs_json_str(o, "tag") &&
-	    !strcmp(cfs_json_str(o, "tag"), tag) && cJSON_IsNumber(size) &&
-	    size->valuedouble == (double)(len - hlen - 1)) {
-		/* the index follows the header line: move it to the front */
-		memmove(buf, nl + 1, len - hlen - 1);
-		buf[len - hlen - 1] = '\0';
-		out = buf;
-		buf = NULL;
-	}
+	ok = o && cfs_json_str(o, "id") && !strcmp(cfs_json_str(o, "id"), id) &&
+	     cfs_json_str(o, "treeKey") &&
+	     !strcmp(cfs_json_str(o, "treeKey"), tk) &&
+	     cfs_json_str(o, "tag") && !strcmp(cfs_json_str(o, "tag"), tag) &&
+	     cJSON_IsNumber(size) &&
+	     size->valuedouble == (double)((uint64_t)sb.st_size - hlen - 1) &&
+	     lseek(fd, (off_t)hlen + 1, SEEK_SET) == (off_t)hlen + 1;
 out:
+	if (!ok && fd >= 0) {
+		close(fd);
+		fd = -1;
+	}
 	cfs_error_clear();
 	cJSON_Delete(o);
-	free(buf);
 	free(path);
-	return out;
+	return fd;
 }
 
 /* Entries of the commit cache unused for this long are removed. */
@@ -1550,7 +1553,7 @@ static void cache_save(const char *dir, struct cfs_store *st, const char *id,
 	size_t left = len;
 	bool ok = false;
 
-	if (fd < 0 || len > PREV_INDEX_MAX || !enc_tag(enc))
+	if (fd < 0 || !enc_tag(enc))
 		return;
 	o = cJSON_CreateObject();
 	if (!o || !cJSON_AddNumberToObject(o, "version", 1) ||
@@ -2937,113 +2940,109 @@ static int collect_dropped(struct keylist *doomed, const cJSON *dropped)
  * exported from), never following links and only if it is a regular
  * file; anything unreadable means "no previous index", as the reference.
  */
-static void read_prev_index(char **buf, size_t *len, int srcdirfd)
+/* cfs_index_emit_fn: the walk's files into the record. */
+static int record_file(void *payload, struct cfs_file_entry *e)
 {
-	int fd = open_index_json(srcdirfd, len);
-
-	*buf = fd >= 0 ? read_fd_string(fd, *len) : NULL;
-	if (!*buf)
-		*len = 0;
-	if (fd >= 0)
-		close(fd);
-	cfs_error_clear();
+	return cfs_record_build_file(payload, e);
 }
 
-/* The save's version record (§13.1) for the tree under srcdirfd. */
+/*
+ * The base of changedPaths: the previous generation's index from its
+ * bundle (prev_fd, else prev_str), else the one srcdir carries from its
+ * export (which is stale if srcdir was committed since), else none.
+ */
+static int record_prev(struct cfs_record_build *rb, int prev_fd,
+		       const char *prev_str, int srcdirfd)
+{
+	size_t len = 0;
+	int fd, rc;
+
+	if (prev_fd >= 0)
+		return cfs_record_build_prev_fd(rb, prev_fd);
+	if (prev_str)
+		return cfs_record_build_prev_buf(rb, prev_str,
+						 strlen(prev_str));
+	fd = open_index_json(srcdirfd, &len);
+	cfs_error_clear();
+	if (fd < 0)
+		return 0;
+	rc = cfs_record_build_prev_fd(rb, fd);
+	close(fd);
+	return rc;
+}
+
 /*
  * Builds the version record of the next generation: *out gets it without
- * its file list (for the manifest's summary and changedPaths), *fd_out a
- * private temp file of t holding the full record as the bundle carries it
- * (*len_out bytes), written entry by entry so memory does not grow with
+ * its file list and with at most CFS_MANIFEST_CHANGED_PATHS_MAX changes
+ * (the manifest's summary), *fd_out a private temp file of t holding the
+ * full record as the bundle carries it (*len_out bytes). Neither list is
+ * ever whole in memory (core/record.h): peak memory does not grow with
  * the number of files.
  */
 static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 			struct tmpdir *t, int srcdirfd,
 			const struct cfs_policy *policy, uint64_t gen,
 			uint64_t parent, const char *author,
-			const char *message, int64_t now_ms,
-			const char *prev_index,
+			const char *message, int64_t now_ms, int prev_fd,
+			const char *prev_str,
 			const struct cfs_hash_hints *hints,
 			const struct cfs_commit_opts *opts)
 {
-	struct cfs_file_entry *cur = NULL, *prev = NULL;
-	struct cfs_version_change *changes = NULL;
+	const struct cfs_version_change *changes;
+	struct cfs_record_build *rb = NULL;
 	cJSON *bare = NULL;
-	size_t ncur = 0, nprev = 0, nch = 0, len = 0;
+	size_t nfirst = 0, ntotal = 0;
 	char ts[32];
-	char *buf = NULL;
-	bool given = opts->tail && opts->index;
 	int rc;
 
 	*out = NULL;
-	if (given) {
-		/* the caller's listing of the roots (not freed here) */
-		cur = (struct cfs_file_entry *)opts->index;
-		ncur = opts->nindex;
-		rc = 0;
+	rc = cfs_record_build_new(&rb, t->fd, 0,
+				  CFS_MANIFEST_CHANGED_PATHS_MAX);
+	if (rc)
+		return rc;
+	if (opts->tail && opts->index) {
+		/* the caller's listing of the roots */
+		for (size_t i = 0; i < opts->nindex && !rc; i++)
+			rc = cfs_record_build_file(rb, &opts->index[i]);
 	} else {
-		rc = cfs_index_build_hinted(&cur, &ncur, srcdirfd, policy,
-					    hints);
+		rc = cfs_index_walk(srcdirfd, policy, hints, record_file, rb);
 	}
 	if (rc) {
 		cfs_error_prefix("index the files to save");
 		goto out;
 	}
-	/*
-	 * The base of changedPaths is the previous generation's index: from
-	 * its bundle (prev_index), else the one srcdir carries from its
-	 * export (which is stale if srcdir was committed since).
-	 */
-	if (prev_index) {
-		rc = cfs_index_from_json(&prev, &nprev, prev_index,
-					 strlen(prev_index));
-		if (rc)
-			goto out;
-	} else {
-		read_prev_index(&buf, &len, srcdirfd);
-		if (buf) {
-			rc = cfs_index_from_json(&prev, &nprev, buf, len);
-			if (rc)
-				goto out;
-		}
-	}
-	rc = cfs_version_diff(&changes, &nch, prev, nprev, cur, ncur);
-	if (rc)
+	rc = record_prev(rb, prev_fd, prev_str, srcdirfd);
+	if (rc) {
+		cfs_error_prefix("read the previous file list");
 		goto out;
+	}
 	cfs_version_timestamp(ts, now_ms / 1000);
-	/*
-	 * The bundle's record lists every change, streamed; the summary the
-	 * manifest keeps lists the first CFS_MANIFEST_CHANGED_PATHS_MAX and
-	 * how many there were, so no list of all of them is built in memory
-	 * (a first commit of 200,000 files: 53 MB as cJSON, 34 MB printed).
-	 */
 	bare = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
 				      message, NULL, 0, NULL, 0);
-	*out = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
-				      message, changes,
-				      nch < CFS_MANIFEST_CHANGED_PATHS_MAX
-					      ? nch
-					      : CFS_MANIFEST_CHANGED_PATHS_MAX,
-				      NULL, 0);
-	if (!bare || !*out ||
-	    (nch > CFS_MANIFEST_CHANGED_PATHS_MAX &&
-	     !cJSON_AddNumberToObject(*out, "changedPathsTotal",
-				      (double)nch))) {
-		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+	if (!bare) {
+		rc = CFS_ENOMEM;
 		goto out;
 	}
 	rc = tmpdir_file(fd_out, t, "record.json");
-	if (rc)
+	if (!rc)
+		rc = cfs_record_build_finish(len_out, rb, *fd_out, bare);
+	if (rc) {
+		cfs_error_prefix("write the version record");
 		goto out;
-	rc = cfs_version_record_write(len_out, *fd_out, bare, changes, nch, cur,
-				      ncur);
+	}
+	/* the summary: the first changes and how many there were */
+	changes = cfs_record_build_changes(rb, &nfirst, &ntotal);
+	*out = cfs_version_record_new((int64_t)gen, (int64_t)parent, ts, author,
+				      message, changes, nfirst, NULL, 0);
+	if (!*out || (ntotal > nfirst &&
+		      !cJSON_AddNumberToObject(*out, "changedPathsTotal",
+					       (double)ntotal))) {
+		rc = cfs_error_set(CFS_ENOMEM, "out of memory");
+		goto out;
+	}
 out:
 	cJSON_Delete(bare);
-	free(buf);
-	free(changes);
-	if (!given)
-		cfs_index_free(cur, ncur);
-	cfs_index_free(prev, nprev);
+	cfs_record_build_free(rb);
 	return rc;
 }
 
@@ -3182,7 +3181,7 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	char attempt[CFS_ATTEMPT_LEN + 1];
 	cJSON *enc = NULL, *pjson = NULL, *record = NULL, *dropped = NULL;
 	cJSON *cprec = NULL;
-	char *prev_index = NULL;
+	int prev_fd = -1;
 	int recfd = -1;
 	size_t reclen = 0;
 	const char *what;
@@ -3274,24 +3273,20 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		 * tree: only the key needs confirming (1 GiB tree: 2.0 s on a
 		 * local store, 5 s over a 1 Gbit/s link to S3).
 		 */
-		char *cached =
+		prev_fd =
 			opts->index_cache_dir
 				? cache_load(opts->index_cache_dir, st, id, old)
-				: NULL;
-
-		rc = cached ? key_confirm(st, keys, old) : -1;
-		if (rc == CFS_EAUTH) {
-			free(cached);
+				: -1;
+		rc = prev_fd >= 0 ? key_confirm(st, keys, old) : -1;
+		if (rc == CFS_EAUTH)
 			goto out;
-		}
 		if (rc == 0) {
-			prev_index = cached;
 			cfs_log_timing(id, "commit: key check (cached index)",
 				       &t0);
 		} else {
-			free(cached);
+			close_fd(&prev_fd);
 			cfs_error_clear();
-			rc = check_key(&prev_index, st, keys, old);
+			rc = check_key(&prev_fd, st, keys, old, &t);
 			if (rc)
 				goto out;
 			cfs_log_timing(id, "commit: key check", &t0);
@@ -3305,28 +3300,25 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (sc_on)
 		hints = &sc.hints;
 	if (save) {
-		rc = build_record(
-			&record, &recfd, &reclen, &t, srcdirfd, &policy, next,
-			gen,
-			opts->author  ? opts->author
-			: opts->owner ? opts->owner
-				      : DEFAULT_AUTHOR,
-			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
-			now, prev_index ? prev_index : opts->prev_index, hints,
-			opts);
+		rc = build_record(&record, &recfd, &reclen, &t, srcdirfd,
+				  &policy, next, gen,
+				  opts->author	? opts->author
+				  : opts->owner ? opts->owner
+						: DEFAULT_AUTHOR,
+				  opts->message ? opts->message
+						: DEFAULT_SAVE_MESSAGE,
+				  now, prev_fd, opts->prev_index, hints, opts);
 		if (rc)
 			goto out;
 		if (sc_on)
 			sc_stage(&sc, opts->index_cache_dir);
 		/*
-		 * The file lists were many small allocations; give their
-		 * pages back before the compressor threads allocate theirs,
-		 * so peak RSS does not grow with the number of files. The
-		 * record kept for the manifest is small: its changedPaths
-		 * stop at CFS_MANIFEST_CHANGED_PATHS_MAX (build_record).
+		 * Give the index's small allocations back before the
+		 * compressor threads allocate theirs. The record kept for
+		 * the manifest is small: its changedPaths stop at
+		 * CFS_MANIFEST_CHANGED_PATHS_MAX (build_record).
 		 */
-		free(prev_index);
-		prev_index = NULL;
+		close_fd(&prev_fd);
 		malloc_trim(0);
 		if (sc_on) {
 			char phase[128];
@@ -3557,7 +3549,7 @@ out:
 	cJSON_Delete(record);
 	cJSON_Delete(dropped);
 	cJSON_Delete(cprec);
-	free(prev_index);
+	close_fd(&prev_fd);
 	close_fd(&recfd);
 	cfs_manifest_free(nm);
 	cfs_manifest_free(old);

@@ -230,25 +230,43 @@ static int entry_set(struct cfs_file_entry *e, const char *rel,
 }
 
 /*
- * Copies finished jobs' results into v and frees the jobs (the walk's
- * thread); the first failure is kept for hash_pool_finish().
+ * The walk's list: a window of entries, v[0] being the base-th file
+ * listed. An entry leaves it (to emit, in order) once it is complete:
+ * pend[i] marks those whose hash is still being computed.
+ */
+struct index_builder {
+	int rootfd;
+	const struct cfs_policy *policy;
+	struct cfs_file_entry *v;
+	unsigned char *pend;
+	size_t n, cap, base;
+	struct hash_pool *pool; /* NULL: hash in the walking thread */
+	const struct cfs_hash_hints *hints; /* NULL: none */
+	cfs_index_emit_fn emit;
+	void *payload;
+};
+
+/*
+ * Copies finished jobs' results into the window and frees the jobs (the
+ * walk's thread); the first failure is kept for hash_pool_finish().
  */
 static void hash_apply(struct hash_pool *p, struct hash_job *j,
-		       struct cfs_file_entry *v,
-		       const struct cfs_hash_hints *hints)
+		       struct index_builder *b)
 {
+	const struct cfs_hash_hints *hints = b->hints;
 	struct hash_job *next;
 
 	for (; j; j = next) {
+		struct cfs_file_entry *e = &b->v[j->idx - b->base];
+
 		next = j->next;
+		b->pend[j->idx - b->base] = 0;
 		if (j->rc && !p->fail_rc) {
 			p->fail_rc = j->rc;
-			p->fail_msg = cfs_asprintf("cannot hash %s: %s",
-						   v ? v[j->idx].path : "?",
-						   j->err ? j->err : "");
-		} else if (!j->rc && v && j->sha256[0]) {
-			struct cfs_file_entry *e = &v[j->idx];
-
+			p->fail_msg =
+				cfs_asprintf("cannot hash %s: %s", e->path,
+					     j->err ? j->err : "");
+		} else if (!j->rc && j->sha256[0]) {
 			memcpy(e->sha256, j->sha256, sizeof(e->sha256));
 			entry_stat(e, &j->st);
 			if (hints && hints->learn)
@@ -264,8 +282,7 @@ static void hash_apply(struct hash_pool *p, struct hash_job *j,
  * kept to the end, the finished jobs grew with the tree (200,000 files:
  * 50 MB of them at the commit's peak).
  */
-static void hash_pool_reap(struct hash_pool *p, struct cfs_file_entry *v,
-			   const struct cfs_hash_hints *hints)
+static void hash_pool_reap(struct hash_pool *p, struct index_builder *b)
 {
 	struct hash_job *j;
 
@@ -273,15 +290,15 @@ static void hash_pool_reap(struct hash_pool *p, struct cfs_file_entry *v,
 	j = p->done;
 	p->done = NULL;
 	pthread_mutex_unlock(&p->mu);
-	hash_apply(p, j, v, hints);
+	hash_apply(p, j, b);
 }
 
 /*
  * Waits for every queued file, stops the threads and copies the results
  * into v; returns rc, else the first failure (its message set).
  */
-static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
-			    int rc, const struct cfs_hash_hints *hints)
+static int hash_pool_finish(struct hash_pool *p, struct index_builder *b,
+			    int rc)
 {
 	struct hash_job *j, *next;
 
@@ -299,7 +316,7 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 	pthread_mutex_unlock(&p->mu);
 	for (int i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
-	hash_apply(p, p->done, v, hints);
+	hash_apply(p, p->done, b);
 	p->done = NULL;
 	if (!rc && p->fail_rc)
 		rc = cfs_error_set(p->fail_rc, "%s",
@@ -313,29 +330,70 @@ static int hash_pool_finish(struct hash_pool *p, struct cfs_file_entry *v,
 	return rc;
 }
 
-struct index_builder {
-	int rootfd;
-	const struct cfs_policy *policy;
-	struct cfs_file_entry *v;
-	size_t n, cap;
-	struct hash_pool *pool; /* NULL: hash in the walking thread */
-	const struct cfs_hash_hints *hints; /* NULL: none */
-};
+/*
+ * Emits the complete entries at the head of the window, in order (those
+ * the hashers found not to be files are dropped, see hash_one), and
+ * slides it.
+ */
+static int ib_drain(struct index_builder *b)
+{
+	size_t k = 0;
+	int rc = 0;
 
+	while (k < b->n && !b->pend[k] && !rc) {
+		struct cfs_file_entry *e = &b->v[k++];
+
+		if (e->sha256[0])
+			rc = b->emit(b->payload, e);
+		free(e->path);
+	}
+	memmove(b->v, b->v + k, (b->n - k) * sizeof(*b->v));
+	memmove(b->pend, b->pend + k, b->n - k);
+	b->n -= k;
+	b->base += k;
+	return rc;
+}
+
+/* Drops what is left in the window (a failed walk). */
+static void ib_discard(struct index_builder *b)
+{
+	for (size_t i = 0; i < b->n; i++)
+		free(b->v[i].path);
+	free(b->v);
+	free(b->pend);
+}
+
+/* Room for one more entry at v[n], zeroed. */
 static int ib_reserve(struct index_builder *b)
 {
+	if (b->n == b->cap && b->cap >= 4 * HASH_IN_FLIGHT) {
+		int rc;
+
+		if (b->pool)
+			hash_pool_reap(b->pool, b);
+		rc = ib_drain(b);
+		if (rc)
+			return rc;
+	}
 	if (b->n == b->cap) {
 		size_t ncap = b->cap ? b->cap * 2 : 64, bytes;
 		struct cfs_file_entry *nv;
+		unsigned char *np;
+
 		if (cfs_mul_overflows(ncap, sizeof(*nv), &bytes))
 			return cfs_error_set(CFS_ENOMEM, "index too large");
 		nv = realloc(b->v, bytes);
 		if (!nv)
 			return cfs_error_set(CFS_ENOMEM, "out of memory");
 		b->v = nv;
+		np = realloc(b->pend, ncap);
+		if (!np)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		b->pend = np;
 		b->cap = ncap;
 	}
 	memset(&b->v[b->n], 0, sizeof(b->v[b->n]));
+	b->pend[b->n] = 0;
 	return 0;
 }
 
@@ -388,11 +446,13 @@ static int ib_add(struct index_builder *b, const char *rel, int *fd, bool ask)
 		e->path = cfs_strdup(rel);
 		if (!e->path)
 			return CFS_ENOMEM;
-		b->n++;
-		rc = hash_pool_add(b->pool, b->n - 1, *fd);
+		b->pend[b->n++] = 1;
+		rc = hash_pool_add(b->pool, b->base + b->n - 1, *fd);
 		*fd = -1;
-		if (!rc && b->n % (4 * HASH_BATCH) == 0)
-			hash_pool_reap(b->pool, b->v, b->hints);
+		if (!rc && (b->base + b->n) % (4 * HASH_BATCH) == 0) {
+			hash_pool_reap(b->pool, b);
+			rc = ib_drain(b);
+		}
 		return rc;
 	}
 	/* stat after reading, as the reference does */
@@ -548,12 +608,61 @@ int cfs_index_build(struct cfs_file_entry **out, size_t *nout, int rootfd,
 	return cfs_index_build_hinted(out, nout, rootfd, policy, NULL);
 }
 
+/* cfs_index_build's list: emit appends, taking the path. */
+struct index_list {
+	struct cfs_file_entry *v;
+	size_t n, cap;
+};
+
+static int list_add(void *payload, struct cfs_file_entry *e)
+{
+	struct index_list *l = payload;
+
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 64, bytes;
+		struct cfs_file_entry *nv;
+
+		if (cfs_mul_overflows(nc, sizeof(*nv), &bytes))
+			return cfs_error_set(CFS_ENOMEM, "index too large");
+		nv = realloc(l->v, bytes);
+		if (!nv)
+			return cfs_error_set(CFS_ENOMEM, "out of memory");
+		l->v = nv;
+		l->cap = nc;
+	}
+	l->v[l->n++] = *e;
+	e->path = NULL;
+	return 0;
+}
+
 int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *nout,
 			   int rootfd, const struct cfs_policy *policy,
 			   const struct cfs_hash_hints *hints)
 {
+	struct index_list l = {NULL, 0, 0};
+	int rc = cfs_index_walk(rootfd, policy, hints, list_add, &l);
+
+	if (rc) {
+		cfs_index_free(l.v, l.n);
+		return rc;
+	}
+	*out = l.v;
+	*nout = l.n;
+	return 0;
+}
+
+int cfs_index_walk(int rootfd, const struct cfs_policy *policy,
+		   const struct cfs_hash_hints *hints, cfs_index_emit_fn emit,
+		   void *payload)
+{
 	struct hash_pool pool;
-	struct index_builder b = {rootfd, policy, NULL, 0, 0, NULL, hints};
+	struct index_builder b = {
+		.rootfd = rootfd,
+		.policy = policy,
+		.hints = hints,
+		.emit = emit,
+		.payload = payload,
+	};
 	struct cfs_buf rel = CFS_BUF_INIT;
 	char **seen = cfs_calloc(policy->nroots + 1, sizeof(*seen));
 	size_t nseen = 0;
@@ -621,28 +730,13 @@ int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *nout,
 	}
 	names_free(seen, nseen);
 	cfs_buf_free(&rel);
-	rc = hash_pool_finish(&pool, b.v, rc, hints);
-	if (!rc) {
-		/* drop what the hashers found not to be files (hash_one) */
-		size_t w = 0;
-
-		for (size_t i = 0; i < b.n; i++) {
-			if (b.v[i].sha256[0])
-				b.v[w++] = b.v[i];
-			else
-				free(b.v[i].path);
-		}
-		b.n = w;
-	}
+	rc = hash_pool_finish(&pool, &b, rc);
+	if (!rc)
+		rc = ib_drain(&b);
+	ib_discard(&b);
 	if (hints && hints->done)
 		hints->done(hints->payload, rc == 0);
-	if (rc) {
-		cfs_index_free(b.v, b.n);
-		return rc;
-	}
-	*out = b.v;
-	*nout = b.n;
-	return 0;
+	return rc;
 }
 
 /* Fills e from one index entry; false (e untouched) if it has no path. */
@@ -1059,183 +1153,6 @@ char *cfs_version_record_print(const cJSON *record)
 	return cfs_json_print(record, CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS |
 					      CFS_JSON_NEWLINE |
 					      CFS_JSON_ASCII);
-}
-
-/*
- * A record can list a million files: its lines go out through one 64 KiB
- * buffer, not a write(2) each (20,000 files: 160,000 calls -> 60).
- */
-struct recw {
-	int fd;
-	size_t total;
-	struct cfs_buf b;
-};
-
-#define RECW_FLUSH (64u << 10)
-
-static int recw_flush(struct recw *w)
-{
-	int rc = 0;
-
-	if (w->b.len)
-		rc = cfs_write_all(w->fd, w->b.ptr, w->b.len);
-	w->b.len = 0;
-	return rc;
-}
-
-/* A long piece (the changedPaths of a first commit) is written as it is. */
-static int recw_put(struct recw *w, const char *p, size_t n)
-{
-	if (n >= RECW_FLUSH) {
-		int rc = recw_flush(w);
-
-		if (!rc)
-			rc = cfs_write_all(w->fd, p, n);
-		if (!rc)
-			w->total += n;
-		return rc;
-	}
-	if (cfs_buf_put(&w->b, p, n))
-		return CFS_ENOMEM;
-	w->total += n;
-	return w->b.len >= RECW_FLUSH ? recw_flush(w) : 0;
-}
-
-/* A member of a list entry: a string, or a number when str is NULL. */
-struct recw_field {
-	const char *key; /* plain ASCII, in sorted order */
-	const char *str;
-	double num;
-};
-
-/*
- * One object of a list in the record, as the pretty printer makes it at
- * that depth, without a cJSON tree (a 20,000-file record: 0.10 s ->
- * 0.02 s).
- */
-static int recw_object(struct recw *w, const struct recw_field *f, size_t n,
-		       bool first)
-{
-	const int fl = CFS_JSON_PRETTY | CFS_JSON_SORT_KEYS | CFS_JSON_ASCII;
-	struct cfs_buf *b = &w->b;
-	size_t before = b->len;
-	int rc = cfs_buf_puts(b, first ? "\n    {" : ",\n    {");
-
-	for (size_t i = 0; i < n && !rc; i++) {
-		rc = cfs_buf_puts(b, i ? ",\n      \"" : "\n      \"");
-		if (!rc)
-			rc = cfs_buf_puts(b, f[i].key);
-		if (!rc)
-			rc = cfs_buf_puts(b, "\": ");
-		if (!rc)
-			rc = f[i].str ? cfs_json_put_string(b, f[i].str, fl)
-				      : cfs_json_put_number(b, f[i].num, fl);
-	}
-	if (!rc)
-		rc = cfs_buf_puts(b, "\n    }");
-	if (rc)
-		return CFS_ENOMEM;
-	w->total += b->len - before;
-	return b->len >= RECW_FLUSH ? recw_flush(w) : 0;
-}
-
-/* One entry of the record's file list (cfs_version_files_to_json()). */
-static int recw_entry(struct recw *w, const struct cfs_file_entry *f,
-		      bool first)
-{
-	char mode[16], mtime[32];
-
-	snprintf(mode, sizeof(mode), "0o%o", f->mode & 07777);
-	cfs_version_timestamp(mtime, f->mtime);
-	return recw_object(w,
-			   (const struct recw_field[]){
-				   {"mode", mode, 0},
-				   {"mtime", mtime, 0},
-				   {"path", f->path, 0},
-				   {"sha256", f->sha256, 0},
-				   {"size", NULL, (double)f->size},
-			   },
-			   5, first);
-}
-
-/* One entry of the record's changedPaths (cfs_version_changes_to_json()). */
-static int recw_change(struct recw *w, const struct cfs_version_change *c,
-		       bool first)
-{
-	return recw_object(w,
-			   (const struct recw_field[]){
-				   {"path", c->path, 0},
-				   {"type", cfs_change_type_name(c->type), 0},
-			   },
-			   2, first);
-}
-
-/*
- * Writes all from *at up to and including the "[" of the empty array
- * member marker (e.g. "\"files\": []"), then the n entries put() prints,
- * then "]" (on its own line when there were entries); *at moves past the
- * marker.
- */
-static int recw_splice(struct recw *w, const char **at, const char *marker,
-		       size_t n,
-		       int (*put)(struct recw *, const void *, size_t, bool),
-		       const void *items)
-{
-	const char *m = strstr(*at, marker);
-	size_t ml = strlen(marker);
-	int rc;
-
-	if (!m)
-		return cfs_error_set(CFS_EINVAL,
-				     "version record has no empty %.*s member",
-				     (int)(ml - 4), marker);
-	rc = recw_put(w, *at, (size_t)(m - *at) + ml - 1);
-	for (size_t i = 0; i < n && !rc; i++)
-		rc = put(w, items, i, i == 0);
-	if (!rc)
-		rc = n ? recw_put(w, "\n  ]", 4) : recw_put(w, "]", 1);
-	*at = m + ml;
-	return rc;
-}
-
-static int put_change(struct recw *w, const void *items, size_t i, bool first)
-{
-	return recw_change(w, &((const struct cfs_version_change *)items)[i],
-			   first);
-}
-
-static int put_file(struct recw *w, const void *items, size_t i, bool first)
-{
-	return recw_entry(w, &((const struct cfs_file_entry *)items)[i], first);
-}
-
-int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
-			     const struct cfs_version_change *changes,
-			     size_t nchanges,
-			     const struct cfs_file_entry *files, size_t nfiles)
-{
-	char *all = cfs_version_record_print(record);
-	const char *at = all;
-	struct recw w = {fd, 0, CFS_BUF_INIT};
-	int rc;
-
-	if (!all)
-		return CFS_ENOMEM;
-	/* sorted keys: changedPaths comes before files */
-	rc = recw_splice(&w, &at, "\"changedPaths\": []", nchanges, put_change,
-			 changes);
-	if (!rc)
-		rc = recw_splice(&w, &at, "\"files\": []", nfiles, put_file,
-				 files);
-	if (!rc)
-		rc = recw_put(&w, at, strlen(at));
-	if (!rc)
-		rc = recw_flush(&w);
-	cfs_buf_free(&w.b);
-	free(all);
-	if (!rc && len_out)
-		*len_out = w.total;
-	return rc;
 }
 
 /* ------------------------------------------------------------------ */

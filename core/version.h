@@ -78,6 +78,22 @@ int cfs_index_build_hinted(struct cfs_file_entry **out, size_t *n, int rootfd,
 void cfs_index_free(struct cfs_file_entry *files, size_t n);
 
 /*
+ * Receives the walk's entries one at a time, in cfs_index_build()'s
+ * order; it may take e->path (set it to NULL), else the path is freed
+ * after the call. Non-zero stops the walk with that error.
+ */
+typedef int (*cfs_index_emit_fn)(void *payload, struct cfs_file_entry *e);
+
+/*
+ * cfs_index_build_hinted() without the list: each entry goes to emit as
+ * soon as it and every entry before it are complete, so the walk's memory
+ * does not grow with the number of files.
+ */
+int cfs_index_walk(int rootfd, const struct cfs_policy *policy,
+		   const struct cfs_hash_hints *hints, cfs_index_emit_fn emit,
+		   void *payload);
+
+/*
  * File hashes by inode, (dev, ino) -> (size, mtime, sha256): a hash is
  * given back only while the size and mtime (ns) still match. Used for the
  * files an unpacker hashed as it extracted them (session saves, push) and

@@ -2,11 +2,13 @@
  * Unit tests for core/version.c: file index of a tree (order, exclusions,
  * symlink handling, field formats), the reference's diff order, reading a
  * previous index.json, and the record's byte layout (python json.dumps
- * with indent=2, sort_keys=True, plus "\n").
+ * with indent=2, sort_keys=True, plus "\n"); core/record.c's streamed
+ * build against the in-memory one.
  */
 #include "core/error.h"
 #include "core/json.h"
 #include "core/policy.h"
+#include "core/record.h"
 #include "core/util.h"
 #include "core/version.h"
 #include "tests/unit/tap.h"
@@ -439,6 +441,212 @@ static void test_record_write_long(void)
 	free(dir);
 }
 
+/* A random path whose components stress byte vs component order. */
+static char *rand_path(unsigned *seed)
+{
+	static const char *const roots[] = {"workspace", "memory", "logs"};
+	static const char *const parts[] = {"a",  "a.b",   "a-b",      "a b",
+					    "ab", "b",	   "\xc3\xa9", "Z",
+					    "a~", "q\"\\", "x\x01"};
+	struct cfs_buf b = CFS_BUF_INIT;
+	int depth = 1 + rand_r(seed) % 4;
+
+	cfs_buf_puts(&b, roots[rand_r(seed) % 3]);
+	for (int i = 0; i < depth; i++) {
+		cfs_buf_puts(&b, "/");
+		cfs_buf_puts(&b, parts[rand_r(seed) % 11]);
+	}
+	return cfs_buf_detach(&b);
+}
+
+static const char *rand_sha(unsigned *seed)
+{
+	static const char *const shas[] = {
+		"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+		"486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7",
+		"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"};
+	return shas[rand_r(seed) % 3];
+}
+
+/*
+ * The previous index as the reference or contextfs wrote it, with what a
+ * reader must survive: a long changedPaths before the files, duplicate
+ * paths (the last one counts), entries without a path or a usable hash,
+ * entries that are not objects.
+ */
+static char *prev_doc(unsigned *seed, size_t n, bool pretty)
+{
+	cJSON *doc = cJSON_CreateObject(), *ch = cJSON_CreateArray();
+	cJSON *files = cJSON_CreateArray();
+	char *out;
+
+	for (size_t i = 0; i < n; i++) {
+		cJSON *o = cJSON_CreateObject();
+		char *p = rand_path(seed);
+		int kind = rand_r(seed) % 40;
+
+		cJSON_AddStringToObject(o, "path", p);
+		cJSON_AddStringToObject(o, "type", "added");
+		cJSON_AddItemToArray(ch, o);
+		o = cJSON_CreateObject();
+		if (kind == 0)
+			cJSON_AddNumberToObject(o, "path", 3);
+		else
+			cJSON_AddStringToObject(o, "path", p);
+		if (kind == 1)
+			cJSON_AddStringToObject(o, "sha256", "");
+		else if (kind == 2)
+			cJSON_AddStringToObject(
+				o, "sha256",
+				"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7"
+				"3043362938b9824ff");
+		else if (kind != 3)
+			cJSON_AddStringToObject(o, "sha256", rand_sha(seed));
+		cJSON_AddNumberToObject(o, "size", 12);
+		cJSON_AddStringToObject(o, "mode", "0o644");
+		cJSON_AddItemToArray(files, o);
+		if (kind == 4)
+			cJSON_AddItemToArray(files, cJSON_CreateNumber(7));
+		free(p);
+	}
+	cJSON_AddStringToObject(doc, "author", "a [b] {c}");
+	cJSON_AddItemToObject(doc, "changedPaths", ch);
+	cJSON_AddItemToObject(doc, "files", files);
+	cJSON_AddNumberToObject(doc, "version", 1);
+	out = pretty ? cfs_version_record_print(doc)
+		     : cJSON_PrintUnformatted(doc);
+	cJSON_Delete(doc);
+	return out;
+}
+
+/* One random case: the streamed record equals the in-memory one. */
+static void record_build_case(unsigned seed, size_t ncur, size_t nprev,
+			      size_t budget, bool from_fd, const char *dir)
+{
+	const unsigned seed0 = seed;
+	struct cfs_file_entry *cur = cfs_calloc(ncur ? ncur : 1, sizeof(*cur));
+	struct cfs_file_entry *prev = NULL;
+	struct cfs_version_change *ch = NULL;
+	const struct cfs_version_change *first;
+	struct cfs_record_build *rb = NULL;
+	char *doc = prev_doc(&seed, nprev, seed % 2);
+	char *path = cfs_asprintf("%s/case.json", dir), *want, *got;
+	size_t np = 0, nch = 0, wlen = 0, glen = 0, n1 = 0, ntot = 0, k;
+	cJSON *bare =
+		cfs_version_record_new(3, 2, "t", "a", "m", NULL, 0, NULL, 0);
+	int fd, dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	bool same = true;
+	int rc = 0;
+
+	for (size_t i = 0; i < ncur; i++) {
+		cur[i] = fe(NULL, rand_sha(&seed));
+		cur[i].path = rand_path(&seed);
+		cur[i].size = i;
+		cur[i].mode = 0644;
+		cur[i].mtime = 1767323045;
+	}
+	/* expected: the in-memory reader, diff and writer */
+	cfs_index_from_json(&prev, &np, doc, strlen(doc));
+	cfs_version_diff(&ch, &nch, prev, np, cur, ncur);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	cfs_version_record_write(&wlen, fd, bare, ch, nch, cur, ncur);
+	want = read_back(fd, wlen, &k);
+	close(fd);
+
+	rc = cfs_record_build_new(&rb, dfd, budget, 10);
+	for (size_t i = 0; i < ncur && !rc; i++)
+		rc = cfs_record_build_file(rb, &cur[i]);
+	if (!rc && from_fd) {
+		fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		cfs_write_all(fd, doc, strlen(doc));
+		lseek(fd, 0, SEEK_SET);
+		rc = cfs_record_build_prev_fd(rb, fd);
+		close(fd);
+	} else if (!rc) {
+		rc = cfs_record_build_prev_buf(rb, doc, strlen(doc));
+	}
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (!rc)
+		rc = cfs_record_build_finish(&glen, rb, fd, bare);
+	got = read_back(fd, glen, &k);
+	close(fd);
+	first = cfs_record_build_changes(rb, &n1, &ntot);
+	for (size_t i = 0; i < n1 && i < nch; i++)
+		same = same && strcmp(first[i].path, ch[i].path) == 0 &&
+		       first[i].type == ch[i].type;
+	TAP_OK(rc == 0 && glen == wlen && strcmp(got, want) == 0,
+	       "seed %u, %zu files, %zu before, budget %zu, %s: record "
+	       "equals the in-memory one (%zu changes)",
+	       seed0, ncur, nprev, budget, from_fd ? "fd" : "buffer", nch);
+	TAP_OK(ntot == nch && n1 == (nch < 10 ? nch : 10) && same,
+	       "seed %u: the first changes and their number", seed0);
+	cfs_record_build_free(rb);
+	for (size_t i = 0; i < ncur; i++)
+		free(cur[i].path);
+	free(cur);
+	cfs_index_free(prev, np);
+	free(ch);
+	free(doc);
+	free(want);
+	free(got);
+	cJSON_Delete(bare);
+	unlink(path);
+	free(path);
+	close(dfd);
+}
+
+/*
+ * core/record.c builds the record in bounded memory (external sort,
+ * previous index read entry by entry): the bytes must be those of the
+ * in-memory reader, diff and writer, with sorts that stay in memory and
+ * with budgets small enough to spill many runs.
+ */
+static void test_record_build(void)
+{
+	char *dir = tap_tmpdir("record");
+	const char *bad[] = {"{not json", "{\"files\": [{\"path\": \"x\"",
+			     "[1,2]", "{\"files\": 3}", ""};
+
+	record_build_case(1, 0, 0, 0, false, dir);
+	record_build_case(2, 40, 0, 0, false, dir);
+	record_build_case(3, 0, 40, 0, true, dir);
+	record_build_case(4, 300, 300, 0, false, dir);
+	record_build_case(5, 300, 300, 512, true, dir);
+	record_build_case(6, 2000, 1500, 4096, false, dir);
+	record_build_case(7, 2000, 2500, 100, true, dir);
+	record_build_case(8, 5000, 5000, 64 << 10, true, dir);
+	/* a document that does not parse is no previous index at all */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct cfs_record_build *rb = NULL;
+		struct cfs_file_entry e = fe("workspace/x", "aa");
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+		size_t n1 = 0, nt = 0, len = 0;
+		cJSON *bare = cfs_version_record_new(1, 0, "t", "a", "m", NULL,
+						     0, NULL, 0);
+		char *p = cfs_asprintf("%s/bad.json", dir);
+		int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		const struct cfs_version_change *c;
+		int rc;
+
+		cfs_record_build_new(&rb, dfd, 0, 10);
+		cfs_record_build_file(rb, &e);
+		rc = cfs_record_build_prev_buf(rb, bad[i], strlen(bad[i]));
+		if (!rc)
+			rc = cfs_record_build_finish(&len, rb, fd, bare);
+		c = cfs_record_build_changes(rb, &n1, &nt);
+		TAP_OK(rc == 0 && nt == 1 && c[0].type == CFS_CHANGE_ADDED,
+		       "malformed previous index %zu: every file added", i);
+		cfs_record_build_free(rb);
+		cJSON_Delete(bare);
+		close(fd);
+		unlink(p);
+		free(p);
+		close(dfd);
+	}
+	rmdir(dir);
+	free(dir);
+}
+
 /*
  * The inode table (the stat cache, the mount's known hashes) keeps what it
  * was given while it grows to 3/4 of its slots, finds an entry only while
@@ -506,6 +714,7 @@ int main(void)
 	test_record();
 	test_record_write();
 	test_record_write_long();
+	test_record_build();
 	test_inode_hashes();
 	return tap_done();
 }
