@@ -1790,39 +1790,9 @@ out:
 	return rc;
 }
 
-/* Reads the current member (size bytes) into a heap string. */
-static int up_capture(struct unpacker *u, char **out, size_t size,
-		      const char *entry)
-{
-	char *buf = cfs_malloc(size + 1);
-	size_t got = 0;
-
-	if (!buf)
-		return CFS_ENOMEM;
-	while (got < size) {
-		la_ssize_t n = archive_read_data(u->a, buf + got, size - got);
-
-		if (n < 0) {
-			free(buf);
-			return up_archive_error(u, entry);
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	if (got != size) {
-		free(buf);
-		return cfs_error_set(CFS_ECORRUPT,
-				     "corrupt archive: %s is truncated", entry);
-	}
-	buf[size] = '\0';
-	*out = buf;
-	return 0;
-}
-
 /* Writes the current member (size bytes) to fd. */
-static int up_capture_fd(struct unpacker *u, int fd, int64_t size,
-			 const char *entry)
+static int up_capture(struct unpacker *u, int fd, int64_t size,
+		      const char *entry)
 {
 	char buf[65536];
 	int64_t got = 0;
@@ -2151,26 +2121,11 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			capture = type == AE_IFREG && !link && opts &&
 				  opts->capture_path &&
 				  strcmp(entry, opts->capture_path) == 0;
-			if (capture && opts->capture_to_fd &&
-			    !(opts->captured && *opts->captured)) {
-				rc = up_capture_fd(u, opts->capture_fd, size,
-						   entry);
+			if (capture && !(opts->captured && *opts->captured)) {
+				rc = up_capture(u, opts->capture_fd, size,
+						entry);
 				if (!rc && opts->captured)
 					*opts->captured = true;
-				if (!rc && opts->member)
-					rc = up_member(u, opts, e, entry, type,
-						       link, size, false);
-				if (rc)
-					goto out;
-				continue;
-			} else if (capture && !opts->capture_to_fd &&
-				   (uint64_t)size > opts->capture_max) {
-				if (opts->capture_skipped)
-					*opts->capture_skipped = (uint64_t)size;
-			} else if (capture && opts->capture_out &&
-				   !*opts->capture_out) {
-				rc = up_capture(u, opts->capture_out,
-						(size_t)size, entry);
 				if (!rc && opts->member)
 					rc = up_member(u, opts, e, entry, type,
 						       link, size, false);

@@ -153,20 +153,13 @@ struct cfs_unpack_opts {
 	uint64_t max_bytes; /* 0 = CFS_BUNDLE_MAX_BYTES */
 	bool validate_only; /* read and check everything, write nothing */
 	/*
-	 * validate_only: the contents of the regular-file member named
-	 * capture_path (e.g. ".contextsdk/index.json") are returned in
-	 * *capture_out (heap, NUL-terminated; NULL if absent or larger than
-	 * capture_max), so a caller can read one member while it checks.
+	 * validate_only: the data of the regular-file member named
+	 * capture_path (e.g. ".contextsdk/index.json"), whatever its size,
+	 * is written to capture_fd and *captured (optional) set true, so a
+	 * caller can keep one member while it checks; a second member of
+	 * that name is not captured when captured is given.
 	 */
 	const char *capture_path;
-	char **capture_out;
-	size_t capture_max;
-	/* optional out: the size of a capture_path member that was larger
-	 * than capture_max (so not captured); left alone otherwise */
-	uint64_t *capture_skipped;
-	/* instead of capture_out: the member's data, whatever its size, is
-	 * written to capture_fd and *captured set true */
-	bool capture_to_fd;
 	int capture_fd;
 	bool *captured;
 	/* validate_only: each member, its data hashed (optional) */

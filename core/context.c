@@ -1218,7 +1218,6 @@ static int check_key(int *prev_fd, struct cfs_store *st, struct cfs_keys *keys,
 		memset(&uo, 0, sizeof(uo));
 		uo.validate_only = true;
 		uo.capture_path = CFS_META_DIR "/index.json";
-		uo.capture_to_fd = true;
 		uo.capture_fd = ifd;
 		uo.captured = &captured;
 		rc = decrypt_unpack(&urc, &d, -1, &uo);

@@ -157,30 +157,40 @@ static int recw_close_list(struct recw *w, size_t n)
 	return n ? recw_put(w, "\n  ]", 4) : recw_put(w, "]", 1);
 }
 
-int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
-			     const struct cfs_version_change *changes,
-			     size_t nchanges,
-			     const struct cfs_file_entry *files, size_t nfiles)
+/*
+ * The record's bytes with its two lists: the printed record up to each
+ * empty list, then what changes() and files() write into it (returning
+ * how many entries they wrote), then the rest.
+ */
+struct record_lists {
+	int (*changes)(struct recw *w, void *payload, size_t *n);
+	int (*files)(struct recw *w, void *payload, size_t *n);
+	void *payload;
+};
+
+static int record_write(size_t *len_out, int fd, const cJSON *record,
+			const struct record_lists *l)
 {
 	char *all = cfs_version_record_print(record);
 	const char *at = all;
 	struct recw w = {fd, 0, CFS_BUF_INIT};
+	size_t n = 0;
 	int rc;
 
 	if (!all)
 		return CFS_ENOMEM;
 	/* sorted keys: changedPaths comes before files */
 	rc = recw_open_list(&w, &at, "\"changedPaths\": []");
-	for (size_t i = 0; i < nchanges && !rc; i++)
-		rc = recw_change(&w, changes[i].path, changes[i].type, i == 0);
 	if (!rc)
-		rc = recw_close_list(&w, nchanges);
+		rc = l->changes(&w, l->payload, &n);
+	if (!rc)
+		rc = recw_close_list(&w, n);
 	if (!rc)
 		rc = recw_open_list(&w, &at, "\"files\": []");
-	for (size_t i = 0; i < nfiles && !rc; i++)
-		rc = recw_entry(&w, &files[i], i == 0);
 	if (!rc)
-		rc = recw_close_list(&w, nfiles);
+		rc = l->files(&w, l->payload, &n);
+	if (!rc)
+		rc = recw_close_list(&w, n);
 	if (!rc)
 		rc = recw_put(&w, at, strlen(at));
 	if (!rc)
@@ -190,6 +200,47 @@ int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
 	if (!rc && len_out)
 		*len_out = w.total;
 	return rc;
+}
+
+struct given_lists {
+	const struct cfs_version_change *changes;
+	size_t nchanges;
+	const struct cfs_file_entry *files;
+	size_t nfiles;
+};
+
+static int given_changes(struct recw *w, void *payload, size_t *n)
+{
+	const struct given_lists *g = payload;
+	int rc = 0;
+
+	for (size_t i = 0; i < g->nchanges && !rc; i++)
+		rc = recw_change(w, g->changes[i].path, g->changes[i].type,
+				 i == 0);
+	*n = g->nchanges;
+	return rc;
+}
+
+static int given_files(struct recw *w, void *payload, size_t *n)
+{
+	const struct given_lists *g = payload;
+	int rc = 0;
+
+	for (size_t i = 0; i < g->nfiles && !rc; i++)
+		rc = recw_entry(w, &g->files[i], i == 0);
+	*n = g->nfiles;
+	return rc;
+}
+
+int cfs_version_record_write(size_t *len_out, int fd, const cJSON *record,
+			     const struct cfs_version_change *changes,
+			     size_t nchanges,
+			     const struct cfs_file_entry *files, size_t nfiles)
+{
+	struct given_lists g = {changes, nchanges, files, nfiles};
+	const struct record_lists l = {given_changes, given_files, &g};
+
+	return record_write(len_out, fd, record, &l);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1023,8 +1074,9 @@ static const char *rec_sha(const struct cfs_buf *rec)
  * out as the merge finds them, removed ones wait in their own sorted
  * list (the reference lists them after all the others).
  */
-static int put_diff(struct cfs_record_build *b, struct recw *w)
+static int put_diff(struct recw *w, void *payload, size_t *n)
 {
+	struct cfs_record_build *b = payload;
 	struct xs_cursor c = {&b->cur, CFS_BUF_INIT, CFS_BUF_INIT, false};
 	struct xs_cursor p = {&b->prev, CFS_BUF_INIT, CFS_BUF_INIT, false};
 	struct xs_cursor d = {&b->removed, CFS_BUF_INIT, CFS_BUF_INIT, false};
@@ -1080,16 +1132,19 @@ out:
 	xs_free(&b->cur);
 	xs_free(&b->prev);
 	xs_free(&b->removed);
+	*n = b->ntotal;
 	return rc;
 }
 
 /* The file list written so far, copied to w. */
-static int put_files(struct cfs_record_build *b, struct recw *w)
+static int put_files(struct recw *w, void *payload, size_t *n)
 {
+	struct cfs_record_build *b = payload;
 	char buf[65536];
 	off_t off = 0;
 	int rc;
 
+	*n = b->nfiles;
 	if (b->files.fd < 0)
 		return 0;
 	rc = recw_flush(&b->files);
@@ -1121,34 +1176,9 @@ static int put_files(struct cfs_record_build *b, struct recw *w)
 int cfs_record_build_finish(size_t *len_out, struct cfs_record_build *b, int fd,
 			    const cJSON *record)
 {
-	char *all = cfs_version_record_print(record);
-	const char *at = all;
-	struct recw w = {fd, 0, CFS_BUF_INIT};
-	int rc;
+	const struct record_lists l = {put_diff, put_files, b};
 
-	if (!all)
-		return CFS_ENOMEM;
-	/* sorted keys: changedPaths comes before files */
-	rc = recw_open_list(&w, &at, "\"changedPaths\": []");
-	if (!rc)
-		rc = put_diff(b, &w);
-	if (!rc)
-		rc = recw_close_list(&w, b->ntotal);
-	if (!rc)
-		rc = recw_open_list(&w, &at, "\"files\": []");
-	if (!rc)
-		rc = put_files(b, &w);
-	if (!rc)
-		rc = recw_close_list(&w, b->nfiles);
-	if (!rc)
-		rc = recw_put(&w, at, strlen(at));
-	if (!rc)
-		rc = recw_flush(&w);
-	cfs_buf_free(&w.b);
-	free(all);
-	if (!rc && len_out)
-		*len_out = w.total;
-	return rc;
+	return record_write(len_out, fd, record, &l);
 }
 
 const struct cfs_version_change *

@@ -57,8 +57,8 @@ trap cleanup EXIT
 MAX=0
 for n in $COUNTS; do [ "$n" -gt "$MAX" ] && MAX=$n; done
 # ~4 KiB per file and its share of directories, twice (tree and export),
-# plus the stores
-if fresh_fs_up "$WORK/fs.img" "$WORK/fs" $((MAX * 12 / 1024 + 2048)); then
+# plus the stores; sparse, and sized for mkfs's one inode per 16 KiB
+if fresh_fs_up "$WORK/fs.img" "$WORK/fs" $((MAX * 40 / 1024 + 2048)); then
 	FS=$WORK/fs
 else
 	echo "   (trees in $WORK: recent deletions there can slow file creation)"
