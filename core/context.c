@@ -1600,22 +1600,6 @@ out:
 	free(path);
 }
 
-/* The whole of fd (from its start) as a string (heap), or NULL. */
-static char *read_fd_string(int fd, size_t len)
-{
-	char *s = cfs_malloc(len + 1);
-	size_t got = 0;
-
-	if (s && lseek(fd, 0, SEEK_SET) == 0 &&
-	    cfs_read_all(fd, s, len, &got) == 0 && got == len) {
-		s[len] = '\0';
-		return s;
-	}
-	free(s);
-	cfs_error_clear();
-	return NULL;
-}
-
 /* ------------------------------------------------------------------ */
 /* Ref resolution                                                      */
 /* ------------------------------------------------------------------ */
@@ -2687,6 +2671,7 @@ void cfs_commit_opts_init(struct cfs_commit_opts *opts)
 	memset(opts, 0, sizeof(*opts));
 	opts->kind = CFS_COMMIT_SAVE;
 	opts->expect_generation = -1;
+	opts->prev_index_fd = -1;
 }
 
 void cfs_commit_result_clear(struct cfs_commit_result *res)
@@ -2694,7 +2679,8 @@ void cfs_commit_result_clear(struct cfs_commit_result *res)
 	if (!res)
 		return;
 	cJSON_Delete(res->changed_paths);
-	free(res->index_json);
+	if (res->has_index_fd)
+		close(res->index_fd);
 	memset(res, 0, sizeof(*res));
 }
 
@@ -2947,20 +2933,18 @@ static int record_file(void *payload, struct cfs_file_entry *e)
 
 /*
  * The base of changedPaths: the previous generation's index from its
- * bundle (prev_fd, else prev_str), else the one srcdir carries from its
- * export (which is stale if srcdir was committed since), else none.
+ * bundle (prev_fd, read from its start), else the one srcdir carries from
+ * its export (which is stale if srcdir was committed since), else none.
  */
-static int record_prev(struct cfs_record_build *rb, int prev_fd,
-		       const char *prev_str, int srcdirfd)
+static int record_prev(struct cfs_record_build *rb, int prev_fd, int srcdirfd)
 {
 	size_t len = 0;
 	int fd, rc;
 
-	if (prev_fd >= 0)
-		return cfs_record_build_prev_fd(rb, prev_fd);
-	if (prev_str)
-		return cfs_record_build_prev_buf(rb, prev_str,
-						 strlen(prev_str));
+	if (prev_fd >= 0) {
+		rc = rewind_fd(prev_fd);
+		return rc ? rc : cfs_record_build_prev_fd(rb, prev_fd);
+	}
 	fd = open_index_json(srcdirfd, &len);
 	cfs_error_clear();
 	if (fd < 0)
@@ -2983,7 +2967,6 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 			const struct cfs_policy *policy, uint64_t gen,
 			uint64_t parent, const char *author,
 			const char *message, int64_t now_ms, int prev_fd,
-			const char *prev_str,
 			const struct cfs_hash_hints *hints,
 			const struct cfs_commit_opts *opts)
 {
@@ -3010,7 +2993,7 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 		cfs_error_prefix("index the files to save");
 		goto out;
 	}
-	rc = record_prev(rb, prev_fd, prev_str, srcdirfd);
+	rc = record_prev(rb, prev_fd, srcdirfd);
 	if (rc) {
 		cfs_error_prefix("read the previous file list");
 		goto out;
@@ -3299,14 +3282,15 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 	if (sc_on)
 		hints = &sc.hints;
 	if (save) {
-		rc = build_record(&record, &recfd, &reclen, &t, srcdirfd,
-				  &policy, next, gen,
-				  opts->author	? opts->author
-				  : opts->owner ? opts->owner
-						: DEFAULT_AUTHOR,
-				  opts->message ? opts->message
-						: DEFAULT_SAVE_MESSAGE,
-				  now, prev_fd, opts->prev_index, hints, opts);
+		rc = build_record(
+			&record, &recfd, &reclen, &t, srcdirfd, &policy, next,
+			gen,
+			opts->author  ? opts->author
+			: opts->owner ? opts->owner
+				      : DEFAULT_AUTHOR,
+			opts->message ? opts->message : DEFAULT_SAVE_MESSAGE,
+			now, prev_fd >= 0 ? prev_fd : opts->prev_index_fd,
+			hints, opts);
 		if (rc)
 			goto out;
 		if (sc_on)
@@ -3510,8 +3494,11 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 					: (uint64_t)cJSON_GetArraySize(cp);
 		}
 	}
-	if (save && recfd >= 0 && res && opts->want_index_json)
-		res->index_json = read_fd_string(recfd, reclen);
+	if (save && recfd >= 0 && res && opts->want_index_fd) {
+		/* the file outlives the temp directory's removal */
+		res->index_fd = fcntl(recfd, F_DUPFD_CLOEXEC, 0);
+		res->has_index_fd = res->index_fd >= 0;
+	}
 	if (save && recfd >= 0 && opts->index_cache_dir)
 		cache_save(opts->index_cache_dir, st, id, key, enc, recfd,
 			   reclen);

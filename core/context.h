@@ -123,14 +123,15 @@ struct cfs_commit_opts {
 	 */
 	bool key_verified;
 	/*
-	 * With key_verified, the previous generation's version record JSON
-	 * (e.g. the index_json of the caller's last commit result): the base
-	 * of changedPaths. NULL = srcdir's .contextsdk/index.json.
+	 * With key_verified, an fd open on the previous generation's version
+	 * record (e.g. the index_fd of the caller's last commit result), read
+	 * from its start: the base of changedPaths. -1 (the default) =
+	 * srcdir's .contextsdk/index.json.
 	 */
-	const char *prev_index;
-	/* fill cfs_commit_result.index_json (a mount keeps it for the next
-	 * commit's prev_index) */
-	bool want_index_json;
+	int prev_index_fd;
+	/* fill cfs_commit_result.index_fd (a mount keeps it for the next
+	 * commit's prev_index_fd) */
+	bool want_index_fd;
 	/*
 	 * Optional private directory (made 0700) where a save leaves the
 	 * index of the tree it wrote, keyed by store and context. A later
@@ -160,7 +161,8 @@ struct cfs_commit_opts {
 	void *progress_payload;
 };
 
-/* Defaults: kind save, expect_generation -1, everything else unset. */
+/* Defaults: kind save, expect_generation and prev_index_fd -1, everything
+ * else unset. */
 void cfs_commit_opts_init(struct cfs_commit_opts *opts);
 
 struct cfs_commit_result {
@@ -174,9 +176,15 @@ struct cfs_commit_result {
 	cJSON *changed_paths;
 	uint64_t changed_total; /* save: how many paths changed */
 	size_t gc_deleted; /* superseded objects deleted afterwards */
-	/* save: the version record written as .contextsdk/index.json (heap,
-	 * owned); pass it as prev_index to the next key_verified commit */
-	char *index_json;
+	/*
+	 * save with want_index_fd: the version record written as
+	 * .contextsdk/index.json, in an unnamed file of the private temp
+	 * directory (owned when has_index_fd), so the caller keeps it without
+	 * holding it in memory; pass it as prev_index_fd to the next
+	 * key_verified commit
+	 */
+	bool has_index_fd;
+	int index_fd;
 };
 
 /* Frees what a result owns and zeroes it (NULL-safe). */

@@ -146,14 +146,16 @@ struct cfs_fs {
 	int last_rc;
 	char *last_error; /* message of the last failed commit, or NULL */
 	/*
-	 * The version record of our last landed save (owned by whoever runs
-	 * commits, one at a time): the base of the next commit's
-	 * changedPaths. NULL until the first commit, which authenticates the
-	 * current tree with the mount's keys (a leftover staged tree may
-	 * never have been exported by this process); later commits skip
-	 * that download, since nobody else can commit while we hold the lock.
+	 * The version record of our last landed save, an unnamed file in
+	 * the commit's private temp directory (owned by whoever runs commits,
+	 * one at a time; not in memory, whatever the number of files): the
+	 * base of the next commit's changedPaths. -1 until the first commit,
+	 * which authenticates the current tree with the mount's keys (a
+	 * leftover staged tree may never have been exported by this
+	 * process); later commits skip that download, since nobody else can
+	 * commit while we hold the lock.
 	 */
-	char *prev_index;
+	int prev_index_fd;
 	char *pending_msg;
 	struct cfs_waiter *waiters;
 	bool stop;

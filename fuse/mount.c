@@ -625,7 +625,8 @@ static void fs_free(struct cfs_fs *fs)
 	free(fs->author);
 	free(fs->snap_inos);
 	free(fs->last_error);
-	free(fs->prev_index);
+	if (fs->prev_index_fd >= 0)
+		close(fs->prev_index_fd);
 	free(fs->ckpt_error);
 	free(fs->pending_msg);
 	free(fs);
@@ -648,6 +649,7 @@ static int serve(const struct cfs_mount_opts *o, int ready_fd)
 		goto out;
 	}
 	fs->root_fd = -1;
+	fs->prev_index_fd = -1;
 	fs->ctl_fd = -1;
 	fs->st = o->store;
 	fs->keys = o->keys;

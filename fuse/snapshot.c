@@ -451,18 +451,20 @@ int cfs_commit_now(struct cfs_fs *fs, const char *msg)
 	co.owner = fs->owner;
 	co.author = fs->author;
 	co.message = msg ? msg : "contextfs mount commit";
-	co.key_verified = fs->prev_index != NULL;
-	co.prev_index = fs->prev_index;
-	co.want_index_json = true;
+	co.key_verified = fs->prev_index_fd >= 0;
+	co.prev_index_fd = fs->prev_index_fd;
+	co.want_index_fd = true;
 	co.hash_hints = &fs->hints; /* unchanged files keep their hash */
 	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
 	close(sfd);
 	snap_drop(fs);
 	if (rc)
 		goto out;
-	free(fs->prev_index);
-	fs->prev_index = res.index_json; /* NULL if too big: check again */
-	res.index_json = NULL;
+	if (fs->prev_index_fd >= 0)
+		close(fs->prev_index_fd);
+	/* -1 if it could not be kept: the next commit checks again */
+	fs->prev_index_fd = res.has_index_fd ? res.index_fd : -1;
+	res.has_index_fd = false;
 	pthread_mutex_lock(&fs->commit_mu);
 	fs->landed_changes = snap_changes;
 	fs->generation = res.generation;
@@ -528,7 +530,7 @@ static int checkpoint_now(struct cfs_fs *fs)
 	co.owner = fs->owner;
 	co.reason = "periodic checkpoint (contextfs mount)";
 	/* authenticated by our first commit, if there was one */
-	co.key_verified = fs->prev_index != NULL;
+	co.key_verified = fs->prev_index_fd >= 0;
 	rc = cfs_context_commit(&res, fs->st, fs->keys, fs->ref.id, sfd, &co);
 	close(sfd);
 	snap_drop(fs);
