@@ -2933,18 +2933,17 @@ static int record_file(void *payload, struct cfs_file_entry *e)
 
 /*
  * The base of changedPaths: the previous generation's index from its
- * bundle (prev_fd, read from its start), else the one srcdir carries from
- * its export (which is stale if srcdir was committed since), else none.
+ * bundle (prev_fd, read from its offset on: the commit cache's file has a
+ * header line before it), else the one srcdir carries from its export
+ * (which is stale if srcdir was committed since), else none.
  */
 static int record_prev(struct cfs_record_build *rb, int prev_fd, int srcdirfd)
 {
 	size_t len = 0;
 	int fd, rc;
 
-	if (prev_fd >= 0) {
-		rc = rewind_fd(prev_fd);
-		return rc ? rc : cfs_record_build_prev_fd(rb, prev_fd);
-	}
+	if (prev_fd >= 0)
+		return cfs_record_build_prev_fd(rb, prev_fd);
 	fd = open_index_json(srcdirfd, &len);
 	cfs_error_clear();
 	if (fd < 0)
@@ -3281,6 +3280,12 @@ int cfs_context_commit(struct cfs_commit_result *res, struct cfs_store *st,
 		sc_on = sc_open(&sc, opts->index_cache_dir, st, id, srcdirfd);
 	if (sc_on)
 		hints = &sc.hints;
+	if (save && prev_fd < 0 && opts->prev_index_fd >= 0) {
+		/* the caller's record, read from its start (again on a retry) */
+		rc = rewind_fd(opts->prev_index_fd);
+		if (rc)
+			goto out;
+	}
 	if (save) {
 		rc = build_record(
 			&record, &recfd, &reclen, &t, srcdirfd, &policy, next,
