@@ -1177,6 +1177,27 @@ static int wrong_key(const struct cfs_manifest *m, const char *key)
 }
 
 /*
+ * The temp directory's filesystem is full (the version record, the
+ * previous file list and the diff's sort runs go there): says where, and
+ * what to do, after what failed.
+ */
+static int tmp_full(const struct tmpdir *t)
+{
+	char *what = cfs_strdup(cfs_error_last());
+	const char *slash = t->path ? strrchr(t->path, '/') : NULL;
+	int n = slash && slash > t->path ? (int)(slash - t->path) : 1;
+	int rc = cfs_error_set(CFS_EIO,
+			       "%s; the commit's temporary files are under "
+			       "%.*s: free space there or point TMPDIR at a "
+			       "larger filesystem (nothing was committed)",
+			       what ? what : "no space left on device", n,
+			       slash ? t->path : "/");
+
+	free(what);
+	return rc;
+}
+
+/*
  * Authenticates the current tree object of m with keys without keeping the
  * tree's files anywhere: a commit with a wrong passphrase or key must fail
  * before it writes anything. While it decrypts, it validates the archive
@@ -1264,7 +1285,7 @@ out:
 	}
 	close_fd(&ifd);
 	cfs_cipher_free(d.cipher);
-	return rc;
+	return rc == CFS_ENOSPC ? tmp_full(t) : rc;
 }
 
 /*
@@ -3022,6 +3043,8 @@ static int build_record(cJSON **out, int *fd_out, size_t *len_out,
 		goto out;
 	}
 out:
+	if (rc == CFS_ENOSPC)
+		rc = tmp_full(t);
 	cJSON_Delete(bare);
 	cfs_record_build_free(rb);
 	return rc;

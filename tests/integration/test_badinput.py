@@ -633,6 +633,44 @@ def test_commit_on_a_full_disk_loses_nothing(make_cli, tmp_path):
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_commit_with_a_full_tmpdir_loses_nothing(make_cli, tmp_path):
+    """$TMPDIR fills up while a commit writes what it keeps there (the
+    version record, the previous generation's file list, the diff's sorted
+    runs): the commit fails with an I/O error that names that directory
+    and says what to do, the store is exactly as it was, the context still
+    exports its last generation, nothing is left in $TMPDIR, and the same
+    commit succeeds once there is room."""
+    small = tmp_path / "smalltmp"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", str(small)], check=True)
+    try:
+        c = make_cli(str(tmp_path / "store"), raw_key_hex=new_raw_key())
+        work = make_context(c, tmp_path)
+        for i in range(3000):  # a record of ~700 KB: more than $TMPDIR holds
+            write_file(work, "workspace/d%02d/a-rather-long-file-name-%05d.txt" % (i % 50, i), "%d\n" % i)
+        before = store_state(c.store)
+        r = c.run("commit", CTX, "--from", work, env={"TMPDIR": str(small)})
+        assert r.rc == EXIT_IO, (r.rc, r.err)
+        line = assert_one_error_line(r)
+        assert "no space left" in line.lower(), line
+        assert str(small) in line and "TMPDIR" in line and "nothing was committed" in line, line
+        assert store_state(c.store) == before, "a failed commit changed the store"
+        assert os.listdir(small) == [], os.listdir(small)
+        out = str(tmp_path / "out")
+        c.ok("export", CTX, out)
+        assert open(os.path.join(out, "workspace/hello.txt")).read() == "hello\n"
+        assert not os.path.exists(os.path.join(out, "workspace/d00"))
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
+        doc = c.json("commit", CTX, "--from", work, env={"TMPDIR": str(small)}).json
+        assert doc.get("changedPathsTotal", len(doc["changedPaths"])) == 3000, doc
+        out2 = str(tmp_path / "out2")
+        c.ok("export", CTX, out2)
+        assert open(os.path.join(out2, "workspace/d07/a-rather-long-file-name-02957.txt")).read() == "2957\n"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts (root)")
 def test_commit_skips_devices_mounted_over_files(make_cli, tmp_path):
     """readdir calls a name a regular file even when a device is mounted
