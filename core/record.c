@@ -849,6 +849,31 @@ static int ps_skip(struct prev_src *r, bool *ok)
 	return 0;
 }
 
+/*
+ * ps_skip() keeping the value's bytes: they are buf[start, pos) until
+ * the next read.
+ */
+static int ps_take(struct prev_src *r, bool *ok)
+{
+	int rc;
+
+	r->keep = true;
+	r->start = r->pos;
+	rc = ps_skip(r, ok);
+	r->keep = false;
+	return rc;
+}
+
+/* Past blanks and one "," if there is one. */
+static int ps_comma(struct prev_src *r)
+{
+	int c, rc = ps_ws(r, &c);
+
+	if (!rc && c == ',')
+		r->pos++;
+	return rc;
+}
+
 /* The key of the record for an entry: "path\0sha256\0". */
 static int prev_entry(struct xsort *s, struct cfs_buf *rec, const char *p,
 		      size_t n)
@@ -894,10 +919,7 @@ static int prev_parse(struct xsort *s, struct prev_src *r, bool *ok)
 			break; /* an unclosed document keeps its entries */
 		if (c != '"')
 			goto out;
-		r->keep = true;
-		r->start = r->pos;
-		rc = ps_skip(r, &vok);
-		r->keep = false;
+		rc = ps_take(r, &vok);
 		if (rc || !vok)
 			goto out;
 		files = r->pos - r->start == 7 &&
@@ -919,32 +941,24 @@ static int prev_parse(struct xsort *s, struct prev_src *r, bool *ok)
 					r->pos++;
 					break;
 				}
-				r->keep = true;
-				r->start = r->pos;
-				rc = ps_skip(r, &vok);
+				rc = ps_take(r, &vok);
 				if (!rc && vok)
 					rc = prev_entry(s, &rec,
 							r->buf + r->start,
 							r->pos - r->start);
-				r->keep = false;
+				if (!rc && vok)
+					rc = ps_comma(r);
 				if (rc || !vok)
 					goto out;
-				rc = ps_ws(r, &c);
-				if (rc)
-					goto out;
-				if (c == ',')
-					r->pos++;
 			}
 		} else {
 			rc = ps_skip(r, &vok);
 			if (rc || !vok)
 				goto out;
 		}
-		rc = ps_ws(r, &c);
+		rc = ps_comma(r);
 		if (rc)
 			goto out;
-		if (c == ',')
-			r->pos++;
 	}
 	*ok = true;
 out:
