@@ -2,7 +2,8 @@
 # bench-rss.sh: peak RSS of contextfs commit and export by number of files.
 # Run by hand (not part of any suite); see README.md.
 #
-#   tests/bench/bench-rss.sh [--bin PATH] [--dir WORKDIR] [--files "N ..."] [--keep]
+#   tests/bench/bench-rss.sh [--bin PATH] [--dir WORKDIR] [--files "N ..."]
+#                            [--store URL] [--keep]
 #
 # For each file count N (default "20000 200000 500000"): a tree of N small
 # files (32-288 bytes, 250 per directory) in a fresh store, then
@@ -16,6 +17,9 @@
 # and prints seconds, peak RSS (/usr/bin/time -v) and the number of
 # changedPaths each commit reported (checked against what was changed).
 # The tree lives on a freshly made ext4 when run as root (freshfs.sh).
+# --store URL (e.g. s3://bucket/prefix, with CONTEXTSDK_S3_ENDPOINT,
+# AWS_ACCESS_KEY_ID & co. set, as tests/s3/rgw start prints them) puts the
+# contexts there (named rss-N) instead of a local store per count.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,14 +28,16 @@ BIN=${CONTEXTFS_BIN:-$REPO/build/tools/contextfs}
 WORK=
 COUNTS="20000 200000 500000"
 KEEP=0
+STORE_URL=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--bin) BIN=$2; shift 2 ;;
 	--dir) WORK=$2; shift 2 ;;
 	--files) COUNTS=$2; shift 2 ;;
+	--store) STORE_URL=$2; shift 2 ;;
 	--keep) KEEP=1; shift ;;
-	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,23p' "$0"; exit 0 ;;
 	*) echo "bench-rss: unknown argument: $1" >&2; exit 2 ;;
 	esac
 done
@@ -91,11 +97,18 @@ ROWS=$WORK/rows.tsv
 : >"$ROWS"
 for N in $COUNTS; do
 	SRC=$FS/src-$N
-	export CONTEXTSDK_STORAGE_DIR=$FS/store-$N
 	export XDG_CACHE_HOME=$WORK/xdg-$N
+	if [ -n "$STORE_URL" ]; then
+		CTX=rss-$N-$$ # contexts stay in that store: contextfs deletes none
+		CFS=("$BIN" --store "$STORE_URL")
+	else
+		CTX=rss
+		export CONTEXTSDK_STORAGE_DIR=$FS/store-$N
+		CFS=("$BIN")
+	fi
 	echo "== $N files"
-	"$BIN" init rss -q >/dev/null
-	"$BIN" export rss "$SRC" -q >/dev/null
+	"${CFS[@]}" init "$CTX" -q >/dev/null
+	"${CFS[@]}" export "$CTX" "$SRC" -q >/dev/null
 	python3 - "$SRC/workspace/t" "$N" <<'PY'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -108,10 +121,10 @@ for i in range(n):
         f.write("file %d %s\n" % (i, "x" * rng.randint(24, 280)))
 PY
 	sync
-	run first "$BIN" --json commit rss --from "$SRC" -m first
+	run first "${CFS[@]}" --json commit "$CTX" --from "$SRC" -m first
 	printf '%s\tfirst\t%s\t%s\t%s\t%s\n' "$N" "$LAST_SEC" "$LAST_RSS" "$(changed first)" "$N" >>"$ROWS"
 	echo "one more line" >>"$SRC/workspace/t/d00000/f0000000.txt"
-	run one "$BIN" --json commit rss --from "$SRC" -m one
+	run one "${CFS[@]}" --json commit "$CTX" --from "$SRC" -m one
 	printf '%s\tone\t%s\t%s\t%s\t%s\n' "$N" "$LAST_SEC" "$LAST_RSS" "$(changed one)" 1 >>"$ROWS"
 	# 1% removed (every 100th file), 1% added
 	python3 - "$SRC/workspace/t" "$N" <<'PY'
@@ -126,15 +139,16 @@ for i in range(len(range(1, n, 100))):
 PY
 	CHURN=$(( 2 * $(python3 -c 'import sys; print(len(range(1, int(sys.argv[1]), 100)))' "$N") ))
 	rm -rf -- "$XDG_CACHE_HOME"
-	run churn "$BIN" --json commit rss --from "$SRC" -m churn
+	run churn "${CFS[@]}" --json commit "$CTX" --from "$SRC" -m churn
 	printf '%s\tchurn\t%s\t%s\t%s\t%s\n' "$N" "$LAST_SEC" "$LAST_RSS" "$(changed churn)" "$CHURN" >>"$ROWS"
-	run export "$BIN" export rss "$FS/out-$N" -q
+	run export "${CFS[@]}" export "$CTX" "$FS/out-$N" -q
 	printf '%s\texport\t%s\t%s\t-\t-\n' "$N" "$LAST_SEC" "$LAST_RSS" >>"$ROWS"
 	cmp -s "$SRC/workspace/t/d00000/f0000000.txt" "$FS/out-$N/workspace/t/d00000/f0000000.txt" ||
 		die "the export differs from the tree"
 	[ "$(find "$FS/out-$N/workspace/t" -type f | wc -l)" = "$(find "$SRC/workspace/t" -type f | wc -l)" ] ||
 		die "the export has another number of files than the tree"
-	rm -rf -- "$SRC" "$FS/out-$N" "$CONTEXTSDK_STORAGE_DIR"
+	rm -rf -- "$SRC" "$FS/out-$N"
+	[ -n "$STORE_URL" ] || rm -rf -- "$CONTEXTSDK_STORAGE_DIR"
 done
 
 echo
