@@ -739,8 +739,7 @@ static int ps_more(struct prev_src *r)
 			got = read(r->fd, r->buf + r->len, r->cap - r->len);
 		while (got < 0 && errno == EINTR);
 		if (got < 0)
-			return cfs_error_errno(errno,
-					       "read the previous file list");
+			return cfs_error_errno(errno, "read");
 		n = (size_t)got;
 	} else {
 		n = r->memlen - r->mempos;
