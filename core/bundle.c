@@ -1792,7 +1792,7 @@ out:
 
 /* Writes the current member (size bytes) to fd. */
 static int up_capture(struct unpacker *u, int fd, int64_t size,
-		      const char *entry)
+		      const char *entry, bool *local)
 {
 	char buf[65536];
 	int64_t got = 0;
@@ -1807,6 +1807,7 @@ static int up_capture(struct unpacker *u, int fd, int64_t size,
 			break;
 		rc = cfs_write_all(fd, buf, (size_t)n);
 		if (rc) {
+			*local = true; /* ours, not the archive's */
 			cfs_error_prefix("keep %s", entry);
 			return rc;
 		}
@@ -2110,7 +2111,7 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 			goto out;
 		}
 		if (u->validate_only) {
-			bool capture;
+			bool capture, local = false;
 
 			rc = up_validate(u, name, entry, type, link,
 					 archive_entry_hardlink(e) != NULL);
@@ -2123,7 +2124,9 @@ int cfs_bundle_unpack(int destfd, cfs_read_fn source, void *payload,
 				  strcmp(entry, opts->capture_path) == 0;
 			if (capture && !(opts->captured && *opts->captured)) {
 				rc = up_capture(u, opts->capture_fd, size,
-						entry);
+						entry, &local);
+				if (rc && local && opts->capture_failed)
+					*opts->capture_failed = rc;
 				if (!rc && opts->captured)
 					*opts->captured = true;
 				if (!rc && opts->member)

@@ -162,6 +162,10 @@ struct cfs_unpack_opts {
 	const char *capture_path;
 	int capture_fd;
 	bool *captured;
+	/* optional out: the error of a failed write to capture_fd (a local
+	 * failure, e.g. a full disk, not a damaged archive); left alone
+	 * otherwise */
+	int *capture_failed;
 	/* validate_only: each member, its data hashed (optional) */
 	cfs_member_fn member;
 	void *member_payload;

@@ -1219,7 +1219,8 @@ static int check_key(int *prev_fd, struct cfs_store *st, struct cfs_keys *keys,
 	struct cfs_unpack_opts uo;
 	struct cfs_encmeta meta;
 	bool captured = false;
-	int rc, rc2, urc = 0, ifd = -1;
+	char *capmsg = NULL;
+	int rc, rc2, urc = 0, ifd = -1, capfail = 0;
 
 	*prev_fd = -1;
 	if (!key || !enc)
@@ -1241,7 +1242,10 @@ static int check_key(int *prev_fd, struct cfs_store *st, struct cfs_keys *keys,
 		uo.capture_path = CFS_META_DIR "/index.json";
 		uo.capture_fd = ifd;
 		uo.captured = &captured;
+		uo.capture_failed = &capfail;
 		rc = decrypt_unpack(&urc, &d, -1, &uo);
+		if (capfail)
+			capmsg = cfs_strdup(cfs_error_last());
 	}
 	rc2 = fetch_stream_finish(&f, &d.fd);
 	if (rc2 == CFS_ENOTFOUND && !rc) {
@@ -1265,6 +1269,12 @@ static int check_key(int *prev_fd, struct cfs_store *st, struct cfs_keys *keys,
 		rc = d.final_rc;
 		goto out;
 	}
+	if (urc && capfail) {
+		/* our copy of its file list failed (a full disk), not the
+		 * bundle: nothing is committed */
+		rc = cfs_error_set(capfail, "%s", capmsg ? capmsg : "");
+		goto out;
+	}
 	if (urc) {
 		/* right key, damaged previous bundle: commit over it */
 		cfs_warn("the current data of %s does not unpack (%s); "
@@ -1284,6 +1294,7 @@ out:
 		ifd = -1;
 	}
 	close_fd(&ifd);
+	free(capmsg);
 	cfs_cipher_free(d.cipher);
 	return rc == CFS_ENOSPC ? tmp_full(t) : rc;
 }

@@ -703,6 +703,7 @@ struct prev_src {
 	size_t cap, start, pos, len; /* buf[start, len) is held */
 	bool keep; /* hold from start on while reading more */
 	bool eof;
+	bool too_long; /* an entry passed PREV_ENTRY_MAX: malformed */
 };
 
 /* Reads more: 1, 0 at the end (or past PREV_ENTRY_MAX held), or an error. */
@@ -724,8 +725,10 @@ static int ps_more(struct prev_src *r)
 		size_t nc = r->cap ? r->cap * 2 : PREV_CHUNK;
 		char *nb;
 
-		if (r->cap >= PREV_ENTRY_MAX)
+		if (r->cap >= PREV_ENTRY_MAX) {
+			r->too_long = r->eof = true;
 			return 0;
+		}
 		nb = realloc(r->buf, nc);
 		if (!nb)
 			return cfs_error_set(CFS_ENOMEM, "out of memory");
@@ -745,7 +748,8 @@ static int ps_more(struct prev_src *r)
 		n = r->memlen - r->mempos;
 		if (n > r->cap - r->len)
 			n = r->cap - r->len;
-		memcpy(r->buf + r->len, r->mem + r->mempos, n);
+		if (n)
+			memcpy(r->buf + r->len, r->mem + r->mempos, n);
 		r->mempos += n;
 	}
 	if (n == 0) {
@@ -863,6 +867,39 @@ static int ps_take(struct prev_src *r, bool *ok)
 	return rc;
 }
 
+/*
+ * Past the member name at pos (a string: any length, not held), *files
+ * telling whether it is exactly "files" as written (no escapes), as
+ * cfs_index_from_json() compares it.
+ */
+static int ps_key(struct prev_src *r, bool *files, bool *ok)
+{
+	static const char want[] = "\"files\"";
+	size_t n = 0;
+	bool same = true, esc = false;
+	int c, rc;
+
+	*ok = *files = false;
+	for (;;) {
+		rc = ps_peek(r, &c);
+		if (rc || c < 0)
+			return rc;
+		r->pos++;
+		same = same && n < 7 && c == want[n];
+		if (n++ == 0)
+			continue; /* the opening quote */
+		if (esc)
+			esc = false;
+		else if (c == '\\')
+			esc = true;
+		else if (c == '"')
+			break;
+	}
+	*files = same && n == 7;
+	*ok = true;
+	return 0;
+}
+
 /* Past blanks and one "," if there is one. */
 static int ps_comma(struct prev_src *r)
 {
@@ -918,11 +955,9 @@ static int prev_parse(struct xsort *s, struct prev_src *r, bool *ok)
 			break; /* an unclosed document keeps its entries */
 		if (c != '"')
 			goto out;
-		rc = ps_take(r, &vok);
+		rc = ps_key(r, &files, &vok);
 		if (rc || !vok)
 			goto out;
-		files = r->pos - r->start == 7 &&
-			memcmp(r->buf + r->start, "\"files\"", 7) == 0;
 		rc = ps_ws(r, &c);
 		if (rc || c != ':')
 			goto out;
@@ -959,7 +994,7 @@ static int prev_parse(struct xsort *s, struct prev_src *r, bool *ok)
 		if (rc)
 			goto out;
 	}
-	*ok = true;
+	*ok = !r->too_long;
 out:
 	cfs_buf_free(&rec);
 	return rc;

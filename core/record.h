@@ -10,7 +10,10 @@
  *
  * The record's bytes are those of cfs_version_record_write() given the
  * lists cfs_index_from_json() and cfs_version_diff() compute in memory
- * (tests/unit/test_version.c checks both against each other).
+ * (tests/unit/test_version.c and tests/fuzz/fuzz_index.c check both
+ * against each other), except that a previous index has no size cap here
+ * (the in-memory reader ignores one above CFS_INDEX_JSON_MAX) and one
+ * whose single entry passes 1 MiB counts as malformed.
  */
 #ifndef CFS_CORE_RECORD_H
 #define CFS_CORE_RECORD_H

@@ -347,6 +347,8 @@ static int ib_drain(struct index_builder *b)
 			rc = b->emit(b->payload, e);
 		free(e->path);
 	}
+	if (k == 0)
+		return rc;
 	memmove(b->v, b->v + k, (b->n - k) * sizeof(*b->v));
 	memmove(b->pend, b->pend + k, b->n - k);
 	b->n -= k;
@@ -363,15 +365,44 @@ static void ib_discard(struct index_builder *b)
 	free(b->pend);
 }
 
-/* Room for one more entry at v[n], zeroed. */
+/* Waits until a job is done; false when none is queued or hashing. */
+static bool hash_pool_wait(struct hash_pool *p)
+{
+	bool any;
+
+	pthread_mutex_lock(&p->mu);
+	while (!p->done && p->in_flight > 0) {
+		p->walk_waits = true;
+		pthread_cond_wait(&p->room_cv, &p->mu);
+	}
+	p->walk_waits = false;
+	any = p->done != NULL;
+	pthread_mutex_unlock(&p->mu);
+	return any;
+}
+
+/*
+ * Room for one more entry at v[n], zeroed. A full window is drained
+ * first; when its head is still being hashed (or waits in the batch the
+ * walk has not queued yet: a save whose hints know all files but a few),
+ * the batch is queued and the walk waits for the head, so the window
+ * never grows past 4 * HASH_IN_FLIGHT entries with a pool.
+ */
 static int ib_reserve(struct index_builder *b)
 {
 	if (b->n == b->cap && b->cap >= 4 * HASH_IN_FLIGHT) {
-		int rc;
+		int rc = 0;
 
-		if (b->pool)
+		if (b->pool) {
 			hash_pool_reap(b->pool, b);
-		rc = ib_drain(b);
+			if (b->n && b->pend[0])
+				rc = hash_pool_flush(b->pool);
+			while (!rc && b->n && b->pend[0] &&
+			       hash_pool_wait(b->pool))
+				hash_pool_reap(b->pool, b);
+		}
+		if (!rc)
+			rc = ib_drain(b);
 		if (rc)
 			return rc;
 	}

@@ -667,6 +667,20 @@ def test_commit_with_a_full_tmpdir_loses_nothing(make_cli, tmp_path):
         out2 = str(tmp_path / "out2")
         c.ok("export", CTX, out2)
         assert open(os.path.join(out2, "workspace/d07/a-rather-long-file-name-02957.txt")).read() == "2957\n"
+        # without the commit cache the next commit copies the current
+        # generation's file list (~700 KB) into $TMPDIR while it checks
+        # the key: that copy failing is a full disk, not a damaged bundle
+        subprocess.run(["mount", "-o", "remount,size=256k", str(small)], check=True)
+        write_file(work, "workspace/hello.txt", "hello again\n")
+        before = store_state(c.store)
+        r = c.run("commit", CTX, "--from", work,
+                  env={"TMPDIR": str(small), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+        assert r.rc == EXIT_IO, (r.rc, r.err)
+        line = assert_one_error_line(r)
+        assert "no space left" in line.lower() and str(small) in line, line
+        assert "does not unpack" not in r.err, r.err
+        assert store_state(c.store) == before, "a failed commit changed the store"
+        assert os.listdir(small) == [], os.listdir(small)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 

@@ -216,6 +216,69 @@ static void test_index_many(void)
 	free(base);
 }
 
+/*
+ * The walk emits entries while it goes on, also when hints know every
+ * file but one and that one's hash waits in a batch the walk has not
+ * queued yet (a save with a few changed files): the window must not hold
+ * the whole tree until the walk ends.
+ */
+struct window_probe {
+	ino_t cold;
+	size_t lookups, emitted, first_at;
+};
+
+static bool probe_lookup(void *payload, const struct stat *st, char sha[65])
+{
+	struct window_probe *w = payload;
+
+	w->lookups++;
+	if (st->st_ino == w->cold)
+		return false; /* hashed by the pool */
+	snprintf(sha, 65, "%064x", 7);
+	return true;
+}
+
+static int probe_emit(void *payload, struct cfs_file_entry *e)
+{
+	struct window_probe *w = payload;
+
+	if (w->emitted++ == 0)
+		w->first_at = w->lookups;
+	return 0;
+}
+
+static void test_index_window(void)
+{
+	enum { N = 5000 };
+	char *base = tap_tmpdir("index-window");
+	int r = open(base, O_RDONLY | O_DIRECTORY);
+	struct cfs_policy pol = {0};
+	struct window_probe w = {0};
+	struct cfs_hash_hints h = {probe_lookup, NULL, NULL, &w};
+	struct stat st;
+	char path[64];
+
+	mkdirat(r, "workspace", 0755);
+	put_file(r, "workspace/000-cold", "cold\n", 0644, 1767323045);
+	fstatat(r, "workspace/000-cold", &st, 0);
+	w.cold = st.st_ino;
+	for (int i = 0; i < N; i++) {
+		snprintf(path, sizeof(path), "workspace/f%05d", i);
+		put_file(r, path, "x", 0644, 1767323045);
+	}
+	cfs_policy_default(&pol);
+	TAP_EQ_INT(cfs_index_walk(r, &pol, &h, probe_emit, &w), 0,
+		   "walk with all files hinted but one");
+	TAP_EQ_INT(w.emitted, N + 1, "every file emitted");
+	TAP_OK(w.first_at <= 1024,
+	       "the first entry left the window after %zu of %d lookups",
+	       w.first_at, N + 1);
+	cfs_policy_free(&pol);
+	cfs_rmtree_at(AT_FDCWD, base);
+	close(r);
+	free(base);
+}
+
 static void test_from_json(void)
 {
 	static const char doc[] =
@@ -710,6 +773,7 @@ int main(void)
 	test_diff();
 	test_index();
 	test_index_many();
+	test_index_window();
 	test_from_json();
 	test_record();
 	test_record_write();
