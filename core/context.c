@@ -444,17 +444,26 @@ struct enc_sink {
 	bool started;
 };
 
+/*
+ * The directory that holds path, as *n bytes of *dir for "%.*s": "/" for
+ * a name directly under it, "?" without a path. Full-disk messages name
+ * it: the private directory itself is gone by the time the user reads.
+ */
+static void parent_of(const char *path, const char **dir, int *n)
+{
+	const char *slash = path ? strrchr(path, '/') : NULL;
+
+	*dir = !path ? "?" : slash && slash > path ? path : "/";
+	*n = slash && slash > path ? (int)(slash - path) : 1;
+}
+
 /* Names the directory holding the bundle's private temp dir. */
 static int enc_io_error(const struct enc_sink *s, int e, const char *what)
 {
-	const char *slash = s->dir ? strrchr(s->dir, '/') : NULL;
-	int n = slash ? (int)(slash - s->dir) : 1;
-	const char *dir = slash && n > 0 ? s->dir : "/";
+	const char *dir;
+	int n;
 
-	if (!s->dir)
-		n = 1, dir = "?";
-	else if (n == 0)
-		n = 1; /* directly under / */
+	parent_of(s->dir, &dir, &n);
 	if (e == ENOSPC || e == EDQUOT)
 		return cfs_error_set(CFS_EIO,
 				     "%s the bundle in %.*s: %s; free space "
@@ -1184,15 +1193,15 @@ static int wrong_key(const struct cfs_manifest *m, const char *key)
 static int tmp_full(const struct tmpdir *t)
 {
 	char *what = cfs_strdup(cfs_error_last());
-	const char *slash = t->path ? strrchr(t->path, '/') : NULL;
-	int n = slash && slash > t->path ? (int)(slash - t->path) : 1;
-	int rc = cfs_error_set(CFS_EIO,
-			       "%s; the commit's temporary files are under "
-			       "%.*s: free space there or point TMPDIR at a "
-			       "larger filesystem (nothing was committed)",
-			       what ? what : "no space left on device", n,
-			       slash ? t->path : "/");
+	const char *dir;
+	int n, rc;
 
+	parent_of(t->path, &dir, &n);
+	rc = cfs_error_set(CFS_EIO,
+			   "%s; the commit's temporary files are under %.*s: "
+			   "free space there or point TMPDIR at a larger "
+			   "filesystem (nothing was committed)",
+			   what ? what : "no space left on device", n, dir);
 	free(what);
 	return rc;
 }
@@ -1571,17 +1580,17 @@ static void cache_prune(const char *dir)
  * or written by us) for the tree object tree_key with encryption metadata
  * enc. The file is a header line, {"version", "id", "treeKey", "tag",
  * "size"}, then the index as it is; copied through a small buffer, so
- * memory does not grow with the number of files.
+ * memory does not grow with the number of files (fd's offset is left
+ * alone).
  */
 static void cache_save(const char *dir, struct cfs_store *st, const char *id,
 		       const char *tree_key, const cJSON *enc, int fd,
 		       size_t len)
 {
 	char *path = NULL, *head = NULL, *tmp = NULL;
-	char buf[65536], hex[9];
+	char hex[9];
 	cJSON *o = NULL;
 	int out = -1;
-	size_t left = len;
 	bool ok = false;
 
 	if (fd < 0 || !enc_tag(enc))
@@ -1602,18 +1611,8 @@ static void cache_save(const char *dir, struct cfs_store *st, const char *id,
 	out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		   0600);
 	if (out < 0 || cfs_write_all(out, head, strlen(head)) ||
-	    cfs_write_all(out, "\n", 1) || lseek(fd, 0, SEEK_SET) != 0)
+	    cfs_write_all(out, "\n", 1) || cfs_copy_fd(out, fd, 0, len))
 		goto out;
-	while (left > 0) {
-		size_t got = 0;
-
-		if (cfs_read_all(fd, buf,
-				 left < sizeof(buf) ? left : sizeof(buf),
-				 &got) ||
-		    got == 0 || cfs_write_all(out, buf, got))
-			goto out;
-		left -= got;
-	}
 	ok = close(out) == 0 && rename(tmp, path) == 0;
 	out = -1;
 	if (ok)

@@ -175,22 +175,19 @@ static int record_write(size_t *len_out, int fd, const cJSON *record,
 	const char *at = all;
 	struct recw w = {fd, 0, CFS_BUF_INIT};
 	size_t n = 0;
-	int rc;
+	int rc = 0;
 
 	if (!all)
 		return CFS_ENOMEM;
 	/* sorted keys: changedPaths comes before files */
-	rc = recw_open_list(&w, &at, "\"changedPaths\": []");
-	if (!rc)
-		rc = l->changes(&w, l->payload, &n);
-	if (!rc)
-		rc = recw_close_list(&w, n);
-	if (!rc)
-		rc = recw_open_list(&w, &at, "\"files\": []");
-	if (!rc)
-		rc = l->files(&w, l->payload, &n);
-	if (!rc)
-		rc = recw_close_list(&w, n);
+	for (int i = 0; i < 2 && !rc; i++) {
+		rc = recw_open_list(
+			&w, &at, i ? "\"files\": []" : "\"changedPaths\": []");
+		if (!rc)
+			rc = (i ? l->files : l->changes)(&w, l->payload, &n);
+		if (!rc)
+			rc = recw_close_list(&w, n);
+	}
 	if (!rc)
 		rc = recw_put(&w, at, strlen(at));
 	if (!rc)
@@ -1188,8 +1185,6 @@ out:
 static int put_files(struct recw *w, void *payload, size_t *n)
 {
 	struct cfs_record_build *b = payload;
-	char buf[65536];
-	off_t off = 0;
 	int rc;
 
 	*n = b->nfiles;
@@ -1198,25 +1193,11 @@ static int put_files(struct recw *w, void *payload, size_t *n)
 	rc = recw_flush(&b->files);
 	if (!rc)
 		rc = recw_flush(w);
-	while (!rc && (size_t)off < b->files.total) {
-		size_t want = b->files.total - (size_t)off;
-		ssize_t got;
-
-		if (want > sizeof(buf))
-			want = sizeof(buf);
-		got = pread(b->files.fd, buf, want, off);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0)
-			return got < 0 ? cfs_error_errno(errno,
-							 "read the file list")
-				       : cfs_error_set(CFS_EIO,
-						       "the file list is "
-						       "truncated");
-		rc = cfs_write_all(w->fd, buf, (size_t)got);
-		off += got;
-	}
 	if (!rc)
+		rc = cfs_copy_fd(w->fd, b->files.fd, 0, b->files.total);
+	if (rc)
+		cfs_error_prefix("copy the file list");
+	else
 		w->total += b->files.total;
 	return rc;
 }

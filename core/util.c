@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -432,6 +433,30 @@ int cfs_read_all(int fd, void *data, size_t len, size_t *got)
 	if (got)
 		*got = total;
 	return 0;
+}
+
+int cfs_copy_fd(int out, int in, off_t off, uint64_t len)
+{
+	char buf[65536];
+	int rc = 0;
+
+	while (!rc && len > 0) {
+		size_t want = len < sizeof(buf) ? (size_t)len : sizeof(buf);
+		ssize_t got = pread(in, buf, want, off);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return cfs_error_errno(errno, "read");
+		if (got == 0)
+			return cfs_error_set(
+				CFS_EIO, "file ends %" PRIu64 " bytes early",
+				len);
+		rc = cfs_write_all(out, buf, (size_t)got);
+		off += got;
+		len -= (uint64_t)got;
+	}
+	return rc;
 }
 
 int cfs_read_file_at(char **out, size_t *len_out, int dirfd, const char *path,

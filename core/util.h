@@ -98,6 +98,9 @@ int cfs_write_file_at(int dirfd, const char *path, const void *data, size_t len,
 		      mode_t mode, bool durable);
 int cfs_write_all(int fd, const void *data, size_t len);
 int cfs_read_all(int fd, void *data, size_t len, size_t *got);
+/* Copies len bytes of in, from offset off (pread: in's offset is left
+ * alone), to out; CFS_EIO if in ends before. */
+int cfs_copy_fd(int out, int in, off_t off, uint64_t len);
 /* mkdir -p relative to dirfd ("" and "." are no-ops). */
 int cfs_mkdir_p_at(int dirfd, const char *path, mode_t mode);
 /* rm -rf relative to dirfd, never following symlinks. */
